@@ -1,0 +1,55 @@
+// Row-major GEMM on raw pointers through the Fortran BLAS that libtorch_cpu exports (MKL on
+// x86 wheels). Called directly so that thousands of tiny per-task products pay no dispatcher,
+// allocation or shape-check overhead.
+#pragma once
+
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <limits>
+
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc);
+}
+
+namespace metaif::blas {
+
+inline int to_blas_int(int64_t v) {
+  TORCH_CHECK(v <= std::numeric_limits<int>::max(),
+              "metaif: a matrix dimension of ", v, " exceeds the 32-bit BLAS interface");
+  return static_cast<int>(v);
+}
+
+inline void fortran_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                         const float* alpha, const float* a, const int* lda, const float* b,
+                         const int* ldb, const float* beta, float* c, const int* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+inline void fortran_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                         const double* alpha, const double* a, const int* lda, const double* b,
+                         const int* ldb, const double* beta, double* c, const int* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C, all row-major with leading
+// dimensions lda, ldb, ldc (elements between rows). op(X) = X^T when trans_x.
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+  const char ta = trans_a ? 'T' : 'N';
+  const char tb = trans_b ? 'T' : 'N';
+  const int mi = to_blas_int(n), ni = to_blas_int(m), ki = to_blas_int(k);
+  const int ldai = to_blas_int(lda < 1 ? 1 : lda), ldbi = to_blas_int(ldb < 1 ? 1 : ldb);
+  const int ldci = to_blas_int(ldc < 1 ? 1 : ldc);
+  fortran_gemm(&tb, &ta, &mi, &ni, &ki, &alpha, b, &ldbi, a, &ldai, &beta, c, &ldci);
+}
+
+}  // namespace metaif::blas

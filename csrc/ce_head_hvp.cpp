@@ -1,0 +1,31 @@
+// Exact Hessian-vector products of the weighted softmax cross-entropy w.r.t. a linear head,
+// batched over tasks and vectors: out[t, b] = (H_t + damping I) vecs[t, b].
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "operators.h"
+
+namespace metaif {
+namespace {
+
+at::Tensor ce_head_hvp_cpu(const at::Tensor& feats, const at::Tensor& probs,
+                           const at::Tensor& vecs, double damping,
+                           const std::optional<at::Tensor>& weights) {
+  constexpr const char* kOp = "ce_head_hvp";
+  const CeHeadInputs in = ce_head_inputs(kOp, feats, probs, weights, vecs, "vecs");
+  check_finite(kOp, damping, "damping");
+  const at::Tensor v = vecs.contiguous();
+  at::Tensor out = at::empty(v.sizes(), v.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), kOp, [&] {
+    apply_each_task<scalar_t>(in.op<scalar_t>(damping), in.tasks, v.size(1),
+                              v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("ce_head_hvp", &ce_head_hvp_cpu); }
+
+}  // namespace metaif

@@ -1,0 +1,46 @@
+// Gauss-Newton-vector products of softmax cross-entropy from per-example logit Jacobians,
+// batched over tasks and vectors: out[t, b] = (G_t + damping I) vecs[t, b].
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "operators.h"
+
+namespace metaif {
+namespace {
+
+at::Tensor ggn_hvp_cpu(const at::Tensor& jac, const at::Tensor& probs, const at::Tensor& vecs,
+                       double damping, const std::optional<at::Tensor>& weights) {
+  constexpr const char* kOp = "ggn_hvp";
+  check_rank(kOp, jac, "jac", 4, "[T, n, C, P]");
+  check_floating(kOp, jac, "jac");
+  check_cpu(kOp, jac, "jac");
+  check_like(kOp, jac, "jac", probs, "probs");
+  check_like(kOp, jac, "jac", vecs, "vecs");
+  const int64_t tasks = jac.size(0), n = jac.size(1), classes = jac.size(2), params = jac.size(3);
+  check_rank(kOp, probs, "probs", 3, "[T, n, C]");
+  check_size(kOp, probs, "probs", 0, tasks, "jac.shape[0] (T)");
+  check_size(kOp, probs, "probs", 1, n, "jac.shape[1] (n)");
+  check_size(kOp, probs, "probs", 2, classes, "jac.shape[2] (C)");
+  check_rank(kOp, vecs, "vecs", 3, "[T, B, P]");
+  check_size(kOp, vecs, "vecs", 0, tasks, "jac.shape[0] (T)");
+  check_size(kOp, vecs, "vecs", 2, params, "jac.shape[3] (P)");
+  check_finite(kOp, damping, "damping");
+  const at::Tensor w = weights_or_uniform(kOp, weights, jac, {tasks, n}, "[T, n]");
+  const at::Tensor j = jac.contiguous(), p = probs.contiguous(), v = vecs.contiguous();
+  at::Tensor out = at::empty(v.sizes(), v.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), kOp, [&] {
+    const GgnOperator<scalar_t> op{j.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(),
+                                   w.data_ptr<scalar_t>(), n, classes, params,
+                                   static_cast<scalar_t>(damping)};
+    apply_each_task<scalar_t>(op, tasks, v.size(1), v.data_ptr<scalar_t>(),
+                              out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("ggn_hvp", &ggn_hvp_cpu); }
+
+}  // namespace metaif

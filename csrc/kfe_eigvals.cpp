@@ -1,0 +1,89 @@
+// EK-FAC corrected eigenvalues: eig[a, b] = sum_n w_n ((q_out^T DW_n q_in)[a, b])^2 with
+// DW_n = sum_t out_grads[n, t] acts[n, t]^T. The per-position vectors are rotated into the
+// eigenbases first (two GEMMs over all n*t rows), so DW_n is only ever formed in rotated form,
+// one example at a time, in a reused tile. For t = 1 the rotated DW_n is an outer product and
+// the whole sum collapses to a single GEMM of the squared rotated vectors.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "blas.h"
+#include "checks.h"
+
+namespace metaif {
+namespace {
+
+constexpr const char* kOp = "kfe_eigvals";
+
+template <typename T>
+void kfe_eigvals_kernel(const T* rot_g, const T* rot_a, const T* w, T* out, int64_t n, int64_t t,
+                        int64_t d_out, int64_t d_in) {
+  const int64_t block = d_out * d_in;
+  if (t == 1) {
+    std::vector<T> g2(static_cast<size_t>(n * d_out)), a2(static_cast<size_t>(n * d_in));
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t o = 0; o < d_out; ++o) {
+        const T v = rot_g[i * d_out + o];
+        g2[i * d_out + o] = w[i] * v * v;
+      }
+      for (int64_t c = 0; c < d_in; ++c) {
+        const T v = rot_a[i * d_in + c];
+        a2[i * d_in + c] = v * v;
+      }
+    }
+    blas::gemm<T>(true, false, d_out, d_in, n, T(1), g2.data(), d_out, a2.data(), d_in, T(0),
+                  out, d_in);
+    return;
+  }
+  std::fill(out, out + block, T(0));
+  std::vector<T> tile(static_cast<size_t>(block));
+  for (int64_t i = 0; i < n; ++i) {
+    blas::gemm<T>(true, false, d_out, d_in, t, T(1), rot_g + i * t * d_out, d_out,
+                  rot_a + i * t * d_in, d_in, T(0), tile.data(), d_in);
+    const T wi = w[i];
+    for (int64_t k = 0; k < block; ++k) out[k] += wi * tile[k] * tile[k];
+  }
+}
+
+at::Tensor kfe_eigvals_cpu(const at::Tensor& out_grads, const at::Tensor& acts,
+                           const at::Tensor& q_out, const at::Tensor& q_in,
+                           const std::optional<at::Tensor>& weights) {
+  check_rank(kOp, out_grads, "out_grads", 3, "[n, t, d_out]");
+  check_floating(kOp, out_grads, "out_grads");
+  check_cpu(kOp, out_grads, "out_grads");
+  check_rank(kOp, acts, "acts", 3, "[n, t, d_in]");
+  check_like(kOp, out_grads, "out_grads", acts, "acts");
+  check_like(kOp, out_grads, "out_grads", q_out, "q_out");
+  check_like(kOp, out_grads, "out_grads", q_in, "q_in");
+  const int64_t n = out_grads.size(0), t = out_grads.size(1), d_out = out_grads.size(2);
+  const int64_t d_in = acts.size(2);
+  check_size(kOp, acts, "acts", 0, n, "out_grads.shape[0] (n)");
+  check_size(kOp, acts, "acts", 1, t, "out_grads.shape[1] (t)");
+  check_rank(kOp, q_out, "q_out", 2, "[d_out, d_out]");
+  check_size(kOp, q_out, "q_out", 0, d_out, "out_grads.shape[2] (d_out)");
+  check_size(kOp, q_out, "q_out", 1, d_out, "out_grads.shape[2] (d_out)");
+  check_rank(kOp, q_in, "q_in", 2, "[d_in, d_in]");
+  check_size(kOp, q_in, "q_in", 0, d_in, "acts.shape[2] (d_in)");
+  check_size(kOp, q_in, "q_in", 1, d_in, "acts.shape[2] (d_in)");
+  const at::Tensor w = weights_or_uniform(kOp, weights, out_grads, {n}, "[n]");
+
+  at::Tensor out = at::zeros({d_out, d_in}, out_grads.options());
+  if (n == 0 || t == 0 || out.numel() == 0) return out;
+  const at::Tensor rot_g = at::matmul(out_grads.reshape({n * t, d_out}), q_out).contiguous();
+  const at::Tensor rot_a = at::matmul(acts.reshape({n * t, d_in}), q_in).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), kOp, [&] {
+    kfe_eigvals_kernel<scalar_t>(rot_g.data_ptr<scalar_t>(), rot_a.data_ptr<scalar_t>(),
+                                 w.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, t, d_out,
+                                 d_in);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("kfe_eigvals", &kfe_eigvals_cpu); }
+
+}  // namespace metaif

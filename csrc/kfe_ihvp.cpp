@@ -1,0 +1,113 @@
+// Kronecker-factored eigenbasis inverse (EK-FAC / K-FAC iHVP), batched over vectors:
+//   out[b] = q_out @ ((q_out^T @ grads[b] @ q_in) / (eigvals + damping)) @ q_in^T.
+// The two products with q_in run as one GEMM over all rows of the batch; the q_out products
+// and the eigenvalue division run per matrix while it is hot in cache.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "blas.h"
+#include "checks.h"
+
+namespace metaif {
+namespace {
+
+constexpr const char* kOp = "kfe_ihvp";
+
+void check_kfe_args(const at::Tensor& grads, const at::Tensor& q_out, const at::Tensor& q_in,
+                    const at::Tensor& eigvals, double damping) {
+  check_min_rank(kOp, grads, "grads", 2, "[..., d_out, d_in]");
+  check_floating(kOp, grads, "grads");
+  check_cpu(kOp, grads, "grads");
+  check_like(kOp, grads, "grads", q_out, "q_out");
+  check_like(kOp, grads, "grads", q_in, "q_in");
+  check_like(kOp, grads, "grads", eigvals, "eigvals");
+  const int64_t d_out = grads.size(-2), d_in = grads.size(-1);
+  check_rank(kOp, q_out, "q_out", 2, "[d_out, d_out]");
+  check_size(kOp, q_out, "q_out", 0, d_out, "grads.shape[-2] (d_out)");
+  check_size(kOp, q_out, "q_out", 1, d_out, "grads.shape[-2] (d_out)");
+  check_rank(kOp, q_in, "q_in", 2, "[d_in, d_in]");
+  check_size(kOp, q_in, "q_in", 0, d_in, "grads.shape[-1] (d_in)");
+  check_size(kOp, q_in, "q_in", 1, d_in, "grads.shape[-1] (d_in)");
+  check_rank(kOp, eigvals, "eigvals", 2, "[d_out, d_in]");
+  check_size(kOp, eigvals, "eigvals", 0, d_out, "grads.shape[-2] (d_out)");
+  check_size(kOp, eigvals, "eigvals", 1, d_in, "grads.shape[-1] (d_in)");
+  check_nonnegative(kOp, damping, "damping");
+}
+
+template <typename T>
+void kfe_ihvp_kernel(const T* grads, const T* q_out, const T* q_in, const T* inv_eig, T* out,
+                     T* work, int64_t batch, int64_t d_out, int64_t d_in) {
+  const int64_t rows = batch * d_out, block = d_out * d_in;
+  // work = grads @ q_in over all batch rows at once.
+  blas::gemm<T>(false, false, rows, d_in, d_in, T(1), grads, d_in, q_in, d_in, T(0), work, d_in);
+  std::vector<T> tile(static_cast<size_t>(block));
+  for (int64_t b = 0; b < batch; ++b) {
+    T* w = work + b * block;
+    blas::gemm<T>(true, false, d_out, d_in, d_out, T(1), q_out, d_out, w, d_in, T(0),
+                  tile.data(), d_in);
+    for (int64_t i = 0; i < block; ++i) tile[i] *= inv_eig[i];
+    blas::gemm<T>(false, false, d_out, d_in, d_out, T(1), q_out, d_out, tile.data(), d_in, T(0),
+                  w, d_in);
+  }
+  blas::gemm<T>(false, true, rows, d_in, d_in, T(1), work, d_in, q_in, d_in, T(0), out, d_in);
+}
+
+at::Tensor inverse_eigenvalues(const at::Tensor& eigvals, double damping) {
+  at::Tensor shifted = eigvals.contiguous() + damping;
+  if (shifted.numel() > 0) {
+    const double smallest = shifted.min().item<double>();
+    TORCH_CHECK(std::isfinite(smallest) && smallest > 0.0, kOp,
+                ": eigvals + damping must be positive and finite everywhere, its minimum is ",
+                smallest, "; raise damping (got ", damping, ") or check eigvals for NaN");
+  }
+  return shifted.reciprocal_();
+}
+
+at::Tensor kfe_ihvp_cpu(const at::Tensor& grads, const at::Tensor& q_out, const at::Tensor& q_in,
+                        const at::Tensor& eigvals, double damping) {
+  check_kfe_args(grads, q_out, q_in, eigvals, damping);
+  const int64_t d_out = grads.size(-2), d_in = grads.size(-1);
+  at::Tensor out = at::empty(grads.sizes(), grads.options());
+  if (out.numel() == 0) return out;
+  const int64_t batch = grads.numel() / (d_out * d_in);
+  const at::Tensor g = grads.contiguous(), qo = q_out.contiguous(), qi = q_in.contiguous();
+  const at::Tensor inv = inverse_eigenvalues(eigvals, damping);
+  at::Tensor work = at::empty_like(g);
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), kOp, [&] {
+    kfe_ihvp_kernel<scalar_t>(g.data_ptr<scalar_t>(), qo.data_ptr<scalar_t>(),
+                              qi.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(),
+                              out.data_ptr<scalar_t>(), work.data_ptr<scalar_t>(), batch, d_out,
+                              d_in);
+  });
+  return out;
+}
+
+std::vector<at::Tensor> kfe_ihvp_grouped_cpu(at::TensorList grads, at::TensorList q_out,
+                                             at::TensorList q_in, at::TensorList eigvals,
+                                             double damping) {
+  const size_t layers = grads.size();
+  TORCH_CHECK(q_out.size() == layers && q_in.size() == layers && eigvals.size() == layers,
+              "kfe_ihvp_grouped: grads, q_out, q_in and eigvals must have one entry per layer; "
+              "got ", layers, ", ", q_out.size(), ", ", q_in.size(), " and ", eigvals.size());
+  std::vector<at::Tensor> outs;
+  outs.reserve(layers);
+  for (size_t l = 0; l < layers; ++l) {
+    try {
+      outs.push_back(kfe_ihvp_cpu(grads[l], q_out[l], q_in[l], eigvals[l], damping));
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, "kfe_ihvp_grouped: layer ", l, ": ", e.what_without_backtrace());
+    }
+  }
+  return outs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(metaif, CPU, m) {
+  m.impl("kfe_ihvp", &kfe_ihvp_cpu);
+  m.impl("kfe_ihvp_grouped", &kfe_ihvp_grouped_cpu);
+}
+
+}  // namespace metaif

@@ -1,0 +1,31 @@
+// The metaif._C extension module: an empty Python module whose import runs the static
+// initialisers below, which register every op under torch.ops.metaif. Tensor APIs live on
+// TORCH_LIBRARY (no pybind11), so the module needs no Python-side bindings at all.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
+                                   nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+// Schemas of the public ops; implementations are registered next to their kernels
+// (csrc/<op>.cpp for CPU, cuda/<op>.cu through csrc for CUDA).
+TORCH_LIBRARY(metaif, m) {
+  m.def("kfe_ihvp(Tensor grads, Tensor q_out, Tensor q_in, Tensor eigvals, float damping) -> Tensor");
+  m.def("kfe_ihvp_grouped(Tensor[] grads, Tensor[] q_out, Tensor[] q_in, Tensor[] eigvals, "
+        "float damping) -> Tensor[]");
+  m.def("kfe_eigvals(Tensor out_grads, Tensor acts, Tensor q_out, Tensor q_in, Tensor? weights) "
+        "-> Tensor");
+  m.def("ce_head_hvp(Tensor feats, Tensor probs, Tensor vecs, float damping, Tensor? weights) "
+        "-> Tensor");
+  m.def("ggn_hvp(Tensor jac, Tensor probs, Tensor vecs, float damping, Tensor? weights) -> Tensor");
+  m.def("neumann_dense(Tensor a, Tensor b, Tensor scale, int iters, float damping) -> Tensor");
+  m.def("neumann_ce_head(Tensor feats, Tensor probs, Tensor? weights, Tensor b, Tensor scale, "
+        "int iters, float damping) -> Tensor");
+  m.def("cg_dense(Tensor a, Tensor b, float damping, float rtol, int maxiter) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("cg_ce_head(Tensor feats, Tensor probs, Tensor? weights, Tensor b, float damping, "
+        "float rtol, int maxiter) -> (Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,162 @@
+// Per-task curvature operators shared by the HVP ops and the batched solvers. Each one applies
+// (A_task + damping I) to a block of B row vectors of length dim() and needs scratch_size(B)
+// elements of scratch; the solvers loop over iterations inside one task, so its operator data
+// stays in cache for the whole solve.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "blas.h"
+#include "checks.h"
+
+namespace metaif {
+
+// Hessian of softmax cross-entropy in the logits, applied in place to one logit-space vector z
+// (C entries, `stride` apart): z <- w (p * z - p (p . z)).
+template <typename T>
+inline void softmax_ce_hessian_inplace(const T* p, T w, T* z, int64_t classes, int64_t stride) {
+  T pz = 0;
+  for (int64_t c = 0; c < classes; ++c) pz += p[c] * z[c * stride];
+  for (int64_t c = 0; c < classes; ++c) z[c * stride] = w * p[c] * (z[c * stride] - pz);
+}
+
+template <typename T>
+inline void scaled_copy(const T* in, T* out, int64_t count, T scale) {
+  for (int64_t i = 0; i < count; ++i) out[i] = scale * in[i];
+}
+
+// A[t] dense [q, q]: out = in @ A[t]^T + damping in.
+template <typename T>
+struct DenseOperator {
+  const T* a;
+  int64_t q;
+  T damping;
+
+  int64_t dim() const { return q; }
+  int64_t scratch_size(int64_t) const { return 0; }
+  void apply(int64_t task, const T* in, T* out, int64_t batch, T*) const {
+    scaled_copy(in, out, batch * q, damping);
+    blas::gemm<T>(false, true, batch, q, q, T(1), in, q, a + task * q * q, q, T(1), out, q);
+  }
+};
+
+// Weighted softmax cross-entropy Hessian w.r.t. a linear head Theta [C, d] (bias folded into
+// the features): H[V] = sum_j w_j (diag p_j - p_j p_j^T) V phi_j phi_j^T.
+template <typename T>
+struct CeHeadOperator {
+  const T* feats;    // [T, n, d]
+  const T* probs;    // [T, n, C]
+  const T* weights;  // [T, n]
+  int64_t n, d, classes;
+  T damping;
+
+  int64_t dim() const { return classes * d; }
+  int64_t scratch_size(int64_t batch) const { return batch * classes * n; }
+  void apply(int64_t task, const T* in, T* out, int64_t batch, T* z) const {
+    const T* phi = feats + task * n * d;
+    const T* p = probs + task * n * classes;
+    const T* w = weights + task * n;
+    const int64_t rows = batch * classes;
+    blas::gemm<T>(false, true, rows, n, d, T(1), in, d, phi, d, T(0), z, n);  // z[b, c, j]
+    for (int64_t b = 0; b < batch; ++b) {
+      T* zb = z + b * classes * n;
+      for (int64_t j = 0; j < n; ++j) softmax_ce_hessian_inplace(p + j * classes, w[j], zb + j, classes, n);
+    }
+    scaled_copy(in, out, rows * d, damping);
+    blas::gemm<T>(false, false, rows, d, n, T(1), z, n, phi, d, T(1), out, d);
+  }
+};
+
+// Gauss-Newton operator of softmax cross-entropy from per-example logit Jacobians
+// jac [T, n, C, P]: G v = sum_j w_j J_j^T (diag p_j - p_j p_j^T) J_j v.
+template <typename T>
+struct GgnOperator {
+  const T* jac;      // [T, n, C, P]
+  const T* probs;    // [T, n, C]
+  const T* weights;  // [T, n]
+  int64_t n, classes, params;
+  T damping;
+
+  int64_t dim() const { return params; }
+  int64_t scratch_size(int64_t batch) const { return batch * n * classes; }
+  void apply(int64_t task, const T* in, T* out, int64_t batch, T* z) const {
+    const int64_t rows = n * classes;
+    const T* j = jac + task * rows * params;
+    const T* p = probs + task * rows;
+    const T* w = weights + task * n;
+    blas::gemm<T>(false, true, batch, rows, params, T(1), in, params, j, params, T(0), z, rows);
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t e = 0; e < n; ++e)
+        softmax_ce_hessian_inplace(p + e * classes, w[e], z + b * rows + e * classes, classes, 1);
+    scaled_copy(in, out, batch * params, damping);
+    blas::gemm<T>(false, false, batch, params, rows, T(1), z, rows, j, params, T(1), out, params);
+  }
+};
+
+// out[t] = (A_t + damping I) in[t] for every task, tasks spread over threads.
+template <typename T, typename Op>
+void apply_each_task(const Op& op, int64_t tasks, int64_t batch, const T* in, T* out) {
+  const int64_t stride = batch * op.dim();
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(static_cast<size_t>(op.scratch_size(batch)));
+    for (int64_t t = begin; t < end; ++t)
+      op.apply(t, in + t * stride, out + t * stride, batch, scratch.data());
+  });
+}
+
+// ---- argument checking and construction -------------------------------------------------
+
+// Validated, contiguous inputs of the ce-head operator; keeps the tensors alive.
+struct CeHeadInputs {
+  at::Tensor feats, probs, weights;
+  int64_t tasks, n, d, classes;
+
+  template <typename T>
+  CeHeadOperator<T> op(double damping) const {
+    return {feats.data_ptr<T>(), probs.data_ptr<T>(), weights.data_ptr<T>(), n, d, classes,
+            static_cast<T>(damping)};
+  }
+};
+
+// vecs: [T, B, C, d]
+inline CeHeadInputs ce_head_inputs(const char* opname, const at::Tensor& feats,
+                                   const at::Tensor& probs,
+                                   const std::optional<at::Tensor>& weights,
+                                   const at::Tensor& vecs, const char* vecs_name) {
+  check_rank(opname, feats, "feats", 3, "[T, n, d]");
+  check_floating(opname, feats, "feats");
+  check_cpu(opname, feats, "feats");
+  check_like(opname, feats, "feats", probs, "probs");
+  check_like(opname, feats, "feats", vecs, vecs_name);
+  const int64_t tasks = feats.size(0), n = feats.size(1), d = feats.size(2);
+  check_rank(opname, probs, "probs", 3, "[T, n, C]");
+  check_size(opname, probs, "probs", 0, tasks, "feats.shape[0] (T)");
+  check_size(opname, probs, "probs", 1, n, "feats.shape[1] (n)");
+  const int64_t classes = probs.size(2);
+  check_rank(opname, vecs, vecs_name, 4, "[T, B, C, d]");
+  check_size(opname, vecs, vecs_name, 0, tasks, "feats.shape[0] (T)");
+  check_size(opname, vecs, vecs_name, 2, classes, "probs.shape[2] (C)");
+  check_size(opname, vecs, vecs_name, 3, d, "feats.shape[2] (d)");
+  return {feats.contiguous(), probs.contiguous(),
+          weights_or_uniform(opname, weights, feats, {tasks, n}, "[T, n]"), tasks, n, d, classes};
+}
+
+// b: [T, B, q]
+inline void check_dense_inputs(const char* opname, const at::Tensor& a, const at::Tensor& b) {
+  check_rank(opname, a, "a", 3, "[T, q, q]");
+  check_floating(opname, a, "a");
+  check_cpu(opname, a, "a");
+  check_like(opname, a, "a", b, "b");
+  TORCH_CHECK(a.size(1) == a.size(2), opname, ": a must be square per task, [T, q, q], got ",
+              a.sizes());
+  check_rank(opname, b, "b", 3, "[T, B, q]");
+  check_size(opname, b, "b", 0, a.size(0), "a.shape[0] (T)");
+  check_size(opname, b, "b", 2, a.size(1), "a.shape[1] (q)");
+}
+
+}  // namespace metaif

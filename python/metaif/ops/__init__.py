@@ -1,0 +1,12 @@
+"""Typed wrappers over the compiled ``torch.ops.metaif`` kernels, with fake kernels and autograd.
+
+Every op has a pure-PyTorch twin with the same signature in :mod:`metaif.reference`.
+"""
+
+from .hvp import ce_head_hvp, ggn_hvp
+from .kfe import kfe_eigvals, kfe_ihvp, kfe_ihvp_grouped
+from .solvers import CGResult, cg_ce_head, cg_dense, neumann_ce_head, neumann_dense, power_iteration_scale
+from .woodbury import woodbury_solve
+
+__all__ = ["CGResult", "ce_head_hvp", "cg_ce_head", "cg_dense", "ggn_hvp", "kfe_eigvals", "kfe_ihvp",
+           "kfe_ihvp_grouped", "neumann_ce_head", "neumann_dense", "power_iteration_scale", "woodbury_solve"]
