@@ -132,7 +132,8 @@ def _kfe_grouped_setup(ctx, inputs, output):
 
 def _kfe_grouped_backward(ctx, grads):
     q_out, q_in, eigvals = ctx.layers
-    return kfe_ihvp_grouped(list(grads), q_out, q_in, eigvals, ctx.damping), None, None, None, None
+    none = [None] * len(q_out)
+    return kfe_ihvp_grouped(list(grads), q_out, q_in, eigvals, ctx.damping), none, none, none, None
 
 
 torch.library.register_autograd("metaif::kfe_ihvp_grouped", _kfe_grouped_backward,

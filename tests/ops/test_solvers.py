@@ -1,0 +1,155 @@
+import pytest
+import torch
+
+from metaif import ops, reference
+from tests.conftest import ce_head_problem, noncontiguous, spd, tol
+
+DTYPES = [torch.float64, torch.float32]
+
+
+def dense_solution(a, b, damping=0.0):
+    eye = torch.eye(a.shape[-1], dtype=a.dtype)
+    return torch.linalg.solve(a + damping * eye, b.mT).mT
+
+
+def ce_head_dense(feats, probs, weights, damping):
+    """The ce-head Hessian as explicit [T, Cd, Cd] matrices, built column by column."""
+    tasks, _, d = feats.shape
+    q = probs.shape[2] * d
+    basis = torch.eye(q, dtype=feats.dtype).reshape(1, q, probs.shape[2], d).expand(tasks, -1, -1, -1)
+    return ops.ce_head_hvp(feats, probs, basis.contiguous(), damping, weights).reshape(tasks, q, q).mT
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_neumann_dense_converges_to_solve(dtype):
+    a, b = spd(4, 10, dtype), torch.randn(4, 3, 10, dtype=dtype)
+    exact = dense_solution(a, b, 0.1)
+    errors = [(ops.neumann_dense(a, b, iters, damping=0.1) - exact).norm().item() for iters in (5, 20, 80, 400)]
+    assert all(e2 < e1 for e1, e2 in zip(errors, errors[1:]))
+    assert errors[-1] < (1e-9 if dtype == torch.float64 else 1e-4) * exact.norm().item()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_neumann_matches_reference_loop(dtype):
+    a, b = spd(3, 8, dtype), torch.randn(3, 2, 8, dtype=dtype)
+    scale = torch.tensor([3.0, 4.0, 5.0], dtype=torch.float64)
+    torch.testing.assert_close(ops.neumann_dense(a, b, 30, scale, 0.2), reference.neumann_dense(a, b, 30, scale, 0.2),
+                               **tol(dtype))
+    feats, probs, weights = ce_head_problem(3, 6, 4, 3, dtype)
+    hb = torch.randn(3, 2, 3, 4, dtype=dtype)
+    torch.testing.assert_close(ops.neumann_ce_head(feats, probs, hb, 30, 2.0, 0.1, weights),
+                               reference.neumann_ce_head(feats, probs, hb, 30, 2.0, 0.1, weights), **tol(dtype))
+
+
+def test_neumann_ce_head_converges_to_solve():
+    feats, probs, weights = ce_head_problem(3, 6, 4, 3, torch.float64)
+    b = torch.randn(3, 2, 3, 4, dtype=torch.float64)
+    exact = dense_solution(ce_head_dense(feats, probs, weights, 0.5), b.flatten(2)).reshape(b.shape)
+    torch.testing.assert_close(ops.neumann_ce_head(feats, probs, b, 3000, damping=0.5, weights=weights), exact,
+                               rtol=1e-8, atol=1e-8)
+
+
+def test_neumann_detects_divergence_and_bad_values():
+    a, b = spd(2, 6, torch.float64), torch.randn(2, 1, 6, dtype=torch.float64)
+    lam_max = torch.linalg.eigvalsh(a)[:, -1]
+    with pytest.raises(RuntimeError, match="diverges in task 0.*raise scale"):
+        ops.neumann_dense(a, b, 200, scale=(0.3 * lam_max).double())
+    indefinite = a - 3.0 * torch.eye(6, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="diverges"):
+        ops.neumann_dense(indefinite, b, 500)
+    with pytest.raises(RuntimeError, match="b has non-finite values in task 1"):
+        ops.neumann_dense(a, torch.stack([b[0], b[1] * float("nan")]), 5)
+    with pytest.raises(RuntimeError, match="scale must be positive and finite"):
+        ops.neumann_dense(a, b, 5, scale=torch.tensor([1.0, -1.0], dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="iters must be >= 0"):
+        ops.neumann_dense(a, b, -1, scale=1.0)
+    with pytest.raises(RuntimeError, match=r"scale\.shape\[0\] must equal the number of tasks"):
+        ops.neumann_dense(a, b, 5, scale=torch.ones(3, dtype=torch.float64))
+
+
+def test_power_iteration_scale_bounds_the_spectrum():
+    a = spd(3, 12, torch.float64)
+    scale = ops.power_iteration_scale(lambda v: v @ a.mT, torch.zeros(3, 1, 12, dtype=torch.float64))
+    lam_max = torch.linalg.eigvalsh(a)[:, -1]
+    assert torch.all(scale > 0.5 * lam_max) and torch.all(scale < 1.2 * lam_max)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cg_dense_converges_to_solve(dtype):
+    a, b = spd(5, 12, dtype), torch.randn(5, 3, 12, dtype=dtype)
+    res = ops.cg_dense(a, b, damping=0.05, rtol=1e-10 if dtype == torch.float64 else 1e-5, maxiter=200)
+    torch.testing.assert_close(res.x, dense_solution(a, b, 0.05), **(tol(dtype) if dtype == torch.float64
+                                                                   else dict(rtol=1e-3, atol=1e-4)))
+    assert res.iters.shape == (5, 3) and res.iters.dtype == torch.int64 and bool((res.iters > 0).all())
+    assert bool((res.resid <= (1e-10 if dtype == torch.float64 else 1e-5)).all())
+
+
+def test_cg_matches_reference_and_reports_iterations():
+    a, b = spd(4, 15, torch.float64), torch.randn(4, 2, 15, dtype=torch.float64)
+    b[1, 1] = 0.0
+    ours, ref = ops.cg_dense(a, b, 0.0, 1e-8, 100), reference.cg_dense(a, b, 0.0, 1e-8, 100)
+    torch.testing.assert_close(ours.x, ref.x)
+    assert torch.equal(ours.iters, ref.iters)
+    assert ours.iters[1, 1] == 0 and ours.resid[1, 1] == 0 and not ours.x[1, 1].any()
+    capped = ops.cg_dense(a, b, 0.0, 1e-14, 3)
+    assert int(capped.iters.max()) == 3 and bool((capped.resid[capped.iters == 3] > 1e-14).all())
+    assert not ops.cg_dense(a, b, 0.0, 1e-8, 0).x.any()
+
+
+def test_cg_ce_head_converges_to_solve():
+    feats, probs, weights = ce_head_problem(3, 6, 4, 3, torch.float64)
+    b = torch.randn(3, 2, 3, 4, dtype=torch.float64)
+    exact = dense_solution(ce_head_dense(feats, probs, weights, 0.1), b.flatten(2)).reshape(b.shape)
+    res = ops.cg_ce_head(noncontiguous(feats), probs, noncontiguous(b), 0.1, 1e-12, 500, weights)
+    torch.testing.assert_close(res.x, exact)
+    ref = reference.cg_ce_head(feats, probs, b, 0.1, 1e-12, 500, weights)
+    torch.testing.assert_close(res.x, ref.x)
+
+
+def test_cg_raises_on_non_positive_curvature():
+    a = spd(2, 6, torch.float64) - 5.0 * torch.eye(6, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="non-positive curvature.*add damping"):
+        ops.cg_dense(a, torch.randn(2, 1, 6, dtype=torch.float64))
+    feats, probs, _ = ce_head_problem(1, 3, 4, 3, torch.float64)
+    with pytest.raises(RuntimeError, match="non-positive curvature"):  # singular without damping
+        ops.cg_ce_head(feats, probs, torch.randn(1, 1, 3, 4, dtype=torch.float64), damping=-1e-3)
+
+
+def test_solver_bad_input():
+    a, b = spd(2, 6, torch.float64), torch.randn(2, 1, 6, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"b\.shape\[2\] must equal a\.shape\[1\] \(q\)"):
+        ops.cg_dense(a, b[..., :5])
+    with pytest.raises(RuntimeError, match=r"a must be square per task"):
+        ops.cg_dense(a[..., :5], b)
+    with pytest.raises(RuntimeError, match="maxiter must be >= 0"):
+        ops.cg_dense(a, b, maxiter=-2)
+    with pytest.raises(RuntimeError, match="rtol must be finite"):
+        ops.cg_dense(a, b, rtol=float("nan"))
+    with pytest.raises(RuntimeError, match="b has dtype Float but a has Double"):
+        ops.cg_dense(a, b.float())
+
+
+def test_empty_batches():
+    a = spd(2, 4, torch.float64)
+    empty_b = torch.zeros(2, 0, 4, dtype=torch.float64)
+    assert ops.cg_dense(a, empty_b).x.shape == (2, 0, 4)
+    assert ops.neumann_dense(a, empty_b, 3, scale=1.0).shape == (2, 0, 4)
+    no_tasks = ops.cg_dense(torch.zeros(0, 4, 4, dtype=torch.float64), torch.zeros(0, 2, 4, dtype=torch.float64))
+    assert no_tasks.x.shape == (0, 2, 4) and no_tasks.iters.shape == (0, 2)
+
+
+def test_solvers_gradcheck_and_opcheck():
+    a = spd(2, 5, torch.float64)
+    b = torch.randn(2, 2, 5, dtype=torch.float64, requires_grad=True)
+    scale = torch.full((2,), 4.0, dtype=torch.float64)
+    asym = a + 0.01 * torch.randn(2, 5, 5, dtype=torch.float64)  # the backward must use A^T
+    assert torch.autograd.gradcheck(lambda v: ops.neumann_dense(asym, v, 15, scale, 0.1), (b,))
+    assert torch.autograd.gradcheck(lambda v: ops.cg_dense(a, v, 0.1, 1e-13, 100).x, (b,))
+    feats, probs, weights = ce_head_problem(2, 4, 3, 3, torch.float64)
+    hb = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: ops.neumann_ce_head(feats, probs, v, 10, 2.0, 0.2, weights), (hb,))
+    assert torch.autograd.gradcheck(lambda v: ops.cg_ce_head(feats, probs, v, 0.2, 1e-13, 200, weights).x, (hb,))
+    torch.library.opcheck(torch.ops.metaif.neumann_dense.default, (a, b, scale, 10, 0.1))
+    torch.library.opcheck(torch.ops.metaif.cg_dense.default, (a, b, 0.1, 1e-10, 50))
+    torch.library.opcheck(torch.ops.metaif.neumann_ce_head.default, (feats, probs, weights, hb, scale, 10, 0.2))
+    torch.library.opcheck(torch.ops.metaif.cg_ce_head.default, (feats, probs, None, hb, 0.2, 1e-10, 50))
