@@ -52,4 +52,14 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   fortran_gemm(&tb, &ta, &mi, &ni, &ki, &alpha, b, &ldbi, a, &ldai, &beta, c, &ldci);
 }
 
+// A read-only 2-D operand as BLAS sees it: row-major data with leading dimension ld, used
+// transposed when trans. Column-major matrices (what torch.linalg.eigh and qr return) are taken
+// as transposed row-major views instead of being copied.
+template <typename T>
+struct Operand {
+  const T* data;
+  int64_t ld;
+  bool trans;
+};
+
 }  // namespace metaif::blas

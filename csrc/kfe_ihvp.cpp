@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "blas.h"
@@ -36,33 +38,62 @@ void check_kfe_args(const at::Tensor& grads, const at::Tensor& q_out, const at::
   check_nonnegative(kOp, damping, "damping");
 }
 
+// inv = 1 / (eigvals + damping), validated through inv itself (positive and finite exactly
+// when eigvals + damping is), in branch-free loops that vectorise.
 template <typename T>
-void kfe_ihvp_kernel(const T* grads, const T* q_out, const T* q_in, const T* inv_eig, T* out,
-                     T* work, int64_t batch, int64_t d_out, int64_t d_in) {
-  const int64_t rows = batch * d_out, block = d_out * d_in;
-  // work = grads @ q_in over all batch rows at once.
-  blas::gemm<T>(false, false, rows, d_in, d_in, T(1), grads, d_in, q_in, d_in, T(0), work, d_in);
-  std::vector<T> tile(static_cast<size_t>(block));
-  for (int64_t b = 0; b < batch; ++b) {
-    T* w = work + b * block;
-    blas::gemm<T>(true, false, d_out, d_in, d_out, T(1), q_out, d_out, w, d_in, T(0),
-                  tile.data(), d_in);
-    for (int64_t i = 0; i < block; ++i) tile[i] *= inv_eig[i];
-    blas::gemm<T>(false, false, d_out, d_in, d_out, T(1), q_out, d_out, tile.data(), d_in, T(0),
-                  w, d_in);
+void inverse_eigenvalues(const T* eig, double damping, int64_t count, T* inv) {
+  const T shift = static_cast<T>(damping);
+  for (int64_t i = 0; i < count; ++i) inv[i] = T(1) / (eig[i] + shift);
+  const T inf = std::numeric_limits<T>::infinity();
+  int bad = 0;
+  for (int64_t i = 0; i < count; ++i) bad |= !(inv[i] > T(0)) | !(inv[i] < inf);
+  if (bad) {
+    double smallest = std::numeric_limits<double>::infinity();
+    for (int64_t i = 0; i < count; ++i) smallest = std::fmin(smallest, static_cast<double>(eig[i]) + damping);
+    TORCH_CHECK(false, kOp, ": eigvals + damping must be positive and finite everywhere, its ",
+                "minimum is ", smallest, "; raise damping (got ", damping,
+                ") or check eigvals for NaN/Inf");
   }
-  blas::gemm<T>(false, true, rows, d_in, d_in, T(1), work, d_in, q_in, d_in, T(0), out, d_in);
 }
 
-at::Tensor inverse_eigenvalues(const at::Tensor& eigvals, double damping) {
-  at::Tensor shifted = eigvals.contiguous() + damping;
-  if (shifted.numel() > 0) {
-    const double smallest = shifted.min().item<double>();
-    TORCH_CHECK(std::isfinite(smallest) && smallest > 0.0, kOp,
-                ": eigvals + damping must be positive and finite everywhere, its minimum is ",
-                smallest, "; raise damping (got ", damping, ") or check eigvals for NaN");
+// A square basis as a BLAS operand, copied only when it is neither row- nor column-major.
+struct Basis {
+  at::Tensor storage;
+  bool column_major;
+
+  explicit Basis(const at::Tensor& q)
+      : storage(q.is_contiguous() || !q.t().is_contiguous() ? q.contiguous() : q),
+        column_major(!q.is_contiguous() && q.t().is_contiguous()) {}
+
+  template <typename T>
+  blas::Operand<T> operand() const {
+    return {storage.data_ptr<T>(), storage.size(0), column_major};
   }
-  return shifted.reciprocal_();
+};
+
+// workspace holds (batch + 2) * d_out * d_in elements: inv, one tile, and the batch.
+template <typename T>
+void kfe_ihvp_kernel(const T* grads, blas::Operand<T> q_out, blas::Operand<T> q_in, const T* eig,
+                     double damping, T* out, T* workspace, int64_t batch, int64_t d_out,
+                     int64_t d_in) {
+  const int64_t rows = batch * d_out, block = d_out * d_in;
+  T* inv = workspace;
+  T* tile = workspace + block;
+  T* work = workspace + 2 * block;
+  inverse_eigenvalues(eig, damping, block, inv);
+  // work = grads @ q_in over all batch rows at once.
+  blas::gemm<T>(false, q_in.trans, rows, d_in, d_in, T(1), grads, d_in, q_in.data, q_in.ld, T(0),
+                work, d_in);
+  for (int64_t b = 0; b < batch; ++b) {
+    T* w = work + b * block;
+    blas::gemm<T>(!q_out.trans, false, d_out, d_in, d_out, T(1), q_out.data, q_out.ld, w, d_in,
+                  T(0), tile, d_in);
+    for (int64_t i = 0; i < block; ++i) tile[i] *= inv[i];
+    blas::gemm<T>(q_out.trans, false, d_out, d_in, d_out, T(1), q_out.data, q_out.ld, tile, d_in,
+                  T(0), w, d_in);
+  }
+  blas::gemm<T>(false, !q_in.trans, rows, d_in, d_in, T(1), work, d_in, q_in.data, q_in.ld, T(0),
+                out, d_in);
 }
 
 at::Tensor kfe_ihvp_cpu(const at::Tensor& grads, const at::Tensor& q_out, const at::Tensor& q_in,
@@ -72,14 +103,14 @@ at::Tensor kfe_ihvp_cpu(const at::Tensor& grads, const at::Tensor& q_out, const 
   at::Tensor out = at::empty(grads.sizes(), grads.options());
   if (out.numel() == 0) return out;
   const int64_t batch = grads.numel() / (d_out * d_in);
-  const at::Tensor g = grads.contiguous(), qo = q_out.contiguous(), qi = q_in.contiguous();
-  const at::Tensor inv = inverse_eigenvalues(eigvals, damping);
-  at::Tensor work = at::empty_like(g);
+  const at::Tensor g = grads.contiguous(), eig = eigvals.contiguous();
+  const Basis qo(q_out), qi(q_in);
+  at::Tensor workspace = at::empty({(batch + 2) * d_out * d_in}, g.options());
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), kOp, [&] {
-    kfe_ihvp_kernel<scalar_t>(g.data_ptr<scalar_t>(), qo.data_ptr<scalar_t>(),
-                              qi.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(),
-                              out.data_ptr<scalar_t>(), work.data_ptr<scalar_t>(), batch, d_out,
-                              d_in);
+    kfe_ihvp_kernel<scalar_t>(g.data_ptr<scalar_t>(), qo.operand<scalar_t>(),
+                              qi.operand<scalar_t>(), eig.data_ptr<scalar_t>(), damping,
+                              out.data_ptr<scalar_t>(), workspace.data_ptr<scalar_t>(), batch,
+                              d_out, d_in);
   });
   return out;
 }

@@ -1,7 +1,8 @@
-// Per-task curvature operators shared by the HVP ops and the batched solvers. Each one applies
-// (A_task + damping I) to a block of B row vectors of length dim() and needs scratch_size(B)
-// elements of scratch; the solvers loop over iterations inside one task, so its operator data
-// stays in cache for the whole solve.
+// Per-task curvature operators shared by the HVP ops and the batched solvers. An operator
+// prepares one task at a time (copying what its kernel wants into prepare_size() elements of
+// thread-local storage) and the prepared task applies (A_task + damping I) to B row vectors of
+// length dim(), with scratch_size(B) elements of scratch. The solvers run every iteration of
+// a task on its prepared form, so its data stays in cache for the whole solve.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "blas.h"
+#include "ce_head_kernel.h"
 #include "checks.h"
 
 namespace metaif {
@@ -37,12 +39,20 @@ struct DenseOperator {
   int64_t q;
   T damping;
 
+  struct Task {
+    const T* a;
+    int64_t q;
+    T damping;
+    void apply(const T* in, T* out, int64_t batch, T*) const {
+      scaled_copy(in, out, batch * q, damping);
+      blas::gemm<T>(false, true, batch, q, q, T(1), in, q, a, q, T(1), out, q);
+    }
+  };
+
   int64_t dim() const { return q; }
+  int64_t prepare_size() const { return 0; }
   int64_t scratch_size(int64_t) const { return 0; }
-  void apply(int64_t task, const T* in, T* out, int64_t batch, T*) const {
-    scaled_copy(in, out, batch * q, damping);
-    blas::gemm<T>(false, true, batch, q, q, T(1), in, q, a + task * q * q, q, T(1), out, q);
-  }
+  Task prepare(int64_t task, T*) const { return {a + task * q * q, q, damping}; }
 };
 
 // Weighted softmax cross-entropy Hessian w.r.t. a linear head Theta [C, d] (bias folded into
@@ -55,20 +65,21 @@ struct CeHeadOperator {
   int64_t n, d, classes;
   T damping;
 
-  int64_t dim() const { return classes * d; }
-  int64_t scratch_size(int64_t batch) const { return batch * classes * n; }
-  void apply(int64_t task, const T* in, T* out, int64_t batch, T* z) const {
-    const T* phi = feats + task * n * d;
-    const T* p = probs + task * n * classes;
-    const T* w = weights + task * n;
-    const int64_t rows = batch * classes;
-    blas::gemm<T>(false, true, rows, n, d, T(1), in, d, phi, d, T(0), z, n);  // z[b, c, j]
-    for (int64_t b = 0; b < batch; ++b) {
-      T* zb = z + b * classes * n;
-      for (int64_t j = 0; j < n; ++j) softmax_ce_hessian_inplace(p + j * classes, w[j], zb + j, classes, n);
+  struct Task {
+    PaddedHead<T> head;
+    void apply(const T* in, T* out, int64_t batch, T* scratch) const {
+      ce_head_apply(head, in, out, batch, scratch);
     }
-    scaled_copy(in, out, rows * d, damping);
-    blas::gemm<T>(false, false, rows, d, n, T(1), z, n, phi, d, T(1), out, d);
+  };
+
+  int64_t dim() const { return classes * d; }
+  int64_t prepare_size() const { return PaddedHead<T>::storage_size(n, d, classes); }
+  int64_t scratch_size(int64_t) const {
+    return (classes + 1) * round_up(n) + classes * round_up(d);
+  }
+  Task prepare(int64_t task, T* storage) const {
+    return {pad_head(feats + task * n * d, probs + task * n * classes, weights + task * n, n, d,
+                     classes, damping, storage)};
   }
 };
 
@@ -82,20 +93,38 @@ struct GgnOperator {
   int64_t n, classes, params;
   T damping;
 
+  struct Task {
+    const T *jac, *probs, *weights;
+    int64_t n, classes, params;
+    T damping;
+    void apply(const T* in, T* out, int64_t batch, T* z) const {
+      const int64_t rows = n * classes;
+      blas::gemm<T>(false, true, batch, rows, params, T(1), in, params, jac, params, T(0), z, rows);
+      for (int64_t b = 0; b < batch; ++b)
+        for (int64_t e = 0; e < n; ++e)
+          softmax_ce_hessian_inplace(probs + e * classes, weights[e], z + b * rows + e * classes,
+                                     classes, 1);
+      scaled_copy(in, out, batch * params, damping);
+      blas::gemm<T>(false, false, batch, params, rows, T(1), z, rows, jac, params, T(1), out, params);
+    }
+  };
+
   int64_t dim() const { return params; }
+  int64_t prepare_size() const { return 0; }
   int64_t scratch_size(int64_t batch) const { return batch * n * classes; }
-  void apply(int64_t task, const T* in, T* out, int64_t batch, T* z) const {
-    const int64_t rows = n * classes;
-    const T* j = jac + task * rows * params;
-    const T* p = probs + task * rows;
-    const T* w = weights + task * n;
-    blas::gemm<T>(false, true, batch, rows, params, T(1), in, params, j, params, T(0), z, rows);
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t e = 0; e < n; ++e)
-        softmax_ce_hessian_inplace(p + e * classes, w[e], z + b * rows + e * classes, classes, 1);
-    scaled_copy(in, out, batch * params, damping);
-    blas::gemm<T>(false, false, batch, params, rows, T(1), z, rows, j, params, T(1), out, params);
+  Task prepare(int64_t task, T*) const {
+    return {jac + task * n * classes * params, probs + task * n * classes, weights + task * n,
+            n, classes, params, damping};
   }
+};
+
+// Thread-local buffers for preparing and applying one task of an operator.
+template <typename T, typename Op>
+struct TaskBuffers {
+  std::vector<T> storage, scratch;
+  TaskBuffers(const Op& op, int64_t batch)
+      : storage(static_cast<size_t>(op.prepare_size())),
+        scratch(static_cast<size_t>(op.scratch_size(batch))) {}
 };
 
 // out[t] = (A_t + damping I) in[t] for every task, tasks spread over threads.
@@ -103,9 +132,10 @@ template <typename T, typename Op>
 void apply_each_task(const Op& op, int64_t tasks, int64_t batch, const T* in, T* out) {
   const int64_t stride = batch * op.dim();
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(static_cast<size_t>(op.scratch_size(batch)));
+    TaskBuffers<T, Op> buf(op, batch);
     for (int64_t t = begin; t < end; ++t)
-      op.apply(t, in + t * stride, out + t * stride, batch, scratch.data());
+      op.prepare(t, buf.storage.data())
+          .apply(in + t * stride, out + t * stride, batch, buf.scratch.data());
   });
 }
 

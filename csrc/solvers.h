@@ -10,15 +10,10 @@
 #include <vector>
 
 #include "checks.h"
+#include "operators.h"
+#include "vector_kernels.h"
 
 namespace metaif {
-
-template <typename T>
-double dot(const T* a, const T* b, int64_t count) {
-  double acc = 0.0;
-  for (int64_t i = 0; i < count; ++i) acc += static_cast<double>(a[i]) * static_cast<double>(b[i]);
-  return acc;
-}
 
 // Scaled Neumann series x = (1/s) sum_{j<=J} (I - A/s)^j b, as the recursion
 // r_0 = b, r_j = b + r_{j-1} - A r_{j-1} / s. Its increments e_j = r_j - r_{j-1} = (I - A/s)^j b
@@ -29,9 +24,11 @@ void neumann_solve(const char* opname, const Op& op, int64_t tasks, int64_t batc
                    const double* scale, int64_t iters, T* x) {
   const int64_t q = op.dim(), stride = batch * q;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> r(stride), ar(stride), scratch(op.scratch_size(batch));
+    std::vector<T> r(stride), ar(stride);
     std::vector<double> b_norm(batch), prev(batch);
+    TaskBuffers<T, Op> buf(op, batch);
     for (int64_t t = begin; t < end; ++t) {
+      const auto task = op.prepare(t, buf.storage.data());
       const T* bt = b + t * stride;
       const T inv_s = static_cast<T>(1.0 / scale[t]);
       std::copy(bt, bt + stride, r.begin());
@@ -42,18 +39,10 @@ void neumann_solve(const char* opname, const Op& op, int64_t tasks, int64_t batc
         prev[c] = b_norm[c];
       }
       for (int64_t j = 1; j <= iters; ++j) {
-        op.apply(t, r.data(), ar.data(), batch, scratch.data());
+        task.apply(r.data(), ar.data(), batch, buf.scratch.data());
         for (int64_t c = 0; c < batch; ++c) {
-          const T* bc = bt + c * q;
-          T* rc = r.data() + c * q;
-          const T* arc = ar.data() + c * q;
-          double e2 = 0.0;
-          for (int64_t i = 0; i < q; ++i) {
-            const T e = bc[i] - inv_s * arc[i];
-            rc[i] += e;
-            e2 += static_cast<double>(e) * static_cast<double>(e);
-          }
-          const double e_norm = std::sqrt(e2);
+          const double e_norm =
+              std::sqrt(neumann_step(bt + c * q, ar.data() + c * q, inv_s, r.data() + c * q, q));
           TORCH_CHECK(std::isfinite(e_norm), opname, ": the Neumann series produced non-finite "
                       "values at iteration ", j, " in task ", t, ", column ", c,
                       "; check the operator for NaN/Inf or raise the scale (", scale[t], ")");
@@ -78,10 +67,12 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
               double rtol, int64_t maxiter, T* x, int64_t* iters, T* resid) {
   const int64_t q = op.dim(), stride = batch * q;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> r(stride), p(stride), ap(stride), scratch(op.scratch_size(batch));
+    std::vector<T> r(stride), p(stride), ap(stride);
     std::vector<double> rs(batch), b_norm(batch);
     std::vector<char> active(batch);
+    TaskBuffers<T, Op> buf(op, batch);
     for (int64_t t = begin; t < end; ++t) {
+      const auto task = op.prepare(t, buf.storage.data());
       const T* bt = b + t * stride;
       T* xt = x + t * stride;
       std::fill(xt, xt + stride, T(0));
@@ -98,7 +89,7 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
         iters[t * batch + c] = 0;
       }
       for (int64_t k = 0; k < maxiter && n_active > 0; ++k) {
-        op.apply(t, p.data(), ap.data(), batch, scratch.data());
+        task.apply(p.data(), ap.data(), batch, buf.scratch.data());
         for (int64_t c = 0; c < batch; ++c) {
           if (!active[c]) continue;
           T* pc = p.data() + c * q;
@@ -110,19 +101,13 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
                       ": conjugate gradient met non-positive curvature p.Ap = ", curvature,
                       " at iteration ", k, " in task ", t, ", column ", c,
                       "; the operator is not positive definite: add damping");
-          const T alpha = static_cast<T>(rs[c] / curvature);
-          for (int64_t i = 0; i < q; ++i) {
-            xc[i] += alpha * pc[i];
-            rc[i] -= alpha * apc[i];
-          }
-          const double rs_new = dot(rc, rc, q);
+          const double rs_new = cg_step(pc, apc, static_cast<T>(rs[c] / curvature), xc, rc, q);
           iters[t * batch + c] = k + 1;
           if (std::sqrt(rs_new) <= rtol * b_norm[c]) {
             active[c] = 0;
             --n_active;
           } else {
-            const T beta = static_cast<T>(rs_new / rs[c]);
-            for (int64_t i = 0; i < q; ++i) pc[i] = rc[i] + beta * pc[i];
+            cg_direction(rc, static_cast<T>(rs_new / rs[c]), pc, q);
           }
           rs[c] = rs_new;
         }

@@ -30,6 +30,16 @@ def test_kfe_ihvp_noncontiguous_inputs(dtype):
     torch.testing.assert_close(ops.kfe_ihvp(*args, 0.2), reference.kfe_ihvp(grads, q_out, q_in, eig, 0.2), **tol(dtype))
 
 
+@pytest.mark.parametrize("layout", ["row-major", "column-major", "strided"])
+def test_kfe_ihvp_basis_layouts(layout):
+    """Bases from torch.linalg.eigh/qr are column-major: they are read in place, not copied."""
+    grads, q_out, q_in, eig = kfe_problem((3,), 6, 4, torch.float64)
+    expected = reference.kfe_ihvp(grads, q_out, q_in, eig, 0.1)
+    convert = {"row-major": lambda q: q.contiguous(), "column-major": lambda q: q.mT.contiguous().mT,
+               "strided": noncontiguous}[layout]
+    torch.testing.assert_close(ops.kfe_ihvp(grads, convert(q_out), convert(q_in), eig, 0.1), expected, **tol(torch.float64))
+
+
 @settings(max_examples=25, deadline=None)
 @given(d_out=st.integers(1, 12), d_in=st.integers(1, 12), batch=st.lists(st.integers(0, 3), max_size=2),
        damping=st.floats(1e-3, 10.0))

@@ -1,0 +1,140 @@
+// The ce-head Hessian-vector product for one task, as plain loops: with C = 5 classes and
+// n = 25 examples each product is a few thousand multiply-adds, far too small for a BLAS call
+// to pay off. The task's features are first copied into a padded layout (both example-major
+// and feature-major, rows rounded up to whole vectors), so that every inner loop runs over
+// whole SIMD vectors along a contiguous axis with no horizontal reductions. Compiled for
+// AVX-512, AVX2+FMA and baseline x86-64, chosen at load time (GCC target_clones), so that a
+// portable wheel still runs the widest vectors the CPU has.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define METAIF_TARGET_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define METAIF_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define METAIF_TARGET_CLONES
+#define METAIF_ALWAYS_INLINE inline
+#endif
+
+namespace metaif {
+
+constexpr int64_t kSimdPad = 16;
+
+inline int64_t round_up(int64_t v) { return (v + kSimdPad - 1) / kSimdPad * kSimdPad; }
+
+// One task's data in the padded layout; zero padding makes the extra lanes contribute nothing.
+template <typename T>
+struct PaddedHead {
+  int64_t n, d, classes, n_pad, d_pad;
+  T damping;
+  const T* phi;    // [n, d_pad]
+  const T* phi_t;  // [d, n_pad]
+  const T* p_t;    // [C, n_pad]
+  const T* w;      // [n_pad]
+
+  static int64_t storage_size(int64_t n, int64_t d, int64_t classes) {
+    const int64_t np = round_up(n), dp = round_up(d);
+    return n * dp + d * np + classes * np + np;
+  }
+  };
+
+template <typename T>
+PaddedHead<T> pad_head(const T* phi, const T* probs, const T* w, int64_t n, int64_t d,
+                       int64_t classes, T damping, T* storage) {
+  const int64_t np = round_up(n), dp = round_up(d);
+  T* phi_p = storage;
+  T* phi_t = phi_p + n * dp;
+  T* p_t = phi_t + d * np;
+  T* w_p = p_t + classes * np;
+  for (int64_t i = 0; i < PaddedHead<T>::storage_size(n, d, classes); ++i) storage[i] = T(0);
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t k = 0; k < d; ++k) {
+      phi_p[j * dp + k] = phi[j * d + k];
+      phi_t[k * np + j] = phi[j * d + k];
+    }
+    for (int64_t c = 0; c < classes; ++c) p_t[c * np + j] = probs[j * classes + c];
+    w_p[j] = w[j];
+  }
+  return {n, d, classes, np, dp, damping, phi_p, phi_t, p_t, w_p};
+}
+
+// 64-byte SIMD vectors (GCC vector extensions; lowered to narrower registers where the clone
+// has them), readable from any element-aligned address.
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float type __attribute__((vector_size(64), aligned(4)));
+};
+template <>
+struct Simd<double> {
+  typedef double type __attribute__((vector_size(64), aligned(8)));
+};
+
+// acc += sum_i a[i] * B[i * stride : +lanes] for i < count, four independent chains so that
+// the multiply-add latency is hidden.
+template <typename T, typename V = typename Simd<T>::type>
+METAIF_ALWAYS_INLINE V broadcast_mac(const T* a, const T* b, int64_t stride, int64_t count) {
+  V acc0 = V{} , acc1 = V{}, acc2 = V{}, acc3 = V{};
+  int64_t i = 0;
+  for (; i + 4 <= count; i += 4) {
+    acc0 += a[i] * *reinterpret_cast<const V*>(b + i * stride);
+    acc1 += a[i + 1] * *reinterpret_cast<const V*>(b + (i + 1) * stride);
+    acc2 += a[i + 2] * *reinterpret_cast<const V*>(b + (i + 2) * stride);
+    acc3 += a[i + 3] * *reinterpret_cast<const V*>(b + (i + 3) * stride);
+  }
+  for (; i < count; ++i) acc0 += a[i] * *reinterpret_cast<const V*>(b + i * stride);
+  return (acc0 + acc1) + (acc2 + acc3);
+}
+
+// out[b] = (sum_j w_j (diag p_j - p_j p_j^T) V_b phi_j phi_j^T) + damping V_b, V_b [C, d].
+// Logits Z[c, j-block] = sum_k V[c, k] phi_t[k, j-block] and output blocks
+// O[c, k-block] = sum_j S[c, j] phi[j, k-block] are accumulated in registers.
+template <typename T>
+METAIF_ALWAYS_INLINE void ce_head_apply_impl(const PaddedHead<T>& h, const T* in, T* out,
+                                             int64_t batch, T* scratch) {
+  using V = typename Simd<T>::type;
+  constexpr int64_t lanes = sizeof(V) / sizeof(T);
+  const int64_t np = h.n_pad, dp = h.d_pad, d = h.d, classes = h.classes;
+  T* z = scratch;            // [C, n_pad]
+  T* pz = z + classes * np;  // [n_pad]
+  T* o = pz + np;            // [C, d_pad]
+  for (int64_t b = 0; b < batch; ++b) {
+    const T* v = in + b * classes * d;
+    for (int64_t c = 0; c < classes; ++c)
+      for (int64_t jb = 0; jb < np; jb += lanes)
+        *reinterpret_cast<V*>(z + c * np + jb) = broadcast_mac<T>(v + c * d, h.phi_t + jb, np, d);
+    for (int64_t jb = 0; jb < np; jb += lanes) {
+      V acc = V{};
+      for (int64_t c = 0; c < classes; ++c)
+        acc += *reinterpret_cast<const V*>(h.p_t + c * np + jb) * *reinterpret_cast<const V*>(z + c * np + jb);
+      const V wj = *reinterpret_cast<const V*>(h.w + jb);
+      for (int64_t c = 0; c < classes; ++c) {
+        V* zc = reinterpret_cast<V*>(z + c * np + jb);
+        *zc = wj * *reinterpret_cast<const V*>(h.p_t + c * np + jb) * (*zc - acc);
+      }
+    }
+    for (int64_t c = 0; c < classes; ++c) {
+      for (int64_t kb = 0; kb < dp; kb += lanes)
+        *reinterpret_cast<V*>(o + c * dp + kb) = broadcast_mac<T>(z + c * np, h.phi + kb, dp, h.n);
+      T* dst = out + b * classes * d + c * d;
+      const T* src = v + c * d;
+      const T* oc = o + c * dp;
+      for (int64_t k = 0; k < d; ++k) dst[k] = oc[k] + h.damping * src[k];
+    }
+  }
+}
+
+METAIF_TARGET_CLONES inline void ce_head_apply(const PaddedHead<float>& h, const float* in,
+                                               float* out, int64_t batch, float* scratch) {
+  ce_head_apply_impl(h, in, out, batch, scratch);
+}
+
+METAIF_TARGET_CLONES inline void ce_head_apply(const PaddedHead<double>& h, const double* in,
+                                               double* out, int64_t batch, double* scratch) {
+  ce_head_apply_impl(h, in, out, batch, scratch);
+}
+
+}  // namespace metaif

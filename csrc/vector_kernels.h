@@ -1,0 +1,66 @@
+// The per-iteration vector updates of the solvers, cloned for AVX-512 / AVX2 / baseline like the
+// ce-head kernel: with small operators they are a sizeable share of each iteration. Every
+// reduction accumulates in double.
+#pragma once
+
+#include <cstdint>
+
+#include "ce_head_kernel.h"  // METAIF_TARGET_CLONES, METAIF_ALWAYS_INLINE
+
+namespace metaif {
+
+template <typename T>
+METAIF_ALWAYS_INLINE double dot_impl(const T* a, const T* b, int64_t count) {
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < count; ++i) acc += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  return acc;
+}
+
+// r += b - inv_s * ar (one Neumann step); returns ||b - inv_s * ar||^2.
+template <typename T>
+METAIF_ALWAYS_INLINE double neumann_step_impl(const T* b, const T* ar, T inv_s, T* r, int64_t count) {
+  double e2 = 0.0;
+#pragma omp simd reduction(+ : e2)
+  for (int64_t i = 0; i < count; ++i) {
+    const T e = b[i] - inv_s * ar[i];
+    r[i] += e;
+    e2 += static_cast<double>(e) * static_cast<double>(e);
+  }
+  return e2;
+}
+
+// x += alpha p; r -= alpha ap; returns ||r||^2.
+template <typename T>
+METAIF_ALWAYS_INLINE double cg_step_impl(const T* p, const T* ap, T alpha, T* x, T* r, int64_t count) {
+  double rs = 0.0;
+#pragma omp simd reduction(+ : rs)
+  for (int64_t i = 0; i < count; ++i) {
+    x[i] += alpha * p[i];
+    r[i] -= alpha * ap[i];
+    rs += static_cast<double>(r[i]) * static_cast<double>(r[i]);
+  }
+  return rs;
+}
+
+#define METAIF_DEFINE_VECTOR_KERNELS(T)                                                       \
+  METAIF_TARGET_CLONES inline double dot(const T* a, const T* b, int64_t count) {            \
+    return dot_impl(a, b, count);                                                             \
+  }                                                                                           \
+  METAIF_TARGET_CLONES inline double neumann_step(const T* b, const T* ar, T inv_s, T* r,     \
+                                                  int64_t count) {                            \
+    return neumann_step_impl(b, ar, inv_s, r, count);                                         \
+  }                                                                                           \
+  METAIF_TARGET_CLONES inline double cg_step(const T* p, const T* ap, T alpha, T* x, T* r,   \
+                                             int64_t count) {                                 \
+    return cg_step_impl(p, ap, alpha, x, r, count);                                           \
+  }                                                                                           \
+  METAIF_TARGET_CLONES inline void cg_direction(const T* r, T beta, T* p, int64_t count) {   \
+    _Pragma("omp simd") for (int64_t i = 0; i < count; ++i) p[i] = r[i] + beta * p[i];       \
+  }
+
+METAIF_DEFINE_VECTOR_KERNELS(float)
+METAIF_DEFINE_VECTOR_KERNELS(double)
+#undef METAIF_DEFINE_VECTOR_KERNELS
+
+}  // namespace metaif

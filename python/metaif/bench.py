@@ -1,0 +1,263 @@
+"""Benchmarks: each compiled op against its pure-PyTorch baseline, side by side, same inputs.
+
+    python -m metaif.bench [--quick] [--threads 1] [--repeats N] [--only SUBSTR] [--json FILE]
+
+Single-threaded by default (the machine is shared), median of repeats; prints one table row
+per case with both timings, the speed-up and, for GEMM-bound kernels, the achieved GFLOP/s
+next to the measured single-thread sgemm peak. Outputs are checked for agreement first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+
+from . import ops, reference
+from .utils.io import write_json
+
+Fn = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run: ``quick`` shrinks the slowest cases so the whole run takes under 2 minutes."""
+
+    quick: bool = False
+    threads: int = 1
+    repeats: int | None = None
+    only: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.repeats is not None and self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+
+    @property
+    def n_repeats(self) -> int:
+        return self.repeats or (3 if self.quick else 7)
+
+
+@dataclass
+class Case:
+    op: str
+    case: str
+    baseline: str
+    ours: Fn
+    base: Fn
+    flops: float | None = None  # per call, for GFLOP/s
+    note: str = ""
+
+
+@dataclass
+class Row:
+    op: str
+    case: str
+    baseline: str
+    metaif_ms: float
+    baseline_ms: float
+    speedup: float
+    gflops: float | None
+    peak_pct: float | None
+    note: str
+
+
+def median_ms(fn: Fn, repeats: int) -> float:
+    """Median wall time of ``fn`` in milliseconds after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def sgemm_peak_gflops(repeats: int, size: int = 1024) -> float:
+    """Best single-precision GEMM rate of torch.mm at ``size``^3: the yardstick for GEMM-bound kernels."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(max(repeats, 5)):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / (best * 1e9)
+
+
+def _first(out: object) -> torch.Tensor | list:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _agree(case: Case) -> None:
+    ours, base = _first(case.ours()), _first(case.base())
+    torch.testing.assert_close(ours, base, rtol=2e-3, atol=2e-3, msg=lambda m: f"{case.op} {case.case}: {m}")
+
+
+# ---- cases -------------------------------------------------------------------------------------
+
+def _orthogonal(d: int) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(d, d))[0]
+
+
+def kfe_cases(cfg: BenchConfig) -> Iterator[Case]:
+    for d in (64, 256, 1024):
+        for batch in (1, 32):
+            grads = torch.randn(batch, d, d)
+            q_out, q_in, eig = _orthogonal(d), _orthogonal(d), torch.rand(d, d) + 0.1
+            yield Case("kfe_ihvp", f"d={d} B={batch}", "torch matmul",
+                       lambda g=grads, a=q_out, b=q_in, e=eig: ops.kfe_ihvp(g, a, b, e, 0.01),
+                       lambda g=grads, a=q_out, b=q_in, e=eig: reference.kfe_ihvp(g, a, b, e, 0.01),
+                       flops=8.0 * batch * d**3)
+    # Conv-4 on 28x28 (64 channels, 3x3 kernels, bias folded in) and a 5-way head.
+    shapes = [(64, 1 * 9 + 1), (64, 64 * 9 + 1), (64, 64 * 9 + 1), (64, 64 * 9 + 1), (5, 64 + 1)]
+    batch = 8
+    layers = [(torch.randn(batch, o, i), _orthogonal(o), _orthogonal(i), torch.rand(o, i) + 0.1) for o, i in shapes]
+    cols = [list(c) for c in zip(*layers)]
+    flops = sum(2.0 * batch * (2 * o * o * i + 2 * o * i * i) for o, i in shapes)
+    yield Case("kfe_ihvp_grouped", f"Conv-4 5 layers B={batch}", "per-layer torch matmul",
+               lambda: ops.kfe_ihvp_grouped(*cols, damping=0.01),
+               lambda: reference.kfe_ihvp_grouped(*cols, damping=0.01), flops=flops)
+
+
+def kfe_eigvals_cases(cfg: BenchConfig) -> Iterator[Case]:
+    n = 256 if cfg.quick else 1024
+    og, acts = torch.randn(n, 1, 256), torch.randn(n, 1, 257)
+    qo, qi = _orthogonal(256), _orthogonal(257)
+    yield Case("kfe_eigvals", f"linear n={n} 256x257", "einsum + matmul",
+               lambda: ops.kfe_eigvals(og, acts, qo, qi), lambda: reference.kfe_eigvals(og, acts, qo, qi))
+    n, t = (16, 49) if cfg.quick else (64, 49)
+    og, acts = torch.randn(n, t, 64), torch.randn(n, t, 577)
+    qo, qi = _orthogonal(64), _orthogonal(577)
+    yield Case("kfe_eigvals", f"conv n={n} t={t} 64x577", "einsum + matmul",
+               lambda: ops.kfe_eigvals(og, acts, qo, qi), lambda: reference.kfe_eigvals(og, acts, qo, qi))
+
+
+def _head_problem(tasks: int, n: int = 25, d: int = 65, classes: int = 5, feature_scale: float = 1.0):
+    gen = torch.Generator().manual_seed(0)
+    feats = feature_scale * torch.randn(tasks, n, d, generator=gen) / d**0.5
+    feats[..., -1] = 1.0  # folded bias
+    probs = torch.softmax(2.0 * torch.randn(tasks, n, classes, generator=gen), -1)
+    return feats, probs
+
+
+def hvp_cases(cfg: BenchConfig) -> Iterator[Case]:
+    tasks = 1000
+    feats, probs = _head_problem(tasks)
+    for batch in (1, 16):
+        vecs = torch.randn(tasks, batch, 5, 65)
+        yield Case("ce_head_hvp", f"T={tasks} n=25 d=65 C=5 B={batch}", "torch.func hvp (vmap)",
+                   lambda v=vecs: ops.ce_head_hvp(feats, probs, v, 0.1),
+                   lambda v=vecs: reference.ce_head_hvp(feats, probs, v, 0.1))
+        yield Case("ce_head_hvp", f"T={tasks} n=25 d=65 C=5 B={batch}", "closed-form einsum",
+                   lambda v=vecs: ops.ce_head_hvp(feats, probs, v, 0.1),
+                   lambda v=vecs: reference.ce_head_matvec(feats, probs, v, 0.1))
+    tasks, params = (50, 2000) if cfg.quick else (200, 2000)
+    jac = torch.randn(tasks, 25, 5, params) / params**0.5
+    vecs = torch.randn(tasks, 4, params)
+    yield Case("ggn_hvp", f"T={tasks} n=25 C=5 P={params} B=4", "torch.func hvp (vmap)",
+               lambda: ops.ggn_hvp(jac, probs[:tasks], vecs, 0.1), lambda: reference.ggn_hvp(jac, probs[:tasks], vecs, 0.1))
+
+
+def solver_cases(cfg: BenchConfig) -> Iterator[Case]:
+    # Features of norm ~3 and little damping: condition numbers in the thousands, so that CG
+    # really needs its 100 iterations (past convergence, float32 iterates turn denormal).
+    tasks, iters, damping = 1000, 100, 0.01
+    feats, probs = _head_problem(tasks, feature_scale=3.0)
+    q = 5 * 65
+    basis = torch.eye(q).reshape(1, q, 5, 65).expand(tasks, -1, -1, -1).contiguous()
+    dense = ops.ce_head_hvp(feats, probs, basis).reshape(tasks, q, q).mT.contiguous()
+    del basis
+    b_head = torch.randn(tasks, 1, 5, 65)
+    b_dense = b_head.reshape(tasks, 1, q)
+    scale = ops.power_iteration_scale(lambda v: ops.ce_head_hvp(feats, probs, v, damping), b_head)
+    label = f"T={tasks} q={q} B=1 {iters} it"
+    yield Case("neumann_dense", label, "batched torch loop (bmm)",
+               lambda: ops.neumann_dense(dense, b_dense, iters, scale, damping),
+               lambda: reference.neumann_dense(dense, b_dense, iters, scale, damping))
+    yield Case("neumann_ce_head", label, "batched torch loop (einsum)",
+               lambda: ops.neumann_ce_head(feats, probs, b_head, iters, scale, damping),
+               lambda: reference.neumann_ce_head(feats, probs, b_head, iters, scale, damping))
+    rtol = 1e-6
+    its = ops.cg_dense(dense, b_dense, damping, rtol, iters).iters.float().mean().item()
+    note = f"rtol={rtol:g}: mean {its:.0f} it"
+    label = f"T={tasks} q={q} B=1 <={iters} it"
+    yield Case("cg_dense", label, "batched torch loop (bmm)",
+               lambda: ops.cg_dense(dense, b_dense, damping, rtol, iters),
+               lambda: reference.cg_dense(dense, b_dense, damping, rtol, iters), note=note)
+    yield Case("cg_ce_head", label, "batched torch loop (einsum)",
+               lambda: ops.cg_ce_head(feats, probs, b_head, damping, rtol, iters),
+               lambda: reference.cg_ce_head(feats, probs, b_head, damping, rtol, iters), note=note)
+
+
+def woodbury_cases(cfg: BenchConfig) -> Iterator[Case]:
+    tasks, params, rank = (4 if cfg.quick else 16), 2000, 125
+    u = torch.randn(tasks, params, rank) / params**0.5
+    v = torch.randn(tasks, 4, params)
+    yield Case("woodbury_solve", f"T={tasks} P={params} r={rank} B=4", "torch.linalg.solve (dense)",
+               lambda: ops.woodbury_solve(u, v, 0.1), lambda: reference.woodbury_solve(u, v, 0.1))
+
+
+CASE_GROUPS = (kfe_cases, kfe_eigvals_cases, hvp_cases, solver_cases, woodbury_cases)
+
+
+# ---- driver ------------------------------------------------------------------------------------
+
+def run(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict:
+    """Run every selected case; return ``{"machine": ..., "rows": [...]}``."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(0)
+    peak = sgemm_peak_gflops(cfg.n_repeats)
+    report(f"torch {torch.__version__}, {cfg.threads} thread(s), median of {cfg.n_repeats}; "
+           f"sgemm peak {peak:.1f} GFLOP/s (torch.mm 1024^3)")
+    header = f"{'op':<17} {'case':<30} {'baseline':<27} {'metaif ms':>10} {'base ms':>10} {'speed-up':>8} {'GFLOP/s':>8} {'%peak':>6}  note"
+    report(header)
+    report("-" * len(header))
+    rows = []
+    for group in CASE_GROUPS:
+        for case in group(cfg):
+            if cfg.only and cfg.only not in case.op:
+                continue
+            _agree(case)
+            ours, base = median_ms(case.ours, cfg.n_repeats), median_ms(case.base, cfg.n_repeats)
+            gflops = case.flops / (ours * 1e6) if case.flops else None
+            row = Row(case.op, case.case, case.baseline, ours, base, base / ours, gflops,
+                      100 * gflops / peak if gflops else None, case.note)
+            rows.append(row)
+            rate = f"{gflops:8.1f} {row.peak_pct:5.0f}%" if gflops else f"{'':8} {'':6}"
+            report(f"{row.op:<17} {row.case:<30} {row.baseline:<27} {ours:10.2f} {base:10.2f} "
+                   f"{row.speedup:7.2f}x {rate}  {row.note}")
+    return {"machine": {"torch": torch.__version__, "threads": cfg.threads, "cpu": platform.processor() or platform.machine(),
+                        "sgemm_peak_gflops": peak},
+            "config": asdict(cfg), "rows": [asdict(r) for r in rows]}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="smaller slow cases; under 2 minutes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 3 quick, 7 full)")
+    parser.add_argument("--only", default=None, help="run only ops whose name contains this")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    results = run(BenchConfig(quick=args.quick, threads=args.threads, repeats=args.repeats, only=args.only))
+    if args.json:
+        print(f"wrote {write_json(args.json, results)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m metaif.bench", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return main_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
