@@ -1,8 +1,8 @@
 // The ce-head Hessian-vector product for one task, as plain loops: with C = 5 classes and
 // n = 25 examples each product is a few thousand multiply-adds, far too small for a BLAS call
-// to pay off. The task's features are first copied into a padded layout (both example-major
-// and feature-major, rows rounded up to whole vectors), so that every inner loop runs over
-// whole SIMD vectors along a contiguous axis with no horizontal reductions. Compiled for
+// to pay off. The task's features are first copied feature-major with the examples padded to
+// whole vectors, so that the inner loops run over whole SIMD vectors along a contiguous axis,
+// accumulate in registers and need no horizontal reductions. Compiled for
 // AVX-512, AVX2+FMA and baseline x86-64, chosen at load time (GCC target_clones), so that a
 // portable wheel still runs the widest vectors the CPU has.
 #pragma once
@@ -24,40 +24,43 @@ constexpr int64_t kSimdPad = 16;
 
 inline int64_t round_up(int64_t v) { return (v + kSimdPad - 1) / kSimdPad * kSimdPad; }
 
-// One task's data in the padded layout; zero padding makes the extra lanes contribute nothing.
+// One task's data for the kernel: the features as they are ([n, d], example-major) and
+// transposed with the examples padded to whole vectors ([d, n_pad], zero padding), so that the
+// padded lanes contribute nothing.
 template <typename T>
 struct PaddedHead {
   int64_t n, d, classes, n_pad, d_pad;
   T damping;
-  const T* phi;    // [n, d_pad]
+  const T* phi;    // [n, d], the caller's
   const T* phi_t;  // [d, n_pad]
   const T* p_t;    // [C, n_pad]
   const T* w;      // [n_pad]
 
   static int64_t storage_size(int64_t n, int64_t d, int64_t classes) {
-    const int64_t np = round_up(n), dp = round_up(d);
-    return n * dp + d * np + classes * np + np;
+    const int64_t np = round_up(n);
+    return d * np + classes * np + np;
   }
-  };
+};
 
 template <typename T>
 PaddedHead<T> pad_head(const T* phi, const T* probs, const T* w, int64_t n, int64_t d,
                        int64_t classes, T damping, T* storage) {
-  const int64_t np = round_up(n), dp = round_up(d);
-  T* phi_p = storage;
-  T* phi_t = phi_p + n * dp;
+  const int64_t np = round_up(n);
+  T* phi_t = storage;
   T* p_t = phi_t + d * np;
   T* w_p = p_t + classes * np;
-  for (int64_t i = 0; i < PaddedHead<T>::storage_size(n, d, classes); ++i) storage[i] = T(0);
-  for (int64_t j = 0; j < n; ++j) {
-    for (int64_t k = 0; k < d; ++k) {
-      phi_p[j * dp + k] = phi[j * d + k];
-      phi_t[k * np + j] = phi[j * d + k];
-    }
-    for (int64_t c = 0; c < classes; ++c) p_t[c * np + j] = probs[j * classes + c];
-    w_p[j] = w[j];
+  for (int64_t k = 0; k < d; ++k) {
+    T* row = phi_t + k * np;
+    for (int64_t j = 0; j < n; ++j) row[j] = phi[j * d + k];
+    for (int64_t j = n; j < np; ++j) row[j] = T(0);
   }
-  return {n, d, classes, np, dp, damping, phi_p, phi_t, p_t, w_p};
+  for (int64_t c = 0; c < classes; ++c) {
+    T* row = p_t + c * np;
+    for (int64_t j = 0; j < n; ++j) row[j] = probs[j * classes + c];
+    for (int64_t j = n; j < np; ++j) row[j] = T(0);
+  }
+  for (int64_t j = 0; j < np; ++j) w_p[j] = j < n ? w[j] : T(0);
+  return {n, d, classes, np, round_up(d), damping, phi, phi_t, p_t, w_p};
 }
 
 // 64-byte SIMD vectors (GCC vector extensions; lowered to narrower registers where the clone
@@ -91,7 +94,7 @@ METAIF_ALWAYS_INLINE V broadcast_mac(const T* a, const T* b, int64_t stride, int
 
 // out[b] = (sum_j w_j (diag p_j - p_j p_j^T) V_b phi_j phi_j^T) + damping V_b, V_b [C, d].
 // Logits Z[c, j-block] = sum_k V[c, k] phi_t[k, j-block] and output blocks
-// O[c, k-block] = sum_j S[c, j] phi[j, k-block] are accumulated in registers.
+// O[c, k-block] = sum_j S[c, j] phi[j, k-block] are accumulated in registers; O is [C, d_pad].
 template <typename T>
 METAIF_ALWAYS_INLINE void ce_head_apply_impl(const PaddedHead<T>& h, const T* in, T* out,
                                              int64_t batch, T* scratch) {
@@ -116,9 +119,22 @@ METAIF_ALWAYS_INLINE void ce_head_apply_impl(const PaddedHead<T>& h, const T* in
         *zc = wj * *reinterpret_cast<const V*>(h.p_t + c * np + jb) * (*zc - acc);
       }
     }
+    const int64_t d_full = d / lanes * lanes;
     for (int64_t c = 0; c < classes; ++c) {
-      for (int64_t kb = 0; kb < dp; kb += lanes)
-        *reinterpret_cast<V*>(o + c * dp + kb) = broadcast_mac<T>(z + c * np, h.phi + kb, dp, h.n);
+      const T* zc = z + c * np;
+      for (int64_t kb = 0; kb < d_full; kb += lanes)
+        *reinterpret_cast<V*>(o + c * dp + kb) = broadcast_mac<T>(zc, h.phi + kb, d, h.n);
+      if (d_full < d && d >= lanes) {
+        // The ragged end of the rows as one more whole vector that ends at the row's end; its
+        // overlap with the previous block recomputes identical sums.
+        *reinterpret_cast<V*>(o + c * dp + d - lanes) = broadcast_mac<T>(zc, h.phi + d - lanes, d, h.n);
+      } else {
+        for (int64_t k = d_full; k < d; ++k) {
+          T acc = T(0);
+          for (int64_t j = 0; j < h.n; ++j) acc += zc[j] * h.phi[j * d + k];
+          o[c * dp + k] = acc;
+        }
+      }
       T* dst = out + b * classes * d + c * d;
       const T* src = v + c * d;
       const T* oc = o + c * dp;

@@ -19,6 +19,16 @@ def test_ce_head_hvp_matches_autograd(dtype, weighted, tasks, batch):
         torch.testing.assert_close(out, reference.ce_head_hvp(feats, probs, vecs, 0.25, weights), **tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, d, classes", [(21, 37, 5), (16, 32, 2), (33, 8, 7), (1, 65, 3)])
+def test_ce_head_hvp_vector_blocks_and_ragged_ends(dtype, n, d, classes):
+    """Sizes around the SIMD width: whole blocks, ragged feature rows, padded examples."""
+    feats, probs, weights = ce_head_problem(2, n, d, classes, dtype)
+    vecs = torch.randn(2, 3, classes, d, dtype=dtype)
+    torch.testing.assert_close(ops.ce_head_hvp(feats, probs, vecs, 0.1, weights),
+                               reference.ce_head_matvec(feats, probs, vecs, 0.1, weights), **tol(dtype))
+
+
 def test_ce_head_closed_form_baseline_matches_autograd():
     feats, probs, weights = ce_head_problem(3, 6, 5, 3, torch.float64)
     vecs = torch.randn(3, 2, 3, 5, dtype=torch.float64)

@@ -1,0 +1,65 @@
+"""Task sets are deterministic, have stable identities, and record corruption."""
+
+import pytest
+import torch
+
+from metaif.data import TaskConfig, corrupt_labels, load_digits, sample_tasks, split_classes, split_images
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def test_class_split_is_disjoint_and_seeded(digits):
+    train, test = split_classes(digits, 0.4, seed=3)
+    assert not set(train.classes) & set(test.classes) and len(test.classes) == 4
+    assert split_classes(digits, 0.4, seed=3)[0].classes == train.classes
+
+
+def test_image_split_shares_classes_not_images(digits):
+    train, test = split_images(digits, 0.5, seed=0)
+    assert train.classes == test.classes
+    assert not set(train.indices.tolist()) & set(test.indices.tolist())
+
+
+def test_sampling_is_stable_per_task(digits):
+    pool, _ = split_classes(digits, 0.5, seed=0)
+    small = sample_tasks(pool, TaskConfig(ways=3, shots=2, queries=4, num_tasks=5, seed=7))
+    large = sample_tasks(pool, TaskConfig(ways=3, shots=2, queries=4, num_tasks=9, seed=7))
+    assert torch.equal(small.train_index, large.train_index[:5])  # task i does not depend on m
+    assert small.x_train.shape == (5, 6, 1, 8, 8) and small.x_val.shape == (5, 12, 1, 8, 8)
+    assert small.y_train[0].tolist() == [0, 0, 1, 1, 2, 2]
+    for i in range(5):  # labels match the dataset classes, splits are disjoint
+        assert torch.equal(digits.labels[small.train_index[i]], small.classes[i][small.y_train[i]])
+        assert not set(small.train_index[i].tolist()) & set(small.val_index[i].tolist())
+    assert set(small.classes.flatten().tolist()) <= set(pool.classes)
+    assert small.fingerprint() == sample_tasks(pool, small.config).fingerprint()
+    assert small.fingerprint() != sample_tasks(pool, TaskConfig(3, 2, 4, 5, seed=8)).fingerprint()
+
+
+def test_removal_keeps_identities(digits):
+    pool, _ = split_classes(digits, 0.5, seed=0)
+    tasks = sample_tasks(pool, TaskConfig(ways=2, shots=1, queries=2, num_tasks=6))
+    kept = tasks.without_tasks([1, 4])
+    assert kept.task_ids.tolist() == [0, 2, 3, 5]
+    assert torch.equal(kept.train_index[1], tasks.train_index[2])
+
+
+def test_label_flip_corruption_is_recorded(digits):
+    pool, _ = split_classes(digits, 0.5, seed=0)
+    tasks = sample_tasks(pool, TaskConfig(ways=5, shots=2, queries=3, num_tasks=20))
+    bad = corrupt_labels(tasks, task_fraction=0.8, instance_fraction=0.4, seed=1)
+    assert int(bad.corrupted.sum()) == 16
+    changed_train = bad.y_train != tasks.y_train
+    assert torch.equal(changed_train, bad.flipped_train)  # every flip changes the label
+    assert not bad.flipped_train[~bad.corrupted].any()
+    assert int(bad.flipped_train[bad.corrupted].sum(1).max()) == 4  # 40% of 10
+    with pytest.raises(ValueError, match="task_fraction must be in"):
+        corrupt_labels(tasks, task_fraction=1.5)
+
+
+def test_too_few_classes_is_a_clear_error(digits):
+    pool, _ = split_classes(digits, 0.5, seed=0)
+    with pytest.raises(ValueError, match="5-way tasks need|10-way tasks need"):
+        sample_tasks(pool, TaskConfig(ways=10, shots=1, queries=1, num_tasks=1))
