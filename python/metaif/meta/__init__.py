@@ -1,0 +1,9 @@
+"""Bilevel meta-learning: the two built-in forms of math.md §14, outer training and retraining."""
+
+from .anil import AnilConfig, AnilProblem
+from .batch import TaskBatch
+from .imaml import ImamlConfig, ImamlProblem
+from .train import Accuracy, TrainConfig, TrainResult, Weights, evaluate, meta_train, retrain
+
+__all__ = ["Accuracy", "AnilConfig", "AnilProblem", "ImamlConfig", "ImamlProblem", "TaskBatch", "TrainConfig",
+           "TrainResult", "Weights", "evaluate", "meta_train", "retrain"]

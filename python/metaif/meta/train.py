@@ -1,0 +1,186 @@
+"""Outer training (Adam on the implicit total gradient), evaluation, checkpoints and retraining.
+
+The objective is math.md §1's: sum_i c_i L_i(theta_i(lambda), lambda) + gamma/2 ||lambda||^2 with
+c_i = 1/m. Training samples meta-batches of tasks (seeded); removing tasks or instances sets
+their weights to zero and keeps every other weight, as retraining ground truth requires.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.tasks import TaskSet
+from .batch import TaskBatch
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class MetaProblem(Protocol):
+    form: str
+    gamma: float
+
+    def init_lambda(self, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor: ...
+    def outer_gradient(self, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor) -> tuple[torch.Tensor, dict]: ...
+    def predict(self, lam: torch.Tensor, batch: TaskBatch) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Adam with learning rate ``lr`` for ``steps`` steps on meta-batches of ``meta_batch`` tasks
+    (``0`` = all tasks every step, i.e. full-batch descent)."""
+
+    steps: int = 300
+    meta_batch: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    dtype: str = "float32"
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.meta_batch < 0 or not self.lr > 0:
+            raise ValueError(f"TrainConfig needs steps >= 0, meta_batch >= 0, lr > 0; got {self}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"TrainConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+
+@dataclass
+class Weights:
+    """Per-task ``c [m]`` and per-instance ``w_tr [m, n]``, ``w_val [m, v]`` weights (math.md §1)."""
+
+    c: torch.Tensor
+    w_tr: torch.Tensor
+    w_val: torch.Tensor
+
+    @staticmethod
+    def uniform(tasks: TaskSet, dtype: torch.dtype = torch.float32) -> Weights:
+        m, n, v = len(tasks), tasks.y_train.shape[1], tasks.y_val.shape[1]
+        return Weights(torch.full((m,), 1.0 / m, dtype=dtype), torch.full((m, n), 1.0 / n, dtype=dtype),
+                       torch.full((m, v), 1.0 / v, dtype=dtype))
+
+    def without(self, tasks: TaskSet, remove_tasks=(), remove_instances=()) -> Weights:
+        """Zero the weights of removed task ids and of ``(task_id, "train"|"val", j)`` instances."""
+        out = Weights(self.c.clone(), self.w_tr.clone(), self.w_val.clone())
+        position = {int(t): i for i, t in enumerate(tasks.task_ids)}
+        for tid in remove_tasks:
+            out.c[position[int(tid)]] = 0.0
+        for tid, split, j in remove_instances:
+            if split not in ("train", "val"):
+                raise ValueError(f"instance split must be 'train' or 'val', got {split!r}")
+            (out.w_tr if split == "train" else out.w_val)[position[int(tid)], j] = 0.0
+        return out
+
+
+@dataclass
+class TrainResult:
+    lam: torch.Tensor
+    losses: list[float] = field(default_factory=list)
+    inner_grad_norm: float = 0.0
+    wall_time: float = 0.0
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def meta_train(problem: MetaProblem, tasks: TaskSet, config: TrainConfig, lam0: torch.Tensor | None = None,
+               weights: Weights | None = None, checkpoint: str | Path | None = None,
+               progress: bool = True) -> TrainResult:
+    """Train lambda from ``lam0`` (default: the problem's seeded init); resumes from ``checkpoint``
+    when it holds a run of the same configuration and task set."""
+    dtype = DTYPES[config.dtype]
+    weights = weights or Weights.uniform(tasks, dtype)
+    lam = (problem.init_lambda(config.seed, dtype) if lam0 is None else lam0.detach().to(dtype)).clone()
+    lam.requires_grad_(True)
+    opt = torch.optim.Adam([lam], lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    # Everything that fixes the trajectory except the number of steps, so a run can be extended.
+    identity = {"config": {k: v for k, v in asdict(config).items() if k != "steps"},
+                "tasks": tasks.fingerprint(), "form": problem.form,
+                "weights": float(weights.c.sum() + weights.w_tr.sum() + weights.w_val.sum())}
+    result, start = TrainResult(lam.detach()), 0
+    path = Path(checkpoint) if checkpoint else None
+    if path is not None and path.exists():
+        state = torch.load(path, weights_only=False)
+        if state["identity"] != identity:
+            raise ValueError(f"{path}: checkpoint of a different run ({state['identity']}); "
+                             f"use another path or delete it")
+        with torch.no_grad():
+            lam.copy_(state["lam"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        start, result.losses = state["step"], state["losses"]
+    active = torch.nonzero(weights.c > 0).flatten()
+    batch_size = len(active) if config.meta_batch == 0 else min(config.meta_batch, len(active))
+    began = time.perf_counter()
+    bar = tqdm(range(start, config.steps), disable=not progress, desc=f"meta-train {problem.form}", leave=False)
+    for step in bar:
+        rows = active if batch_size == len(active) else active[torch.randperm(len(active), generator=gen)[:batch_size]]
+        batch = TaskBatch.from_taskset(tasks, rows, dtype, weights.w_tr[rows], weights.w_val[rows])
+        scale = len(active) / batch_size  # unbiased estimate of sum over all active tasks
+        grad, info = problem.outer_gradient(lam, batch, weights.c[rows] * scale)
+        opt.zero_grad()
+        lam.grad = grad + problem.gamma * lam.detach()
+        opt.step()
+        result.losses.append(info["outer_loss"])
+        result.inner_grad_norm = info["inner_grad_norm"]
+        bar.set_postfix(loss=f"{info['outer_loss']:.4f}")
+        if path is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+            _save_atomic({"identity": identity, "lam": lam.detach(), "opt": opt.state_dict(),
+                          "gen": gen.get_state(), "step": step + 1, "losses": result.losses}, path)
+    result.lam, result.wall_time = lam.detach().clone(), time.perf_counter() - began
+    return result
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Mean query accuracy over tasks with its 95% confidence half-width."""
+
+    mean: float
+    ci95: float
+    tasks: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f} ± {self.ci95:.4f} ({self.tasks} tasks)"
+
+
+def evaluate(problem: MetaProblem, lam: torch.Tensor, tasks: TaskSet, batch_size: int = 100,
+             dtype: torch.dtype = torch.float32) -> Accuracy:
+    """Adapt on each task's train split, score accuracy on its validation split."""
+    accs = []
+    for start in range(0, len(tasks), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(tasks)))
+        batch = TaskBatch.from_taskset(tasks, rows, dtype)
+        logits = problem.predict(lam.to(dtype), batch)
+        accs.append((logits.argmax(-1) == batch.y_val).to(torch.float64).mean(-1))
+    acc = torch.cat(accs)
+    half = 1.96 * float(acc.std(unbiased=True)) / math.sqrt(len(acc)) if len(acc) > 1 else float("nan")
+    return Accuracy(float(acc.mean()), half, len(acc))
+
+
+def retrain(problem: MetaProblem, tasks: TaskSet, config: TrainConfig, lam_star: torch.Tensor | None = None,
+            remove_tasks=(), remove_instances=(), warm_start: bool = True, progress: bool = False) -> TrainResult:
+    """Re-solve with tasks/instances removed (their weights zeroed, all others kept), with the same
+    seed and schedule: warm-started from ``lam_star`` (the ground truth influence functions
+    approximate) or from the seeded initialisation (``warm_start=False``)."""
+    if warm_start and lam_star is None:
+        raise ValueError("retrain(warm_start=True) needs lam_star")
+    weights = Weights.uniform(tasks, DTYPES[config.dtype]).without(tasks, remove_tasks, remove_instances)
+    return meta_train(problem, tasks, config, lam0=lam_star if warm_start else None, weights=weights,
+                      progress=progress)

@@ -1,0 +1,65 @@
+"""Outer training is deterministic, resumes from checkpoints, and retraining without a task moves lambda."""
+
+import pytest
+import torch
+
+from metaif.data import TaskConfig, load_digits, sample_tasks, split_classes
+from metaif.meta import AnilConfig, AnilProblem, ImamlConfig, ImamlProblem, TrainConfig, evaluate, meta_train, retrain
+from metaif.models import mlp
+
+
+@pytest.fixture(scope="module")
+def setting():
+    train_pool, test_pool = split_classes(load_digits(), 0.5, seed=0)
+    train = sample_tasks(train_pool, TaskConfig(ways=5, shots=1, queries=5, num_tasks=40, seed=0))
+    test = sample_tasks(test_pool, TaskConfig(ways=5, shots=1, queries=5, num_tasks=30, seed=1))
+    problem = AnilProblem(mlp(64, (16,)), AnilConfig(ways=5, head="logistic", delta=1.0))
+    return problem, train, test
+
+
+def test_training_is_deterministic_and_resumes(setting, tmp_path):
+    problem, train, _ = setting
+    config = TrainConfig(steps=6, meta_batch=4, lr=1e-2, checkpoint_every=3)
+    straight = meta_train(problem, train, config, progress=False)
+    again = meta_train(problem, train, config, progress=False)
+    assert torch.equal(straight.lam, again.lam)
+    ckpt = tmp_path / "run.pt"
+    meta_train(problem, train, TrainConfig(steps=3, meta_batch=4, lr=1e-2, checkpoint_every=3), checkpoint=ckpt,
+               progress=False)
+    resumed = meta_train(problem, train, config, checkpoint=ckpt, progress=False)
+    torch.testing.assert_close(resumed.lam, straight.lam, rtol=0, atol=0)
+    assert len(resumed.losses) == 6
+    with pytest.raises(ValueError, match="checkpoint of a different run"):
+        meta_train(problem, train, TrainConfig(steps=6, meta_batch=4, lr=5e-3), checkpoint=ckpt, progress=False)
+
+
+def test_retraining_without_a_task_changes_lambda_deterministically(setting):
+    problem, train, _ = setting
+    config = TrainConfig(steps=20, meta_batch=0, lr=1e-2)  # full batch
+    lam_star = meta_train(problem, train, config, progress=False).lam
+    removed = retrain(problem, train, config, lam_star, remove_tasks=[3])
+    same = retrain(problem, train, config, lam_star, remove_tasks=[3])
+    kept = retrain(problem, train, config, lam_star)
+    assert torch.equal(removed.lam, same.lam)
+    change = (removed.lam - kept.lam).norm() / kept.lam.norm()
+    assert change > 1e-5
+    instance = retrain(problem, train, config, lam_star, remove_instances=[(3, "val", 0)])
+    assert (instance.lam - kept.lam).norm() > 0
+    with pytest.raises(ValueError, match="needs lam_star"):
+        retrain(problem, train, config, None)
+
+
+def test_meta_training_beats_random_features_on_digits(setting):
+    problem, train, test = setting
+    before = evaluate(problem, problem.init_lambda(0), test)
+    after = evaluate(problem, meta_train(problem, train, TrainConfig(steps=40, meta_batch=8, lr=3e-3), progress=False).lam, test)
+    assert after.mean > before.mean
+
+
+def test_imaml_trains(setting):
+    _, train, test = setting
+    problem = ImamlProblem(mlp(64, (16,), "tanh"), ImamlConfig(ways=5, delta=1.0, inner_max_iter=30))
+    result = meta_train(problem, train.subset(list(range(8))), TrainConfig(steps=3, meta_batch=4, lr=1e-2),
+                        progress=False)
+    assert result.losses[-1] < result.losses[0] and result.inner_grad_norm < 1e-4
+    assert 0.0 <= evaluate(problem, result.lam, test.subset(list(range(4)))).mean <= 1.0
