@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-BASE_DEPENDENCIES = ["numpy>=1.22", "tqdm>=4.60"]
+# scikit-learn ships the embedded default data set (digits); pillow decodes Omniglot and
+# mini-ImageNet images.
+BASE_DEPENDENCIES = ["numpy>=1.22", "tqdm>=4.60", "scikit-learn>=1.0", "pillow>=9"]
 
 
 def dynamic_metadata(field: str, settings: Mapping[str, object]) -> list[str]:

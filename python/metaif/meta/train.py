@@ -81,10 +81,14 @@ class Weights:
 
 @dataclass
 class TrainResult:
+    """The trained ``lam [p]``, outer losses per step, the last inner ``max ||grad_theta F_i||``,
+    training wall time (s) and, for retraining with test tasks, the meta-test accuracy."""
+
     lam: torch.Tensor
     losses: list[float] = field(default_factory=list)
     inner_grad_norm: float = 0.0
     wall_time: float = 0.0
+    accuracy: Accuracy | None = None
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -175,12 +179,17 @@ def evaluate(problem: MetaProblem, lam: torch.Tensor, tasks: TaskSet, batch_size
 
 
 def retrain(problem: MetaProblem, tasks: TaskSet, config: TrainConfig, lam_star: torch.Tensor | None = None,
-            remove_tasks=(), remove_instances=(), warm_start: bool = True, progress: bool = False) -> TrainResult:
+            remove_tasks=(), remove_instances=(), warm_start: bool = True, test: TaskSet | None = None,
+            progress: bool = False) -> TrainResult:
     """Re-solve with tasks/instances removed (their weights zeroed, all others kept), with the same
     seed and schedule: warm-started from ``lam_star`` (the ground truth influence functions
-    approximate) or from the seeded initialisation (``warm_start=False``)."""
+    approximate) or from the seeded initialisation (``warm_start=False``). With ``test`` tasks the
+    result carries the new meta-test accuracy."""
     if warm_start and lam_star is None:
         raise ValueError("retrain(warm_start=True) needs lam_star")
     weights = Weights.uniform(tasks, DTYPES[config.dtype]).without(tasks, remove_tasks, remove_instances)
-    return meta_train(problem, tasks, config, lam0=lam_star if warm_start else None, weights=weights,
-                      progress=progress)
+    result = meta_train(problem, tasks, config, lam0=lam_star if warm_start else None, weights=weights,
+                        progress=progress)
+    if test is not None:
+        result.accuracy = evaluate(problem, result.lam, test, dtype=DTYPES[config.dtype])
+    return result
