@@ -27,6 +27,14 @@ inline void check_size(const char* op, const at::Tensor& t, const char* name, in
               " = ", expected, ", got shape ", t.sizes());
 }
 
+// A square [d, d] matrix (an eigenbasis), d given by another argument described in `what`.
+inline void check_square(const char* op, const at::Tensor& t, const char* name, int64_t d,
+                         const char* shape, const char* what) {
+  check_rank(op, t, name, 2, shape);
+  check_size(op, t, name, 0, d, what);
+  check_size(op, t, name, 1, d, what);
+}
+
 // The first tensor fixes dtype and device; every other one must match it.
 inline void check_floating(const char* op, const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,

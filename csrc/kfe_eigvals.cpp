@@ -62,12 +62,8 @@ at::Tensor kfe_eigvals_cpu(const at::Tensor& out_grads, const at::Tensor& acts,
   const int64_t d_in = acts.size(2);
   check_size(kOp, acts, "acts", 0, n, "out_grads.shape[0] (n)");
   check_size(kOp, acts, "acts", 1, t, "out_grads.shape[1] (t)");
-  check_rank(kOp, q_out, "q_out", 2, "[d_out, d_out]");
-  check_size(kOp, q_out, "q_out", 0, d_out, "out_grads.shape[2] (d_out)");
-  check_size(kOp, q_out, "q_out", 1, d_out, "out_grads.shape[2] (d_out)");
-  check_rank(kOp, q_in, "q_in", 2, "[d_in, d_in]");
-  check_size(kOp, q_in, "q_in", 0, d_in, "acts.shape[2] (d_in)");
-  check_size(kOp, q_in, "q_in", 1, d_in, "acts.shape[2] (d_in)");
+  check_square(kOp, q_out, "q_out", d_out, "[d_out, d_out]", "out_grads.shape[2] (d_out)");
+  check_square(kOp, q_in, "q_in", d_in, "[d_in, d_in]", "acts.shape[2] (d_in)");
   const at::Tensor w = weights_or_uniform(kOp, weights, out_grads, {n}, "[n]");
 
   at::Tensor out = at::zeros({d_out, d_in}, out_grads.options());

@@ -26,12 +26,8 @@ void check_kfe_args(const at::Tensor& grads, const at::Tensor& q_out, const at::
   check_like(kOp, grads, "grads", q_in, "q_in");
   check_like(kOp, grads, "grads", eigvals, "eigvals");
   const int64_t d_out = grads.size(-2), d_in = grads.size(-1);
-  check_rank(kOp, q_out, "q_out", 2, "[d_out, d_out]");
-  check_size(kOp, q_out, "q_out", 0, d_out, "grads.shape[-2] (d_out)");
-  check_size(kOp, q_out, "q_out", 1, d_out, "grads.shape[-2] (d_out)");
-  check_rank(kOp, q_in, "q_in", 2, "[d_in, d_in]");
-  check_size(kOp, q_in, "q_in", 0, d_in, "grads.shape[-1] (d_in)");
-  check_size(kOp, q_in, "q_in", 1, d_in, "grads.shape[-1] (d_in)");
+  check_square(kOp, q_out, "q_out", d_out, "[d_out, d_out]", "grads.shape[-2] (d_out)");
+  check_square(kOp, q_in, "q_in", d_in, "[d_in, d_in]", "grads.shape[-1] (d_in)");
   check_rank(kOp, eigvals, "eigvals", 2, "[d_out, d_in]");
   check_size(kOp, eigvals, "eigvals", 0, d_out, "grads.shape[-2] (d_out)");
   check_size(kOp, eigvals, "eigvals", 1, d_in, "grads.shape[-1] (d_in)");
