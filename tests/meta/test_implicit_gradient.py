@@ -5,6 +5,7 @@ import torch
 
 from metaif.data import TaskConfig, load_digits, sample_tasks, split_classes
 from metaif.meta import AnilConfig, AnilProblem, ImamlConfig, ImamlProblem, TaskBatch
+from metaif.meta.implicit import total_gradient
 from metaif.models import mlp
 
 
@@ -19,8 +20,8 @@ def total_objective(problem, lam, batch, weights):
     """sum_i c_i L_i(theta_i(lambda), lambda) with every inner problem re-solved."""
     if problem.form == "anil":
         phi_tr, phi_val = problem.features(lam, batch.x_tr), problem.features(lam, batch.x_val)
-        theta, _ = problem.solve_inner(phi_tr, batch.y_tr, batch.w_tr)
-        return float((weights * problem.outer_objective(theta, phi_val, batch.y_val, batch.w_val)).sum())
+        theta, _ = problem.solve_heads(phi_tr, batch.y_tr, batch.w_tr)
+        return float((weights * problem.head_outer_objective(theta, phi_val, batch.y_val, batch.w_val)).sum())
     total = 0.0
     for i in range(len(batch)):
         theta, _ = problem.solve_inner(lam, batch.x_tr[i], batch.y_tr[i], batch.w_tr[i])
@@ -51,7 +52,7 @@ def test_ridge_anil_matches_autograd_through_the_closed_form(batch):
     gram = torch.einsum("bn,bnk,bnl->bkl", batch.w_tr, phi_tr, phi_tr) + 0.3 * torch.eye(phi_tr.shape[-1], dtype=torch.float64)
     rhs = torch.einsum("bn,bnk,bnc->bkc", batch.w_tr, phi_tr, torch.nn.functional.one_hot(batch.y_tr, 3).double())
     theta = torch.linalg.solve(gram, rhs).mT.flatten(1)  # [B, C*(h+1)], class-major
-    closed = (weights * problem.outer_objective(theta, phi_val, batch.y_val, batch.w_val)).sum()
+    closed = (weights * problem.head_outer_objective(theta, phi_val, batch.y_val, batch.w_val)).sum()
     expected = torch.autograd.grad(closed, lam_req)[0]
     torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
 
@@ -65,3 +66,19 @@ def test_imaml_matches_finite_differences(batch):
     problem = ImamlProblem(mlp(64, (6,), "tanh"), ImamlConfig(ways=3, delta=2.0, inner_tol=1e-12, inner_max_iter=500,
                                                       cg_rtol=1e-13, cg_max_iter=500))
     check_against_finite_differences(problem, problem.init_lambda(0, torch.float64), batch, rtol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["anil-logistic", "anil-ridge", "imaml"])
+def test_fast_paths_equal_the_generic_seam_formula(batch, form):
+    """Both forms' batched outer gradients equal the generic formula on their per-task objectives."""
+    if form == "imaml":
+        problem = ImamlProblem(mlp(64, (4,), "tanh"), ImamlConfig(ways=3, delta=2.0, inner_tol=1e-12,
+                                                                  inner_max_iter=500, cg_rtol=1e-13, cg_max_iter=500))
+    else:
+        problem = AnilProblem(mlp(64, (8,), "tanh"), AnilConfig(ways=3, head=form[5:], delta=0.3, inner_tol=1e-12))
+    lam = problem.init_lambda(0, torch.float64)
+    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    fast, _ = problem.outer_gradient(lam, batch, weights)
+    generic = sum(weights[i] * total_gradient(problem, lam, batch.x_tr[i], batch.y_tr[i], batch.w_tr[i],
+                                              batch.x_val[i], batch.y_val[i], batch.w_val[i]) for i in range(len(batch)))
+    torch.testing.assert_close(fast, generic, rtol=1e-8, atol=1e-10)

@@ -3,7 +3,8 @@
 from .anil import AnilConfig, AnilProblem
 from .batch import TaskBatch
 from .imaml import ImamlConfig, ImamlProblem
+from .implicit import total_gradient
 from .train import Accuracy, TrainConfig, TrainResult, Weights, evaluate, meta_train, retrain
 
 __all__ = ["Accuracy", "AnilConfig", "AnilProblem", "ImamlConfig", "ImamlProblem", "TaskBatch", "TrainConfig",
-           "TrainResult", "Weights", "evaluate", "meta_train", "retrain"]
+           "TrainResult", "Weights", "evaluate", "meta_train", "retrain", "total_gradient"]

@@ -66,7 +66,25 @@ class AnilProblem:
         """``x [B, n, ...]`` → ``[B, n, h+1]`` (one body pass for the whole batch)."""
         return with_bias(self.body(lam, x.flatten(0, 1))).unflatten(0, x.shape[:2])
 
-    # ---- per-example losses and objectives (theta [B, q], phi [B, n, h+1]) ------------------
+    # ---- the bilevel seam: one task's objectives on flat vectors (math.md §1) ----------------
+
+    def inner_objective(self, theta: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                        w: torch.Tensor) -> torch.Tensor:
+        """``F_i(theta [q], lambda [p])`` on one task's train split ``x [n, ...]``."""
+        return self.head_inner_objective(theta[None], self.features(lam, x[None]), y[None], w[None])[0]
+
+    def outer_objective(self, theta: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                        w: torch.Tensor) -> torch.Tensor:
+        """``L_i(theta [q], lambda [p])`` on one task's validation split."""
+        return self.head_outer_objective(theta[None], self.features(lam, x[None]), y[None], w[None])[0]
+
+    def solve_inner(self, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``theta_i [q]`` for one task and its ``||grad_theta F_i||``."""
+        with torch.no_grad():
+            theta, norm = self.solve_heads(self.features(lam, x[None]), y[None], w[None])
+        return theta[0], float(norm[0])
+
+    # ---- the same in feature space, batched over tasks (theta [B, q], phi [B, n, h+1]) --------
 
     def example_losses(self, theta: torch.Tensor, phi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = phi @ theta.view(-1, self.classes, self.feat_dim).mT
@@ -74,22 +92,22 @@ class AnilProblem:
             return 0.5 * (logits - F.one_hot(y, self.classes).to(logits)).pow(2).sum(-1)
         return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
 
-    def inner_objective(self, theta: torch.Tensor, phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def head_inner_objective(self, theta: torch.Tensor, phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``F_i`` per task ``[B]``."""
         return (w * self.example_losses(theta, phi, y)).sum(-1) + 0.5 * self.delta * theta.pow(2).sum(-1)
 
-    def outer_objective(self, theta: torch.Tensor, phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def head_outer_objective(self, theta: torch.Tensor, phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``L_i`` per task ``[B]``."""
         return (w * self.example_losses(theta, phi, y)).sum(-1)
 
-    def inner_grad(self, theta: torch.Tensor, phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def head_inner_grad(self, theta: torch.Tensor, phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``grad_theta F_i`` in closed form, ``[B, q]``; differentiable in phi (for C_i^T u)."""
         logits = phi @ theta.view(-1, self.classes, self.feat_dim).mT
         target = F.one_hot(y, self.classes).to(logits)
         resid = logits - target if self.config.head == "ridge" else torch.softmax(logits, -1) - target
         return torch.einsum("bn,bnc,bnk->bck", w, resid, phi).flatten(1) + self.delta * theta
 
-    def inner_hessian(self, theta: torch.Tensor, phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def head_inner_hessian(self, theta: torch.Tensor, phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``H_i = grad^2_theta F_i`` as dense ``[B, q, q]`` (class-major flattening of Theta)."""
         b, k = phi.shape[0], self.feat_dim
         eye_c = torch.eye(self.classes, dtype=phi.dtype, device=phi.device)
@@ -105,32 +123,32 @@ class AnilProblem:
 
     # ---- inner solve and adjoint -------------------------------------------------------------
 
-    def solve_inner(self, phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def solve_heads(self, phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Heads ``theta_i [B, q]`` and their final ``||grad_theta F_i|| [B]`` (phi detached)."""
         phi = phi.detach()
         theta = phi.new_zeros(phi.shape[0], self.theta_dim)
         iters = 1 if self.config.head == "ridge" else self.config.inner_max_iter
         for _ in range(iters):
-            grad = self.inner_grad(theta, phi, y, w)
+            grad = self.head_inner_grad(theta, phi, y, w)
             if self.config.head == "logistic" and bool((grad.norm(dim=-1) <= self.config.inner_tol).all()):
                 break
             # Cholesky: H is SPD, and batched LU (getrs/laswp) misbehaves in this torch's MKL
             # when torch.set_num_threads(>1) was called.
-            chol = torch.linalg.cholesky(self.inner_hessian(theta, phi, w))
+            chol = torch.linalg.cholesky(self.head_inner_hessian(theta, phi, w))
             step = torch.cholesky_solve(grad.unsqueeze(-1), chol).squeeze(-1)
             theta = self._line_search(theta, step, phi, y, w)
-        return theta, self.inner_grad(theta, phi, y, w).norm(dim=-1)
+        return theta, self.head_inner_grad(theta, phi, y, w).norm(dim=-1)
 
     def _line_search(self, theta, step, phi, y, w):
         """Damped Newton: halve the step per task until F does not increase (convex, so few halvings)."""
         if self.config.head == "ridge":
             return theta - step
-        f0 = self.inner_objective(theta, phi, y, w)
+        f0 = self.head_inner_objective(theta, phi, y, w)
         slack = 8 * torch.finfo(f0.dtype).eps * (f0.abs() + 1)  # rounding, not an increase
         scale = torch.ones_like(f0)
         for _ in range(30):
             trial = theta - scale[:, None] * step
-            bad = self.inner_objective(trial, phi, y, w) > f0 + slack
+            bad = self.head_inner_objective(trial, phi, y, w) > f0 + slack
             if not bool(bad.any()):
                 break
             scale = torch.where(bad, 0.5 * scale, scale)
@@ -138,7 +156,7 @@ class AnilProblem:
 
     def adjoint(self, theta: torch.Tensor, phi_tr: torch.Tensor, w_tr: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         """``H_i^{-1} rhs`` for ``rhs [B, q]`` (Cholesky of the dense head Hessian)."""
-        chol = torch.linalg.cholesky(self.inner_hessian(theta, phi_tr.detach(), w_tr))
+        chol = torch.linalg.cholesky(self.head_inner_hessian(theta, phi_tr.detach(), w_tr))
         return torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
 
     # ---- what meta-training needs -------------------------------------------------------------
@@ -151,13 +169,13 @@ class AnilProblem:
         """
         lam = lam.detach().requires_grad_(True)
         phi_tr, phi_val = self.features(lam, batch.x_tr), self.features(lam, batch.x_val)
-        theta, inner_norm = self.solve_inner(phi_tr, batch.y_tr, batch.w_tr)
+        theta, inner_norm = self.solve_heads(phi_tr, batch.y_tr, batch.w_tr)
         theta_req = theta.detach().requires_grad_(True)
-        outer = self.outer_objective(theta_req, phi_val.detach(), batch.y_val, batch.w_val)
+        outer = self.head_outer_objective(theta_req, phi_val.detach(), batch.y_val, batch.w_val)
         a = torch.autograd.grad(outer.sum(), theta_req)[0]
         u = self.adjoint(theta, phi_tr, batch.w_tr, a)
-        surrogate = self.outer_objective(theta, phi_val, batch.y_val, batch.w_val) - (
-            self.inner_grad(theta, phi_tr, batch.y_tr, batch.w_tr) * u).sum(-1)
+        surrogate = self.head_outer_objective(theta, phi_val, batch.y_val, batch.w_val) - (
+            self.head_inner_grad(theta, phi_tr, batch.y_tr, batch.w_tr) * u).sum(-1)
         grad = torch.autograd.grad((task_weights * surrogate).sum(), lam)[0]
         return grad, {"outer_loss": float((task_weights * outer.detach()).sum() / task_weights.sum()),
                       "inner_grad_norm": float(inner_norm.max())}
@@ -166,5 +184,5 @@ class AnilProblem:
         """Adapt each head on the train split, return validation logits ``[B, v, C]``."""
         with torch.no_grad():
             phi_tr, phi_val = self.features(lam, batch.x_tr), self.features(lam, batch.x_val)
-            theta, _ = self.solve_inner(phi_tr, batch.y_tr, batch.w_tr)
+            theta, _ = self.solve_heads(phi_tr, batch.y_tr, batch.w_tr)
             return phi_val @ theta.view(-1, self.classes, self.feat_dim).mT

@@ -57,8 +57,17 @@ class ImamlProblem:
         """``sum_j w_j l(f_theta(x_j), y_j)`` for one task."""
         return (w * F.cross_entropy(self.net(theta, x), y, reduction="none")).sum()
 
-    def inner_objective(self, theta, lam, x, y, w) -> torch.Tensor:
+    # ---- the bilevel seam: one task's objectives on flat vectors (math.md §1) ----------------
+
+    def inner_objective(self, theta: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                        w: torch.Tensor) -> torch.Tensor:
+        """``F_i = L^tr_i(theta) + delta/2 ||theta - lambda||^2``."""
         return self.data_loss(theta, x, y, w) + 0.5 * self.delta * (theta - lam).pow(2).sum()
+
+    def outer_objective(self, theta: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                        w: torch.Tensor) -> torch.Tensor:
+        """``L_i = L^val_i(theta)`` (no direct dependence on lambda)."""
+        return self.data_loss(theta, x, y, w)
 
     def solve_inner(self, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, float]:
         """``theta_i [p]`` from theta = lambda, and the final ``||grad_theta F_i||``."""
