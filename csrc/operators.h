@@ -18,13 +18,13 @@
 
 namespace metaif {
 
-// Hessian of softmax cross-entropy in the logits, applied in place to one logit-space vector z
-// (C entries, `stride` apart): z <- w (p * z - p (p . z)).
+// Hessian of softmax cross-entropy in the logits, applied in place to one logit-space vector
+// z [C]: z <- w (p * z - p (p . z)).
 template <typename T>
-inline void softmax_ce_hessian_inplace(const T* p, T w, T* z, int64_t classes, int64_t stride) {
+inline void softmax_ce_hessian_inplace(const T* p, T w, T* z, int64_t classes) {
   T pz = 0;
-  for (int64_t c = 0; c < classes; ++c) pz += p[c] * z[c * stride];
-  for (int64_t c = 0; c < classes; ++c) z[c * stride] = w * p[c] * (z[c * stride] - pz);
+  for (int64_t c = 0; c < classes; ++c) pz += p[c] * z[c];
+  for (int64_t c = 0; c < classes; ++c) z[c] = w * p[c] * (z[c] - pz);
 }
 
 template <typename T>
@@ -103,7 +103,7 @@ struct GgnOperator {
       for (int64_t b = 0; b < batch; ++b)
         for (int64_t e = 0; e < n; ++e)
           softmax_ce_hessian_inplace(probs + e * classes, weights[e], z + b * rows + e * classes,
-                                     classes, 1);
+                                     classes);
       scaled_copy(in, out, batch * params, damping);
       blas::gemm<T>(false, false, batch, params, rows, T(1), z, rows, jac, params, T(1), out, params);
     }

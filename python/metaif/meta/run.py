@@ -11,7 +11,7 @@ import torch
 
 from ..data import TaskConfig, load_dataset, sample_tasks, split_classes, split_images
 from ..models import conv4, mlp
-from ..utils.io import write_json
+from ..utils.io import save_torch, write_json
 from .anil import AnilConfig, AnilProblem
 from .imaml import ImamlConfig, ImamlProblem
 from .train import TrainConfig, evaluate, meta_train
@@ -80,7 +80,7 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> dict:
     wall = time.perf_counter() - began
     baseline = evaluate(problem, problem.init_lambda(config.train.seed), test)
     trained = evaluate(problem, result.lam, test)
-    torch.save(result.lam, out / "lambda.pt")
+    save_torch(out / "lambda.pt", result.lam)
     summary = {"form": problem.form, "dataset": config.dataset, "meta_test_accuracy": asdict(trained),
                "baseline_accuracy": asdict(baseline), "train_seconds": wall,
                "seconds_per_1000_tasks": wall / max(1, config.train.steps * max(1, config.train.meta_batch)) * 1000,

@@ -8,8 +8,6 @@ their weights to zero and keeps every other weight, as retraining ground truth r
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.tasks import TaskSet
+from ..utils.io import save_torch
 from .batch import TaskBatch
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -91,18 +90,6 @@ class TrainResult:
     accuracy: Accuracy | None = None
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def meta_train(problem: MetaProblem, tasks: TaskSet, config: TrainConfig, lam0: torch.Tensor | None = None,
                weights: Weights | None = None, checkpoint: str | Path | None = None,
                progress: bool = True) -> TrainResult:
@@ -146,8 +133,8 @@ def meta_train(problem: MetaProblem, tasks: TaskSet, config: TrainConfig, lam0: 
         result.inner_grad_norm = info["inner_grad_norm"]
         bar.set_postfix(loss=f"{info['outer_loss']:.4f}")
         if path is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
-            _save_atomic({"identity": identity, "lam": lam.detach(), "opt": opt.state_dict(),
-                          "gen": gen.get_state(), "step": step + 1, "losses": result.losses}, path)
+            save_torch(path, {"identity": identity, "lam": lam.detach(), "opt": opt.state_dict(),
+                          "gen": gen.get_state(), "step": step + 1, "losses": result.losses})
     result.lam, result.wall_time = lam.detach().clone(), time.perf_counter() - began
     return result
 
