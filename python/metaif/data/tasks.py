@@ -81,8 +81,11 @@ def split_images(dataset: ClassDataset, test_fraction: float = 0.5, seed: int = 
         test.append(members[:n_test])
         train.append(members[n_test:])
     classes = tuple(range(dataset.num_classes))
-    as_tensor = lambda parts: torch.from_numpy(np.sort(np.concatenate(parts))).long()  # noqa: E731
-    return Pool(dataset, classes, as_tensor(train)), Pool(dataset, classes, as_tensor(test))
+
+    def as_indices(parts: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.sort(np.concatenate(parts))).long()
+
+    return Pool(dataset, classes, as_indices(train)), Pool(dataset, classes, as_indices(test))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad, hessian, jvp
 
+from ..meta.implicit import total_gradient
+
 VARIANTS = ("exact", "gn", "gamma", "direct")
 
 
@@ -80,8 +82,6 @@ def total_hvp(problem, lam: torch.Tensor, states: list[TaskState], v: torch.Tens
 
 def total_gradient_sum(problem, lam: torch.Tensor, tasks: list[tuple], task_weights: torch.Tensor) -> torch.Tensor:
     """``D_lambda L(lambda) = sum_i c_i g_i + gamma lambda`` with every inner problem re-solved."""
-    from ..meta.implicit import total_gradient
-
     total = problem.gamma * lam
     for c, data in zip(task_weights, tasks):
         total = total + c * total_gradient(problem, lam, *data)
