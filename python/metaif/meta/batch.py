@@ -9,6 +9,33 @@ import torch
 from ..data.tasks import TaskSet
 
 
+@dataclass
+class Weights:
+    """Per-task ``c [m]`` and per-instance ``w_tr [m, n]``, ``w_val [m, v]`` weights (math.md §1)."""
+
+    c: torch.Tensor
+    w_tr: torch.Tensor
+    w_val: torch.Tensor
+
+    @staticmethod
+    def uniform(tasks: TaskSet, dtype: torch.dtype = torch.float32) -> Weights:
+        m, n, v = len(tasks), tasks.y_train.shape[1], tasks.y_val.shape[1]
+        return Weights(torch.full((m,), 1.0 / m, dtype=dtype), torch.full((m, n), 1.0 / n, dtype=dtype),
+                       torch.full((m, v), 1.0 / v, dtype=dtype))
+
+    def without(self, tasks: TaskSet, remove_tasks=(), remove_instances=()) -> Weights:
+        """Zero the weights of removed task ids and of ``(task_id, "train"|"val", j)`` instances."""
+        out = Weights(self.c.clone(), self.w_tr.clone(), self.w_val.clone())
+        position = {int(t): i for i, t in enumerate(tasks.task_ids)}
+        for tid in remove_tasks:
+            out.c[position[int(tid)]] = 0.0
+        for tid, split, j in remove_instances:
+            if split not in ("train", "val"):
+                raise ValueError(f"instance split must be 'train' or 'val', got {split!r}")
+            (out.w_tr if split == "train" else out.w_val)[position[int(tid)], j] = 0.0
+        return out
+
+
 @dataclass(frozen=True)
 class TaskBatch:
     """B tasks: ``x_tr [B, n, ...]``, ``y_tr [B, n]``, ``w_tr [B, n]`` (default 1/n), and the
@@ -27,9 +54,8 @@ class TaskBatch:
     @staticmethod
     def from_taskset(tasks: TaskSet, rows: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
                      w_tr: torch.Tensor | None = None, w_val: torch.Tensor | None = None) -> TaskBatch:
-        """Rows ``rows`` (positions) of ``tasks``; weights default to the uniform 1/n, 1/v."""
+        """Rows ``rows`` (positions) of ``tasks``; weights default to :meth:`Weights.uniform`'s."""
         sub = tasks if rows is None else tasks.subset(rows)
-        n, v = sub.y_train.shape[1], sub.y_val.shape[1]
-        return TaskBatch(sub.x_train.to(dtype), sub.y_train, torch.full(sub.y_train.shape, 1.0 / n, dtype=dtype)
-                         if w_tr is None else w_tr.to(dtype), sub.x_val.to(dtype), sub.y_val,
-                         torch.full(sub.y_val.shape, 1.0 / v, dtype=dtype) if w_val is None else w_val.to(dtype))
+        uniform = Weights.uniform(sub, dtype)
+        return TaskBatch(sub.x_train.to(dtype), sub.y_train, uniform.w_tr if w_tr is None else w_tr.to(dtype),
+                         sub.x_val.to(dtype), sub.y_val, uniform.w_val if w_val is None else w_val.to(dtype))

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data.tasks import TaskSet
 from ..utils.io import save_torch
-from .batch import TaskBatch
+from .batch import TaskBatch, Weights
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -49,33 +49,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig needs steps >= 0, meta_batch >= 0, lr > 0; got {self}")
         if self.dtype not in DTYPES:
             raise ValueError(f"TrainConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-
-
-@dataclass
-class Weights:
-    """Per-task ``c [m]`` and per-instance ``w_tr [m, n]``, ``w_val [m, v]`` weights (math.md §1)."""
-
-    c: torch.Tensor
-    w_tr: torch.Tensor
-    w_val: torch.Tensor
-
-    @staticmethod
-    def uniform(tasks: TaskSet, dtype: torch.dtype = torch.float32) -> Weights:
-        m, n, v = len(tasks), tasks.y_train.shape[1], tasks.y_val.shape[1]
-        return Weights(torch.full((m,), 1.0 / m, dtype=dtype), torch.full((m, n), 1.0 / n, dtype=dtype),
-                       torch.full((m, v), 1.0 / v, dtype=dtype))
-
-    def without(self, tasks: TaskSet, remove_tasks=(), remove_instances=()) -> Weights:
-        """Zero the weights of removed task ids and of ``(task_id, "train"|"val", j)`` instances."""
-        out = Weights(self.c.clone(), self.w_tr.clone(), self.w_val.clone())
-        position = {int(t): i for i, t in enumerate(tasks.task_ids)}
-        for tid in remove_tasks:
-            out.c[position[int(tid)]] = 0.0
-        for tid, split, j in remove_instances:
-            if split not in ("train", "val"):
-                raise ValueError(f"instance split must be 'train' or 'val', got {split!r}")
-            (out.w_tr if split == "train" else out.w_val)[position[int(tid)], j] = 0.0
-        return out
 
 
 @dataclass
