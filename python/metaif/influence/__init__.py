@@ -1,6 +1,9 @@
-"""Influence functions for bilevel meta-learning (math.md §2–§13). Work in progress: the total
-Hessian (§4) against the bilevel seam, with its finite-difference oracle."""
+"""Influence functions for bilevel meta-learning (math.md §2–§13): total gradients and total
+Hessians, task-IF and instance-IF removal predictions, model editing and influence scores."""
 
-from .total_hessian import VARIANTS, TaskState, finite_difference_hvp, task_states, total_hvp
+from .analyzer import VARIANTS, InfluenceAnalyzer, InfluenceConfig, Scores
+from .solve import HessianSolver, SolverConfig, SolverError
+from .oracle import finite_difference_hvp, total_gradient_sum
 
-__all__ = ["VARIANTS", "TaskState", "finite_difference_hvp", "task_states", "total_hvp"]
+__all__ = ["VARIANTS", "HessianSolver", "InfluenceAnalyzer", "InfluenceConfig", "Scores", "SolverConfig",
+           "SolverError", "finite_difference_hvp", "total_gradient_sum"]

@@ -89,8 +89,12 @@ class AnilProblem:
     def example_losses(self, theta: torch.Tensor, phi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = phi @ theta.view(-1, self.classes, self.feat_dim).mT
         if self.config.head == "ridge":
-            return 0.5 * (logits - F.one_hot(y, self.classes).to(logits)).pow(2).sum(-1)
+            return 0.5 * (logits - self._onehot(y, logits)).pow(2).sum(-1)
         return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+
+    def _onehot(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        # F.one_hot reads the labels' maximum, which vmap (the seam's batching) cannot do.
+        return (y[..., None] == torch.arange(self.classes, device=y.device)).to(like)
 
     def head_inner_objective(self, theta: torch.Tensor, phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``F_i`` per task ``[B]``."""
@@ -103,7 +107,7 @@ class AnilProblem:
     def head_inner_grad(self, theta: torch.Tensor, phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``grad_theta F_i`` in closed form, ``[B, q]``; differentiable in phi (for C_i^T u)."""
         logits = phi @ theta.view(-1, self.classes, self.feat_dim).mT
-        target = F.one_hot(y, self.classes).to(logits)
+        target = self._onehot(y, logits)
         resid = logits - target if self.config.head == "ridge" else torch.softmax(logits, -1) - target
         return torch.einsum("bn,bnc,bnk->bck", w, resid, phi).flatten(1) + self.delta * theta
 
@@ -177,7 +181,8 @@ class AnilProblem:
         surrogate = self.head_outer_objective(theta, phi_val, batch.y_val, batch.w_val) - (
             self.head_inner_grad(theta, phi_tr, batch.y_tr, batch.w_tr) * u).sum(-1)
         grad = torch.autograd.grad((task_weights * surrogate).sum(), lam)[0]
-        return grad, {"outer_loss": float((task_weights * outer.detach()).sum() / task_weights.sum()),
+        weighted = float((task_weights * outer.detach()).sum())
+        return grad, {"outer_loss": weighted / float(task_weights.sum()), "weighted_loss": weighted,
                       "inner_grad_norm": float(inner_norm.max())}
 
     def predict(self, lam: torch.Tensor, batch: TaskBatch) -> torch.Tensor:

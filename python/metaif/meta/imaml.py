@@ -117,7 +117,7 @@ class ImamlProblem:
             total += task_weights[i] * self.delta * u
             outer += float(task_weights[i] * value)
             worst = max(worst, norm)
-        return total, {"outer_loss": outer / float(task_weights.sum()), "inner_grad_norm": worst}
+        return total, {"outer_loss": outer / float(task_weights.sum()), "weighted_loss": outer, "inner_grad_norm": worst}
 
     def predict(self, lam: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
         """Adapt on each train split, return validation logits ``[B, v, C]``."""

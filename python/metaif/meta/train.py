@@ -112,6 +112,33 @@ def meta_train(problem: MetaProblem, tasks: TaskSet, config: TrainConfig, lam0: 
     return result
 
 
+def solve_outer(problem: MetaProblem, tasks: TaskSet, lam0: torch.Tensor, weights: Weights | None = None,
+                tol: float = 1e-9, max_iter: int = 1000) -> TrainResult:
+    """Full-batch L-BFGS (strong Wolfe) on ``sum_i c_i L_i + gamma/2 ||lambda||^2`` from ``lam0``
+    until ``||D_lambda L|| <= tol``: the stationary lambda* that influence functions linearise
+    around, and the warm-started re-solve that is their ground truth (math.md §1)."""
+    dtype = lam0.dtype
+    weights = weights or Weights.uniform(tasks, dtype)
+    active = torch.nonzero(weights.c > 0).flatten()
+    batch = TaskBatch.from_taskset(tasks, active, dtype, weights.w_tr[active], weights.w_val[active])
+    lam = lam0.detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([lam], lr=1.0, max_iter=max_iter, history_size=50, tolerance_grad=tol,
+                            tolerance_change=0.0, line_search_fn="strong_wolfe")
+    result = TrainResult(lam.detach())
+
+    def closure():
+        grad, info = problem.outer_gradient(lam.detach(), batch, weights.c[active])
+        lam.grad = grad + problem.gamma * lam.detach()
+        result.losses.append(info["weighted_loss"] + 0.5 * problem.gamma * float(lam.detach().pow(2).sum()))
+        result.inner_grad_norm = info["inner_grad_norm"]
+        return torch.tensor(result.losses[-1], dtype=dtype)
+
+    began = time.perf_counter()
+    opt.step(closure)
+    result.lam, result.wall_time = lam.detach().clone(), time.perf_counter() - began
+    return result
+
+
 @dataclass(frozen=True)
 class Accuracy:
     """Mean query accuracy over tasks with its 95% confidence half-width."""

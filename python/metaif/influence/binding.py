@@ -1,0 +1,185 @@
+"""Bindings: where a problem's lambda meets the per-row algebra of :mod:`metaif.influence.local`.
+
+A binding solves every inner problem once at lambda*, then serves :class:`~.local.Rows` for any
+slice of tasks, context tangents of a direction ``v [p]``, and the pull-back of context
+cotangents to lambda-space.
+
+* :class:`BodyBinding` (form (b), :class:`~metaif.meta.AnilProblem`): the context is the features
+  of the task's images. Tasks resample the same images, so every body pass (forward, JVP, VJP and
+  the body's own second-order term) runs once per *unique* image, on cotangents summed over the
+  tasks that use it; per-task work stays in feature space.
+* :class:`SeamBinding` (any problem with the flat-vector seam, iMAML included): the context is
+  lambda itself; the row objectives are the seam's, vmapped over tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.func import grad, hessian, jvp, vmap
+
+from .. import reference
+from ..data.tasks import TaskSet
+from ..meta.anil import AnilProblem, with_bias
+from ..meta.batch import Weights
+from .local import Context, Rows
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield torch.arange(start, min(start + size, n))
+
+
+class BodyBinding:
+    """Form (b): lambda is the body, theta_i the head; ``image_chunk`` bounds body-pass memory."""
+
+    def __init__(self, problem: AnilProblem, lam: torch.Tensor, tasks: TaskSet, weights: Weights,
+                 image_chunk: int = 1024) -> None:
+        self.problem, self.lam, self.weights, self.image_chunk = problem, lam.detach(), weights, image_chunk
+        self.p, dtype = lam.numel(), lam.dtype
+        used = torch.cat([tasks.train_index.flatten(), tasks.val_index.flatten()])
+        unique, inverse = torch.unique(used, return_inverse=True)
+        m, n = tasks.train_index.shape
+        self.pos_tr = inverse[: m * n].view(m, n)
+        self.pos_val = inverse[m * n:].view(tasks.val_index.shape)
+        self.images = tasks.images[unique].to(dtype)
+        self.y_tr, self.y_val = tasks.y_train, tasks.y_val
+        with torch.no_grad():
+            self.phi = self._features(self.lam)
+            self.theta, self.inner_norm = problem.solve_heads(self.phi[self.pos_tr], self.y_tr, weights.w_tr)
+            self.chol = torch.linalg.cholesky(problem.head_inner_hessian(self.theta, self.phi[self.pos_tr], weights.w_tr))
+
+    @property
+    def num_images(self) -> int:
+        return self.images.shape[0]
+
+    def _features(self, lam: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        images = self.images if rows is None else self.images[rows]
+        return with_bias(self.problem.body(lam, images))
+
+    def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> Rows:
+        prob, chol = self.problem, self.chol[idx]
+        y_tr, y_val = self.y_tr[idx], self.y_val[idx]
+        xi = (self.phi[self.pos_tr[idx]], self.phi[self.pos_val[idx]])
+        w_val = self.weights.w_val[idx] if w_val is None else w_val
+
+        def solve(rhs):
+            return torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
+
+        def inner_grad(theta, xi, w):
+            return prob.head_inner_grad(theta, xi[0], y_tr, w)
+
+        def outer(theta, xi, w):
+            return prob.head_outer_objective(theta, xi[1], y_val, w)
+
+        return Rows(self.theta[idx], xi, self.weights.w_tr[idx], w_val, solve, inner_grad, outer)
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        """Feature tangents of every unique image along ``v``, ``[U, h+1]`` (one body JVP each)."""
+        return torch.cat([jvp(lambda la: self._features(la, rows), (self.lam,), (v,))[1]
+                          for rows in _chunks(self.num_images, self.image_chunk)])
+
+    def context_tangent(self, tangent: torch.Tensor, idx: torch.Tensor) -> Context:
+        return tangent[self.pos_tr[idx]], tangent[self.pos_val[idx]]
+
+    def zeros(self) -> torch.Tensor:
+        return self.phi.new_zeros(self.phi.shape)
+
+    def scatter(self, into: torch.Tensor, cot: Context, idx: torch.Tensor) -> None:
+        """Add row cotangents into the per-image buffer ``[U, h+1]``."""
+        width = into.shape[1]
+        into.index_add_(0, self.pos_tr[idx].flatten(), cot[0].reshape(-1, width))
+        into.index_add_(0, self.pos_val[idx].flatten(), cot[1].reshape(-1, width))
+
+    def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+        """``J_phi^T m + d/dlambda <g, J_phi v>`` over the unique images, ``[p]``."""
+        out = torch.zeros_like(self.lam)
+        for rows in _chunks(self.num_images, self.image_chunk):
+            def scalar(la):
+                value = (m[rows] * self._features(la, rows)).sum()
+                if g is not None:
+                    value = value + (g[rows] * jvp(lambda l_: self._features(l_, rows), (la,), (v,))[1]).sum()
+                return value
+            out += grad(scalar)(self.lam)
+        return out
+
+    def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:
+        """One lambda-gradient per row, ``[B, p]``, through the row's own images."""
+        images = torch.cat([self.images[self.pos_tr[idx]], self.images[self.pos_val[idx]]], dim=1)
+        cot = torch.cat(cot, dim=1)
+
+        def one(x, c):
+            return grad(lambda la: (c * with_bias(self.problem.body(la, x))).sum())(self.lam)
+
+        return vmap(one)(images, cot)
+
+
+class SeamBinding:
+    """Any problem exposing ``solve_inner``, ``inner_objective`` and ``outer_objective`` on flat
+    vectors. Inner solves are dense Cholesky when ``q <= dense_max``, else CG on autograd HVPs."""
+
+    def __init__(self, problem, lam: torch.Tensor, tasks: TaskSet, weights: Weights, dense_max: int = 2000,
+                 cg_rtol: float = 1e-10, cg_max_iter: int = 500, progress: Callable | None = None) -> None:
+        self.problem, self.lam, self.weights = problem, lam.detach(), weights
+        self.p, dtype = lam.numel(), lam.dtype
+        self.x_tr, self.x_val = tasks.x_train.to(dtype), tasks.x_val.to(dtype)
+        self.y_tr, self.y_val = tasks.y_train, tasks.y_val
+        self.cg_rtol, self.cg_max_iter = cg_rtol, cg_max_iter
+        loop = progress(range(len(tasks))) if progress else range(len(tasks))
+        solved = [problem.solve_inner(self.lam, self.x_tr[i], self.y_tr[i], weights.w_tr[i]) for i in loop]
+        self.theta = torch.stack([s[0] for s in solved])
+        self.inner_norm = torch.tensor([s[1] for s in solved])
+        self._inner_grad = vmap(grad(problem.inner_objective, argnums=0))
+        self._outer = vmap(problem.outer_objective)
+        self.dense = self.theta.shape[1] <= dense_max
+        if self.dense:
+            h = vmap(hessian(problem.inner_objective, argnums=0))(
+                self.theta, self.lam.expand(len(tasks), -1), self.x_tr, self.y_tr, weights.w_tr)
+            self.chol = torch.linalg.cholesky(0.5 * (h + h.mT))
+
+    def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> Rows:
+        x_tr, y_tr, x_val, y_val = self.x_tr[idx], self.y_tr[idx], self.x_val[idx], self.y_val[idx]
+        theta, w_tr = self.theta[idx], self.weights.w_tr[idx]
+        lam_rows = self.lam.expand(len(idx), -1)
+        w_val = self.weights.w_val[idx] if w_val is None else w_val
+
+        def inner_grad(th, xi, w):
+            return self._inner_grad(th, xi[0], x_tr, y_tr, w)
+
+        def outer(th, xi, w):
+            return self._outer(th, xi[0], x_val, y_val, w)
+
+        if self.dense:
+            chol = self.chol[idx]
+
+            def solve(rhs):
+                return torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
+        else:
+            def matvec(vec):  # [B, 1, q]
+                return jvp(lambda th: inner_grad(th, (lam_rows,), w_tr), (theta,), (vec[:, 0],))[1].unsqueeze(1)
+
+            def solve(rhs):
+                res = reference.cg(matvec, rhs.unsqueeze(1), self.cg_rtol, self.cg_max_iter)
+                return res.x.squeeze(1)
+
+        return Rows(theta, (lam_rows,), w_tr, w_val, solve, inner_grad, outer)
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        return v
+
+    def context_tangent(self, tangent: torch.Tensor, idx: torch.Tensor) -> Context:
+        return (tangent.expand(len(idx), -1),)
+
+    def zeros(self) -> torch.Tensor:
+        return torch.zeros_like(self.lam)
+
+    def scatter(self, into: torch.Tensor, cot: Context, idx: torch.Tensor) -> None:
+        into += cot[0].sum(0)
+
+    def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+        """The context is lambda: the pull-back is the identity and has no second-order term."""
+        return m.clone()
+
+    def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:
+        return cot[0]
