@@ -101,7 +101,7 @@ class InfluenceAnalyzer:
     formulas assume (math.md §15.10).
     """
 
-    def __init__(self, problem, lam: torch.Tensor, tasks: TaskSet, weights: Weights | None = None,
+    def __init__(self, problem, lam: torch.Tensor, tasks: TaskSet, *, weights: Weights | None = None,
                  config: InfluenceConfig = InfluenceConfig()) -> None:
         if lam.dim() != 1:
             raise ValueError(f"lam must be a flat parameter vector [p], got shape {tuple(lam.shape)}")

@@ -1,0 +1,1 @@
+"""Experiments on top of the influence engine: leave-one-out validation and the paper's §6."""

@@ -1,0 +1,196 @@
+"""The analyzer's influence quantities against independent references (float64)."""
+
+import warnings
+
+import pytest
+import torch
+
+from metaif.influence import HessianSolver, InfluenceAnalyzer, InfluenceConfig, SolverConfig, SolverError
+from metaif.meta import Weights, total_gradient
+
+from .conftest import make_problem, make_taskset, task_tuples
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return make_taskset(5, seed=1)
+
+
+def weights(tasks):
+    """Non-uniform weights with one removed task and one removed instance of each split."""
+    w = Weights.uniform(tasks, torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    w.w_tr *= 0.5 + torch.rand(w.w_tr.shape, generator=gen, dtype=torch.float64)
+    w.w_val *= 0.5 + torch.rand(w.w_val.shape, generator=gen, dtype=torch.float64)
+    w.c[1] = 0.0
+    w.w_tr[2, 0] = 0.0
+    w.w_val[3, 1] = 0.0
+    return w
+
+
+ITERATIVE = InfluenceConfig(solver=SolverConfig(method="cg", damping=1.5, rtol=1e-12, max_iter=500))
+
+
+@pytest.fixture(scope="module")
+def pair(tasks):
+    """The unique-image body binding and the generic seam binding on the same ANIL problem."""
+    problem = make_problem("logistic")
+    lam = problem.init_lambda(0, torch.float64)
+    w = weights(tasks)
+    fast = InfluenceAnalyzer(problem, lam, tasks, weights=w, config=InfluenceConfig(chunk=2, image_chunk=7))
+    seam = InfluenceAnalyzer(problem, lam, tasks, weights=w, config=InfluenceConfig(path="seam"))
+    return fast, seam
+
+
+def randn(n, seed):
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_unique_image_path_equals_per_task_path(pair):
+    fast, seam = pair
+    assert fast.binding.num_images < fast.tasks.x_train.shape[0] * (fast.tasks.x_train.shape[1] + fast.tasks.x_val.shape[1])
+    v = randn(fast.lam.numel(), 1)
+    for variant in ("exact", "gn", "gamma", "direct"):
+        torch.testing.assert_close(fast.hvp(v, variant), seam.hvp(v, variant))
+    torch.testing.assert_close(fast.task_gradients(), seam.task_gradients())
+    torch.testing.assert_close(fast.task_gradients(direct=True), seam.task_gradients(direct=True))
+    items = [(0, 1), (2, 0), (4, 3)]
+    torch.testing.assert_close(fast.val_gradients(items), seam.val_gradients(items))
+    torch.testing.assert_close(fast.train_gradients(items), seam.train_gradients(items))
+    a, b = fast.directional(v), seam.directional(v)
+    for x, y in ((a.tasks, b.tasks), (a.val, b.val), (a.train, b.train)):
+        torch.testing.assert_close(x, y)
+
+
+def test_gradients_match_the_seam_oracle(pair, tasks):
+    """g_k and D_lambda l(z') against meta.total_gradient (dense, independent code); the training
+    instance quantity against central differences of g_k in the instance weight (re-solved theta)."""
+    fast, _ = pair
+    problem, lam, data = fast.problem, fast.lam, task_tuples(tasks, fast.weights.w_tr, fast.weights.w_val)
+    g = fast.task_gradients()
+    for k in range(len(tasks)):
+        torch.testing.assert_close(g[k], total_gradient(problem, lam, *data[k]))
+    k, j = 4, 2
+    onehot = torch.zeros_like(data[k][5])
+    onehot[j] = 1.0
+    torch.testing.assert_close(fast.val_gradients([(k, j)])[0], total_gradient(problem, lam, *data[k][:5], onehot))
+    eps = 1e-5
+    bump = torch.zeros_like(data[k][2])
+    bump[j] = eps
+    plus = total_gradient(problem, lam, data[k][0], data[k][1], data[k][2] + bump, *data[k][3:])
+    minus = total_gradient(problem, lam, data[k][0], data[k][1], data[k][2] - bump, *data[k][3:])
+    fd = -(plus - minus) / (2 * eps)  # d g_k / d w_tr = -D_lambda[a^T H^{-1} grad l(z)] (math.md §10)
+    got = fast.train_gradients([(k, j)])[0]
+    assert (got - fd).norm() <= 1e-6 * fd.norm()
+
+
+def test_scores_are_one_solve_projections_of_the_explicit_predictions(pair, tasks):
+    fast, _ = pair
+    fast = InfluenceAnalyzer(fast.problem, fast.lam, tasks, weights=fast.weights, config=ITERATIVE)
+    test = make_taskset(4, seed=7)
+    df = fast.test_gradient(test)
+    s = fast.scores(test)
+    torch.testing.assert_close(s.tasks, fast.task_influence() @ df)
+    items = [(0, 1), (2, 3), (4, 0)]
+    torch.testing.assert_close(torch.stack([s.val[k, j] for k, j in items]), fast.val_influence(items) @ df)
+    torch.testing.assert_close(torch.stack([s.train[k, j] for k, j in items]), fast.train_influence(items) @ df)
+    assert float(s.tasks[1]) == 0.0 and float(s.train[2, 0]) == 0.0 and float(s.val[3, 1]) == 0.0
+    partial = fast.scores(test, partial=True)
+    assert not torch.allclose(partial.tasks, s.tasks)
+
+
+def test_edit_is_additive(pair, tasks):
+    fast, _ = pair
+    an = InfluenceAnalyzer(fast.problem, fast.lam, tasks, weights=fast.weights, config=ITERATIVE)
+    lam_hat = an.edit(tasks=[0, 3], val=[(2, 1)], train=[(4, 2)])
+    expected = (an.lam + an.task_influence([0, 3]).sum(0) + an.val_influence([(2, 1)])[0]
+                + an.train_influence([(4, 2)])[0])
+    torch.testing.assert_close(lam_hat, expected)
+    direct = an.edit(tasks=[0, 3], method="direct")
+    torch.testing.assert_close(direct, an.lam + an.direct_influence([0, 3]).sum(0))
+    with pytest.raises(ValueError, match="tasks only"):
+        an.edit(val=[(0, 0)], method="direct")
+
+
+def test_solvers_agree_with_the_dense_solve():
+    """Every method on a sum-of-terms SPD operator shaped like a total Hessian (gamma I + a sum of
+    low-rank task terms), against torch's solve."""
+    gen = torch.Generator().manual_seed(0)
+    p, m, gamma = 60, 6, 0.05
+    terms = [torch.randn(p, 4, generator=gen, dtype=torch.float64) for _ in range(m)]
+    a = gamma * torch.eye(p, dtype=torch.float64) + sum(t @ t.T for t in terms) / m
+    b = torch.randn(3, p, generator=gen, dtype=torch.float64)
+    reference = torch.linalg.solve(a + 0.1 * torch.eye(p, dtype=torch.float64), b.T).T
+
+    def sampled(v, g):
+        pick = torch.randperm(m, generator=g)[:3]
+        return gamma * v + sum(terms[i] @ (terms[i].T @ v) for i in pick) / 3
+
+    for method, extra in (("dense", {}), ("cg", {"rtol": 1e-12}), ("lowrank", {"rank": p, "floor": gamma}),
+                          ("neumann", {"rtol": 1e-14, "max_iter": 20000})):
+        x = HessianSolver(lambda v: a @ v, p, b, SolverConfig(method=method, damping=0.1, **extra))(b)
+        assert (x - reference).norm() <= 1e-8 * reference.norm(), method
+    truncated = HessianSolver(lambda v: a @ v, p, b, SolverConfig(method="lowrank", rank=20, damping=0.1))
+    err = float((truncated(b) - reference).norm() / reference.norm())
+    assert 0 < err < 1
+    lissa = HessianSolver(lambda v: a @ v, p, b, SolverConfig(method="neumann", damping=0.1, lissa_tasks=3,
+                                                             max_iter=3000), sampled)(b)
+    assert (lissa - reference).norm() < 0.5 * reference.norm()
+    with pytest.raises(SolverError, match="diverged"):
+        HessianSolver(lambda v: a @ v - 3.0 * v, p, b, SolverConfig(method="neumann"))(b)
+    with pytest.raises(SolverError, match="not positive definite"):
+        HessianSolver(lambda v: a @ v - 3.0 * v, p, b, SolverConfig(method="cg"))(b)
+
+
+def test_the_analyzer_solves_with_its_total_hessian(pair):
+    fast, _ = pair
+    an = InfluenceAnalyzer(fast.problem, fast.lam, fast.tasks, weights=fast.weights, config=ITERATIVE)
+    b = randn(fast.lam.numel(), 9)[None]
+    x = an.solver()(b)[0]
+    residual = an.hvp(x) + 1.5 * x - b[0]
+    assert residual.norm() <= 1e-9 * b.norm()
+
+
+def test_indefinite_hessian_and_bad_input_raise_clear_errors(pair):
+    fast, _ = pair
+    gn = InfluenceAnalyzer(fast.problem, fast.lam, fast.tasks, weights=fast.weights,
+                           config=InfluenceConfig(variant="gn", solver=SolverConfig(method="lowrank", rank=30)))
+    with pytest.raises(SolverError, match="not positive definite"):
+        gn.solver()
+    with pytest.raises(ValueError, match="flat parameter vector"):
+        InfluenceAnalyzer(fast.problem, fast.lam[None], fast.tasks)
+    with pytest.raises(ValueError, match="NaN"):
+        InfluenceAnalyzer(fast.problem, fast.lam * float("nan"), fast.tasks)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        InfluenceConfig(variant="third")
+    with pytest.raises(ValueError, match=r"\[k, 390\]"):
+        fast.solver()(torch.zeros(3))
+
+
+def test_imaml_direct_if_is_degenerate_and_first_order_baseline_exists(small_tasks):
+    problem = make_problem("imaml", gamma=0.05)
+    an = InfluenceAnalyzer(problem, problem.init_lambda(0, torch.float64), small_tasks,
+                           config=InfluenceConfig(solver=SolverConfig(damping=1.0)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert float(an.direct_influence().abs().sum()) == 0.0
+    assert any("identically 0" in str(w.message) for w in caught)
+    first = an.first_order_influence()
+    assert first.shape == (3, an.lam.numel()) and torch.isfinite(first).all()
+    with pytest.raises(ValueError, match="same space"):
+        InfluenceAnalyzer(make_problem("ridge"), make_problem("ridge").init_lambda(0, torch.float64),
+                          small_tasks).first_order_influence()
+
+
+def test_inner_if_predicts_the_leave_one_out_head(pair, tasks):
+    """theta^{-z} ~ theta - w IF_in (math.md §8), to first order in the removed weight."""
+    fast, _ = pair
+    k, j = 0, 4
+    data = task_tuples(tasks, fast.weights.w_tr, fast.weights.w_val)[k]
+    eps = 1e-6
+    w = data[2].clone()
+    w[j] += eps
+    theta_eps, _ = fast.problem.solve_inner(fast.lam, data[0], data[1], w)
+    fd = (theta_eps - fast.binding.theta[k]) / eps
+    got = fast.inner_influence([(k, j)])[0]
+    assert (got - fd).norm() <= 1e-4 * fd.norm()
