@@ -82,3 +82,24 @@ def test_fast_paths_equal_the_generic_seam_formula(batch, form):
     generic = sum(weights[i] * total_gradient(problem, lam, batch.x_tr[i], batch.y_tr[i], batch.w_tr[i],
                                               batch.x_val[i], batch.y_val[i], batch.w_val[i]) for i in range(len(batch)))
     torch.testing.assert_close(fast, generic, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("head", ["logistic", "ridge"])
+def test_head_hessian_factor_and_both_head_solvers(batch, head):
+    """H_i = delta I + U U^T (the few-shot factor the Woodbury solve uses) equals the dense
+    Hessian, and the Woodbury and Cholesky solvers agree."""
+    problem = AnilProblem(mlp(64, (12,), "tanh"), AnilConfig(ways=3, head=head, delta=0.3))
+    lam = problem.init_lambda(0, torch.float64)
+    phi = problem.features(lam, batch.x_tr)
+    theta = torch.randn(len(batch), problem.theta_dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u = problem.head_inner_factor(theta, phi, batch.w_tr)
+    dense = problem.head_inner_hessian(theta, phi, batch.w_tr)
+    torch.testing.assert_close(u @ u.mT + 0.3 * torch.eye(problem.theta_dim, dtype=torch.float64), dense)
+    rhs = torch.randn(len(batch), problem.theta_dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert phi.shape[1] * 3 < problem.theta_dim  # the Woodbury branch
+    torch.testing.assert_close(problem.head_solver(theta, phi, batch.w_tr)(rhs),
+                               torch.linalg.solve(dense, rhs.unsqueeze(-1)).squeeze(-1))
+    many = phi.repeat(1, 4, 1)  # n C >= q: the dense branch
+    w = batch.w_tr.repeat(1, 4) / 4
+    torch.testing.assert_close(problem.head_solver(theta, many, w)(rhs),
+                               torch.linalg.solve(problem.head_inner_hessian(theta, many, w), rhs.unsqueeze(-1)).squeeze(-1))

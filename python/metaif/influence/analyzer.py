@@ -10,7 +10,7 @@ instances by ``(task position, index in the split)``.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -156,6 +156,11 @@ class InfluenceAnalyzer:
         if variant == "gamma":
             out = out + self.gamma_term * v
         return out
+
+    def set_solver(self, solver: SolverConfig) -> None:
+        """Use another solver configuration (e.g. more damping) for later solves."""
+        self.config = replace(self.config, solver=solver)
+        self._solvers.clear()
 
     def solver(self, variant: str | None = None) -> HessianSolver:
         """The (cached) solver for ``variant``'s damped total Hessian."""

@@ -48,7 +48,6 @@ class BodyBinding:
         with torch.no_grad():
             self.phi = self._features(self.lam)
             self.theta, self.inner_norm = problem.solve_heads(self.phi[self.pos_tr], self.y_tr, weights.w_tr)
-            self.chol = torch.linalg.cholesky(problem.head_inner_hessian(self.theta, self.phi[self.pos_tr], weights.w_tr))
 
     @property
     def num_images(self) -> int:
@@ -59,13 +58,11 @@ class BodyBinding:
         return with_bias(self.problem.body(lam, images))
 
     def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> Rows:
-        prob, chol = self.problem, self.chol[idx]
+        prob = self.problem
         y_tr, y_val = self.y_tr[idx], self.y_val[idx]
         xi = (self.phi[self.pos_tr[idx]], self.phi[self.pos_val[idx]])
         w_val = self.weights.w_val[idx] if w_val is None else w_val
-
-        def solve(rhs):
-            return torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
+        solve = prob.head_solver(self.theta[idx], xi[0], self.weights.w_tr[idx])
 
         def inner_grad(theta, xi, w):
             return prob.head_inner_grad(theta, xi[0], y_tr, w)
@@ -93,15 +90,20 @@ class BodyBinding:
         into.index_add_(0, self.pos_val[idx].flatten(), cot[1].reshape(-1, width))
 
     def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
-        """``J_phi^T m + d/dlambda <g, J_phi v>`` over the unique images, ``[p]``."""
+        """``J_phi^T m + d/dlambda <g, J_phi v>`` over the unique images, ``[p]``.
+
+        The second-order term rides on one forward-over-reverse pass: the tangent of
+        ``J_phi(lambda)^T g`` along ``(lambda, g) -> (v, m)`` is ``(dJ_phi[v])^T g + J_phi^T m``.
+        """
         out = torch.zeros_like(self.lam)
         for rows in _chunks(self.num_images, self.image_chunk):
-            def scalar(la):
-                value = (m[rows] * self._features(la, rows)).sum()
-                if g is not None:
-                    value = value + (g[rows] * jvp(lambda l_: self._features(l_, rows), (la,), (v,))[1]).sum()
-                return value
-            out += grad(scalar)(self.lam)
+            def pullback(la, cot):
+                return grad(lambda l_: (cot * self._features(l_, rows)).sum())(la)
+
+            if g is None:
+                out += pullback(self.lam, m[rows])
+            else:
+                out += jvp(pullback, (self.lam, g[rows]), (v, m[rows]))[1]
         return out
 
     def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.nets import FlatModel
+from ..ops.woodbury import woodbury_solve
 from .batch import TaskBatch
 
 HEADS = ("logistic", "ridge")
@@ -120,10 +121,40 @@ class AnilProblem:
             h = torch.einsum("cd,bkl->bckdl", eye_c, gram)
         else:
             p = torch.softmax(phi @ theta.view(-1, self.classes, k).mT, -1)
-            s = torch.diag_embed(p) - p[..., :, None] * p[..., None, :]
-            h = torch.einsum("bn,bncd,bnk,bnl->bckdl", w, s, phi, phi)
+            s = w[..., None, None] * (torch.diag_embed(p) - p[..., :, None] * p[..., None, :])
+            # sum_n s_n (x) phi_n phi_n^T as one batched GEMM over the examples; a 4-operand
+            # einsum materialises an [n, C, C, k, k] intermediate instead.
+            outer = (phi[..., :, None] * phi[..., None, :]).flatten(-2)
+            h = (s.flatten(-2).mT @ outer).view(b, self.classes, self.classes, k, k).permute(0, 1, 3, 2, 4)
         q = self.theta_dim
         return h.reshape(b, q, q) + self.delta * torch.eye(q, dtype=phi.dtype, device=phi.device)
+
+    def head_inner_factor(self, theta: torch.Tensor, phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``U [B, q, n C]`` with ``H_i = delta I + U U^T``: per example sqrt(w_n) (L_n (x) phi_n) where
+        L_n L_n^T is the logit Hessian (softmax: diag(p) - p p^T; ridge: I)."""
+        b, n, k = phi.shape
+        if self.config.head == "ridge":
+            root = torch.eye(self.classes, dtype=phi.dtype, device=phi.device).expand(b, n, -1, -1)
+        else:
+            p = torch.softmax(phi @ theta.view(-1, self.classes, k).mT, -1)
+            vals, vecs = torch.linalg.eigh(torch.diag_embed(p) - p[..., :, None] * p[..., None, :])
+            root = vecs * vals.clamp_min(0).sqrt()[..., None, :]
+        root = root * w.sqrt()[..., None, None]
+        # U[(c, k), (n, r)] = root[n, c, r] phi[n, k]
+        u = root[:, :, :, None, :] * phi[:, :, None, :, None]          # [B, n, C, k, r]
+        return u.permute(0, 2, 3, 1, 4).reshape(b, self.classes * k, n * self.classes)
+
+    def head_solver(self, theta: torch.Tensor, phi: torch.Tensor, w: torch.Tensor):
+        """``rhs [B, q] -> H_i^{-1} rhs``: Woodbury on the few-shot factor when its rank n C is below
+        q (the usual few-shot case), else a dense Cholesky."""
+        phi = phi.detach()
+        if phi.shape[1] * self.classes < self.theta_dim:
+            factor = self.head_inner_factor(theta, phi, w)
+            return lambda rhs: woodbury_solve(factor, rhs.unsqueeze(1), self.delta).squeeze(1)
+        # Cholesky: H is SPD, and batched LU (getrs/laswp) misbehaves in this torch's MKL
+        # when torch.set_num_threads(>1) was called.
+        chol = torch.linalg.cholesky(self.head_inner_hessian(theta, phi, w))
+        return lambda rhs: torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
 
     # ---- inner solve and adjoint -------------------------------------------------------------
 
@@ -136,10 +167,7 @@ class AnilProblem:
             grad = self.head_inner_grad(theta, phi, y, w)
             if self.config.head == "logistic" and bool((grad.norm(dim=-1) <= self.config.inner_tol).all()):
                 break
-            # Cholesky: H is SPD, and batched LU (getrs/laswp) misbehaves in this torch's MKL
-            # when torch.set_num_threads(>1) was called.
-            chol = torch.linalg.cholesky(self.head_inner_hessian(theta, phi, w))
-            step = torch.cholesky_solve(grad.unsqueeze(-1), chol).squeeze(-1)
+            step = self.head_solver(theta, phi, w)(grad)
             theta = self._line_search(theta, step, phi, y, w)
         return theta, self.head_inner_grad(theta, phi, y, w).norm(dim=-1)
 
@@ -159,9 +187,8 @@ class AnilProblem:
         return trial
 
     def adjoint(self, theta: torch.Tensor, phi_tr: torch.Tensor, w_tr: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-        """``H_i^{-1} rhs`` for ``rhs [B, q]`` (Cholesky of the dense head Hessian)."""
-        chol = torch.linalg.cholesky(self.head_inner_hessian(theta, phi_tr.detach(), w_tr))
-        return torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
+        """``H_i^{-1} rhs`` for ``rhs [B, q]`` (:meth:`head_solver`)."""
+        return self.head_solver(theta, phi_tr, w_tr)(rhs)
 
     # ---- what meta-training needs -------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import TaskConfig, load_dataset, sample_tasks, split_classes, split_images
+from ..data import TaskConfig, TaskSet, load_dataset, sample_tasks, split_classes, split_images
 from ..models import conv4, mlp
 from ..utils.io import save_torch, write_json
 from .anil import AnilConfig, AnilProblem
@@ -49,11 +49,17 @@ class RunConfig:
             raise ValueError(f"model must be 'mlp' or 'conv4', got {self.model!r}")
 
 
-def build(config: RunConfig):
-    """(problem, meta-train task set, meta-test task set) for ``config``."""
+def pools(config: RunConfig):
+    """The (meta-train, meta-test) pools of ``config``'s data set and split."""
     data = load_dataset(config.dataset, config.root)
     splitter = split_classes if config.split == "class" else split_images
-    train_pool, test_pool = splitter(data, 0.5, seed=config.seed)
+    return splitter(data, 0.5, seed=config.seed)
+
+
+def build(config: RunConfig):
+    """(problem, meta-train task set, meta-test task set) for ``config``."""
+    train_pool, test_pool = pools(config)
+    data = train_pool.dataset
     spec = dict(ways=config.ways, shots=config.shots, queries=config.queries)
     train = sample_tasks(train_pool, TaskConfig(**spec, num_tasks=config.train_tasks, seed=config.seed))
     test = sample_tasks(test_pool, TaskConfig(**spec, num_tasks=config.test_tasks, seed=config.seed + 10_000))
@@ -67,14 +73,16 @@ def build(config: RunConfig):
     return problem, train, test
 
 
-def run(config: RunConfig, out: str | Path, progress: bool = True) -> dict:
+def run(config: RunConfig, out: str | Path, progress: bool = True, tasks: TaskSet | None = None) -> dict:
     """Train (resuming from ``out/checkpoint.pt``), evaluate against the untrained baseline, and
-    write ``config.json``, ``lambda.pt`` and ``results.json`` to ``out``."""
+    write ``config.json``, ``lambda.pt`` and ``results.json`` to ``out``; ``tasks`` replaces the
+    sampled meta-train set (e.g. a label-corrupted copy)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(config))
     torch.manual_seed(config.seed)
     problem, train, test = build(config)
+    train = train if tasks is None else tasks
     began = time.perf_counter()
     result = meta_train(problem, train, config.train, checkpoint=out / "checkpoint.pt", progress=progress)
     wall = time.perf_counter() - began

@@ -40,3 +40,42 @@ def save_torch(path: str | os.PathLike, obj: Any) -> Path:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return write_atomic(path, buffer.getvalue())
+
+
+def save_npz(path: str | os.PathLike, arrays: dict, config: Any = None) -> Path:
+    """:func:`write_atomic` of tensors/arrays as ``.npz``, with ``config`` as a JSON string entry."""
+    import numpy as np
+
+    payload = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in arrays.items()}
+    if config is not None:
+        payload["config"] = np.asarray(json.dumps(config))
+    buffer = io.BytesIO()
+    np.savez(buffer, **payload)
+    return write_atomic(path, buffer.getvalue())
+
+
+def write_csv(path: str | os.PathLike, header: list[str], rows) -> Path:
+    """:func:`write_atomic` of a CSV table."""
+    import csv
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_atomic(path, buffer.getvalue())
+
+
+class Ledger:
+    """Finished results of a long run, keyed by name, in one JSON file rewritten atomically after
+    each entry, so an interrupted run resumes without redoing finished work."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def run(self, key: str, compute) -> Any:
+        """``compute()`` once per key (JSON-serialisable result); later calls return the stored one."""
+        if key not in self.data:
+            self.data[key] = compute()
+            write_json(self.path, self.data)
+        return self.data[key]
