@@ -212,27 +212,30 @@ class InfluenceAnalyzer:
         solve = HessianSolver(matvec, self.lam.numel(), self.lam, self.config.solver)
         return self.c[positions, None] * solve(a)
 
-    def val_gradients(self, items) -> torch.Tensor:
-        """``D_lambda l(z')`` of validation instances ``items [k, 2]``, ``[k, p]`` (math.md §7)."""
-        items = _items(items, "val items")
+    def _instance_gradients(self, items, name: str, width: int, cotangent) -> torch.Tensor:
+        """Per-item lambda-gradients ``[k, p]``; ``cotangent(tasks, onehot [B, width])`` gives the
+        context cotangents of a chunk of items."""
+        items = _items(items, name)
         out = []
         for idx in _chunks(len(items), self.config.chunk):
-            tasks, j = items[idx, 0], items[idx, 1]
-            onehot = torch.nn.functional.one_hot(j, self.tasks.y_val.shape[1]).to(self.lam)
-            rows = self.binding.rows(tasks, w_val=onehot)
-            out.append(self.binding.pull_each(rows.gradient_cotangent(torch.ones_like(j, dtype=self.lam.dtype)), tasks))
+            tasks = items[idx, 0]
+            onehot = torch.nn.functional.one_hot(items[idx, 1], width).to(self.lam)
+            out.append(self.binding.pull_each(cotangent(tasks, onehot), tasks))
         return torch.cat(out)
+
+    def val_gradients(self, items) -> torch.Tensor:
+        """``D_lambda l(z')`` of validation instances ``items [k, 2]``, ``[k, p]`` (math.md §7)."""
+        def cotangent(tasks, onehot):
+            return self.binding.rows(tasks, w_val=onehot).gradient_cotangent(torch.ones(len(tasks)).to(self.lam))
+
+        return self._instance_gradients(items, "val items", self.tasks.y_val.shape[1], cotangent)
 
     def train_gradients(self, items) -> torch.Tensor:
         """``D_lambda [a_k^T H_k^{-1} grad_theta l(z)]`` of training instances ``items [k, 2]``, ``[k, p]`` (§10)."""
-        items = _items(items, "train items")
-        out = []
-        for idx in _chunks(len(items), self.config.chunk):
-            tasks, j = items[idx, 0], items[idx, 1]
-            onehot = torch.nn.functional.one_hot(j, self.tasks.y_train.shape[1]).to(self.lam)
-            cot = self.binding.rows(tasks).train_cotangent(onehot, self.config.third_order_train)
-            out.append(self.binding.pull_each(cot, tasks))
-        return torch.cat(out)
+        def cotangent(tasks, onehot):
+            return self.binding.rows(tasks).train_cotangent(onehot, self.config.third_order_train)
+
+        return self._instance_gradients(items, "train items", self.tasks.y_train.shape[1], cotangent)
 
     def val_influence(self, items) -> torch.Tensor:
         """Validation instance-IF removal predictions ``c_k w_kj H^{-1} D_lambda l(z')``, ``[k, p]``."""
