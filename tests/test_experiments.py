@@ -63,3 +63,12 @@ def test_harmful_ranking_beats_random_and_resumes(tmp_path):
     assert len(ledger) == 6
     again = paper.harmful(config, tmp_path, progress=False)  # everything comes from the ledger now
     assert again["accuracy"] == acc
+
+
+def test_a_saved_experiment_config_round_trips(tmp_path):
+    from metaif.experiments.common import load_experiment_config, save_config
+
+    config = ExperimentConfig(run=replace(RunConfig(), hidden=(8,), train_tasks=7),
+                              analysis=AnalysisConfig(damping=0.5, retrain="adam"), seeds=(1, 2), fraction=0.1)
+    save_config(tmp_path, config)
+    assert load_experiment_config(tmp_path / "config.json") == config

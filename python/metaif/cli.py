@@ -43,7 +43,11 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def experiment_config_from_args(args: argparse.Namespace, base):
-    from .experiments.common import ExperimentConfig
+    from .experiments.common import load_experiment_config
+
+    if args.config:
+        base = load_experiment_config(args.config)
+        args.config = None  # the run part is in base now; flags still override
 
     names = {"variant": "variant", "solver": "solver", "damping": "damping", "rank": "rank", "max_iter": "max_iter",
              "score_tasks": "score_tasks", "polish": "polish", "retrain": "retrain", "retrain_steps": "retrain_steps"}

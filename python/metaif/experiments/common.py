@@ -3,6 +3,7 @@ retraining or editing, and the meta-test accuracy of the result."""
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -12,9 +13,9 @@ import torch
 
 from ..data.tasks import TaskSet
 from ..influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig, SolverError
-from ..meta import Weights, evaluate, retrain, solve_outer
+from ..meta import TrainConfig, Weights, evaluate, retrain, solve_outer
 from ..data import sample_tasks
-from ..meta.run import RunConfig, build, pools, run
+from ..meta.run import RunConfig, build, load_config, pools, run
 from ..utils.io import save_torch, write_json
 
 
@@ -135,3 +136,16 @@ def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=()
 
 def save_config(out: Path, config: ExperimentConfig) -> None:
     write_json(Path(out) / "config.json", asdict(config))
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """An ``ExperimentConfig`` from a saved ``config.json`` (or a bare ``RunConfig`` JSON)."""
+    raw = json.loads(Path(path).read_text())
+    if "run" not in raw:
+        return ExperimentConfig(run=load_config(path))
+    run = raw.pop("run")
+    train = TrainConfig(**run.pop("train", {}))
+    if "hidden" in run:
+        run["hidden"] = tuple(run["hidden"])
+    return ExperimentConfig(run=RunConfig(**run, train=train), analysis=AnalysisConfig(**raw.pop("analysis", {})),
+                            seeds=tuple(raw.pop("seeds", (0,))), **raw)
