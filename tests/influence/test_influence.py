@@ -194,3 +194,21 @@ def test_inner_if_predicts_the_leave_one_out_head(pair, tasks):
     fd = (theta_eps - fast.binding.theta[k]) / eps
     got = fast.inner_influence([(k, j)])[0]
     assert (got - fd).norm() <= 1e-4 * fd.norm()
+
+
+def test_ekfac_inner_solver_is_exact_for_the_ridge_head_and_close_for_softmax(tasks):
+    """math.md §16: EK-FAC is exact where the output factor is the identity (squared loss); for the
+    softmax head it approximates the exact head iHVP."""
+    for head, tol in (("ridge", 1e-10), ("logistic", 0.5)):
+        problem = make_problem(head)
+        lam = problem.init_lambda(0, torch.float64)
+        exact = InfluenceAnalyzer(problem, lam, tasks)
+        ekfac = InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(inner="ekfac"))
+        rhs = randn(5 * problem.theta_dim, 3).view(5, -1)
+        a, b = exact._rows[0].solve(rhs), ekfac._rows[0].solve(rhs)
+        assert (a - b).norm() <= tol * a.norm(), head
+        if head == "ridge":
+            v = randn(lam.numel(), 4)
+            torch.testing.assert_close(ekfac.hvp(v), exact.hvp(v))
+    with pytest.raises(ValueError, match="inner must be one of"):
+        InfluenceConfig(inner="kfac")

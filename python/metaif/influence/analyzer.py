@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.tasks import TaskSet
-from ..meta.anil import AnilProblem
+from ..meta.anil import HEAD_SOLVERS, AnilProblem
 from ..meta.batch import Weights
 from .binding import BodyBinding, SeamBinding, _chunks
 from .local import Rows
@@ -30,13 +30,17 @@ _LOCAL = {"exact": "exact", "gn": "gn", "gamma": "gn", "direct": "direct"}
 class InfluenceConfig:
     """``variant`` of the total Hessian (math.md §4); ``solver`` for it; ``third_order_train``
     False gives §10's "second-order only"; ``path`` "auto" uses the unique-image body binding for
-    the body-plus-head form, "seam" the generic per-task one; ``chunk`` tasks per feature-space
-    batch; ``image_chunk`` images per body pass."""
+    the body-plus-head form, "seam" the generic per-task one; ``inner`` the head iHVP of that
+    form ("auto" = exact Woodbury/Cholesky, "ekfac" = math.md §13.3 with damping delta +
+    ``inner_damping``); ``chunk`` tasks per feature-space batch; ``image_chunk`` images per body
+    pass."""
 
     variant: str = "exact"
     solver: SolverConfig = field(default_factory=SolverConfig)
     third_order_train: bool = True
     path: str = "auto"
+    inner: str = "auto"
+    inner_damping: float = 0.0
     chunk: int = 256
     image_chunk: int = 1024
     progress: bool = False
@@ -46,6 +50,8 @@ class InfluenceConfig:
             raise ValueError(f"InfluenceConfig.variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.path not in ("auto", "seam"):
             raise ValueError(f"InfluenceConfig.path must be 'auto' or 'seam', got {self.path!r}")
+        if self.inner not in HEAD_SOLVERS:
+            raise ValueError(f"InfluenceConfig.inner must be one of {HEAD_SOLVERS}, got {self.inner!r}")
         if self.chunk < 1 or self.image_chunk < 1:
             raise ValueError("InfluenceConfig.chunk and image_chunk must be >= 1")
 
@@ -77,7 +83,8 @@ class _State:
     def __init__(self, problem, lam: torch.Tensor, tasks: TaskSet, weights: Weights, config: InfluenceConfig) -> None:
         self.c = weights.c.to(lam)
         if isinstance(problem, AnilProblem) and config.path == "auto":
-            self.binding = BodyBinding(problem, lam, tasks, weights, config.image_chunk)
+            self.binding = BodyBinding(problem, lam, tasks, weights, config.image_chunk, config.inner,
+                                       config.inner_damping)
         else:
             self.binding = SeamBinding(problem, lam, tasks, weights)
         self.chunks = list(_chunks(len(tasks), config.chunk))

@@ -32,11 +32,13 @@ def _chunks(n: int, size: int):
 
 
 class BodyBinding:
-    """Form (b): lambda is the body, theta_i the head; ``image_chunk`` bounds body-pass memory."""
+    """Form (b): lambda is the body, theta_i the head; ``image_chunk`` bounds body-pass memory;
+    ``inner`` picks the head iHVP (:meth:`AnilProblem.head_solver`)."""
 
     def __init__(self, problem: AnilProblem, lam: torch.Tensor, tasks: TaskSet, weights: Weights,
-                 image_chunk: int = 1024) -> None:
+                 image_chunk: int = 1024, inner: str = "auto", inner_damping: float = 0.0) -> None:
         self.problem, self.lam, self.weights, self.image_chunk = problem, lam.detach(), weights, image_chunk
+        self.inner, self.inner_damping = inner, inner_damping
         self.p, dtype = lam.numel(), lam.dtype
         used = torch.cat([tasks.train_index.flatten(), tasks.val_index.flatten()])
         unique, inverse = torch.unique(used, return_inverse=True)
@@ -62,7 +64,7 @@ class BodyBinding:
         y_tr, y_val = self.y_tr[idx], self.y_val[idx]
         xi = (self.phi[self.pos_tr[idx]], self.phi[self.pos_val[idx]])
         w_val = self.weights.w_val[idx] if w_val is None else w_val
-        solve = prob.head_solver(self.theta[idx], xi[0], self.weights.w_tr[idx])
+        solve = prob.head_solver(self.theta[idx], xi[0], self.weights.w_tr[idx], self.inner, self.inner_damping)
 
         def inner_grad(theta, xi, w):
             return prob.head_inner_grad(theta, xi[0], y_tr, w)

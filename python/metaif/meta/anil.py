@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from ..models.nets import FlatModel
+from ..ops.kfe import kfe_ihvp_grouped
 from ..ops.woodbury import woodbury_solve
 from .batch import TaskBatch
 
 HEADS = ("logistic", "ridge")
+HEAD_SOLVERS = ("auto", "woodbury", "cholesky", "ekfac")
 
 
 @dataclass(frozen=True)
@@ -144,17 +146,48 @@ class AnilProblem:
         u = root[:, :, :, None, :] * phi[:, :, None, :, None]          # [B, n, C, k, r]
         return u.permute(0, 2, 3, 1, 4).reshape(b, self.classes * k, n * self.classes)
 
-    def head_solver(self, theta: torch.Tensor, phi: torch.Tensor, w: torch.Tensor):
-        """``rhs [B, q] -> H_i^{-1} rhs``: Woodbury on the few-shot factor when its rank n C is below
-        q (the usual few-shot case), else a dense Cholesky."""
+    def head_solver(self, theta: torch.Tensor, phi: torch.Tensor, w: torch.Tensor, method: str = "auto",
+                    extra_damping: float = 0.0):
+        """``rhs [B, q] -> H_i^{-1} rhs``. ``method``: "woodbury" (exact, on the few-shot factor),
+        "cholesky" (exact, dense), "ekfac" (math.md §13.3: per-task Kronecker eigenbasis of
+        E[phi phi^T] and the true-Fisher E[g g^T], corrected eigenvalues, damping delta +
+        ``extra_damping``), or "auto": Woodbury when the factor's rank n C is below q (the usual
+        few-shot case), else Cholesky."""
+        if method not in HEAD_SOLVERS:
+            raise ValueError(f"head solver must be one of {HEAD_SOLVERS}, got {method!r}")
         phi = phi.detach()
-        if phi.shape[1] * self.classes < self.theta_dim:
+        if method == "auto":
+            method = "woodbury" if phi.shape[1] * self.classes < self.theta_dim else "cholesky"
+        if method == "woodbury":
             factor = self.head_inner_factor(theta, phi, w)
             return lambda rhs: woodbury_solve(factor, rhs.unsqueeze(1), self.delta).squeeze(1)
+        if method == "ekfac":
+            return self._ekfac_solver(theta, phi, w, self.delta + extra_damping)
         # Cholesky: H is SPD, and batched LU (getrs/laswp) misbehaves in this torch's MKL
         # when torch.set_num_threads(>1) was called.
         chol = torch.linalg.cholesky(self.head_inner_hessian(theta, phi, w))
         return lambda rhs: torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
+
+    def _ekfac_solver(self, theta, phi, w, damping: float):
+        b, n, k = phi.shape
+        eye = torch.eye(self.classes, dtype=phi.dtype, device=phi.device)
+        if self.config.head == "ridge":
+            logit_hess = eye.expand(b, n, -1, -1)
+        else:
+            p = torch.softmax(phi @ theta.view(-1, self.classes, k).mT, -1)
+            logit_hess = torch.diag_embed(p) - p[..., :, None] * p[..., None, :]  # E_yhat[g g^T], exact
+        q_in = torch.linalg.eigh(torch.einsum("bn,bnk,bnl->bkl", w, phi, phi)).eigenvectors
+        q_out = torch.linalg.eigh(torch.einsum("bn,bncd->bcd", w, logit_hess)).eigenvectors
+        out_var = torch.einsum("bca,bncd,bda->bna", q_out, logit_hess, q_out)        # [B, n, C]
+        in_sq = (phi @ q_in).pow(2)                                                 # [B, n, K]
+        eigvals = torch.einsum("bn,bnc,bnk->bck", w, out_var, in_sq)                # corrected, [B, C, K]
+        shape = (self.classes, k)
+
+        def solve(rhs):
+            parts = kfe_ihvp_grouped([r.view(shape) for r in rhs], list(q_out), list(q_in), list(eigvals), damping)
+            return torch.stack([x.reshape(-1) for x in parts]) if parts else rhs.clone()
+
+        return solve
 
     # ---- inner solve and adjoint -------------------------------------------------------------
 
