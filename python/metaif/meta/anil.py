@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.nets import FlatModel
-from ..ops.kfe import kfe_ihvp_grouped
+from ..curvature.head import ekfac_head_solver, head_factor
 from ..ops.woodbury import woodbury_solve
 from .batch import TaskBatch
 
@@ -117,34 +117,26 @@ class AnilProblem:
     def head_inner_hessian(self, theta: torch.Tensor, phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``H_i = grad^2_theta F_i`` as dense ``[B, q, q]`` (class-major flattening of Theta)."""
         b, k = phi.shape[0], self.feat_dim
-        eye_c = torch.eye(self.classes, dtype=phi.dtype, device=phi.device)
-        if self.config.head == "ridge":
-            gram = torch.einsum("bn,bnk,bnl->bkl", w, phi, phi)
-            h = torch.einsum("cd,bkl->bckdl", eye_c, gram)
-        else:
-            p = torch.softmax(phi @ theta.view(-1, self.classes, k).mT, -1)
-            s = w[..., None, None] * (torch.diag_embed(p) - p[..., :, None] * p[..., None, :])
-            # sum_n s_n (x) phi_n phi_n^T as one batched GEMM over the examples; a 4-operand
-            # einsum materialises an [n, C, C, k, k] intermediate instead.
-            outer = (phi[..., :, None] * phi[..., None, :]).flatten(-2)
-            h = (s.flatten(-2).mT @ outer).view(b, self.classes, self.classes, k, k).permute(0, 1, 3, 2, 4)
+        s = w[..., None, None] * self.logit_hessians(theta, phi)
+        # sum_n s_n (x) phi_n phi_n^T as one batched GEMM over the examples; a 4-operand
+        # einsum materialises an [n, C, C, k, k] intermediate instead.
+        outer = (phi[..., :, None] * phi[..., None, :]).flatten(-2)
+        h = (s.flatten(-2).mT @ outer).view(b, self.classes, self.classes, k, k).permute(0, 1, 3, 2, 4)
         q = self.theta_dim
         return h.reshape(b, q, q) + self.delta * torch.eye(q, dtype=phi.dtype, device=phi.device)
 
-    def head_inner_factor(self, theta: torch.Tensor, phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """``U [B, q, n C]`` with ``H_i = delta I + U U^T``: per example sqrt(w_n) (L_n (x) phi_n) where
-        L_n L_n^T is the logit Hessian (softmax: diag(p) - p p^T; ridge: I)."""
+    def logit_hessians(self, theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        """Per-example Hessian of the loss in the logits, ``[B, n, C, C]`` (softmax: diag(p) - p p^T;
+        ridge: I)."""
         b, n, k = phi.shape
         if self.config.head == "ridge":
-            root = torch.eye(self.classes, dtype=phi.dtype, device=phi.device).expand(b, n, -1, -1)
-        else:
-            p = torch.softmax(phi @ theta.view(-1, self.classes, k).mT, -1)
-            vals, vecs = torch.linalg.eigh(torch.diag_embed(p) - p[..., :, None] * p[..., None, :])
-            root = vecs * vals.clamp_min(0).sqrt()[..., None, :]
-        root = root * w.sqrt()[..., None, None]
-        # U[(c, k), (n, r)] = root[n, c, r] phi[n, k]
-        u = root[:, :, :, None, :] * phi[:, :, None, :, None]          # [B, n, C, k, r]
-        return u.permute(0, 2, 3, 1, 4).reshape(b, self.classes * k, n * self.classes)
+            return torch.eye(self.classes, dtype=phi.dtype, device=phi.device).expand(b, n, -1, -1)
+        p = torch.softmax(phi @ theta.view(-1, self.classes, k).mT, -1)
+        return torch.diag_embed(p) - p[..., :, None] * p[..., None, :]
+
+    def head_inner_factor(self, theta: torch.Tensor, phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``U [B, q, n C]`` with ``H_i = delta I + U U^T`` (:func:`metaif.curvature.head_factor`)."""
+        return head_factor(self.logit_hessians(theta, phi), phi, w)
 
     def head_solver(self, theta: torch.Tensor, phi: torch.Tensor, w: torch.Tensor, method: str = "auto",
                     extra_damping: float = 0.0):
@@ -162,32 +154,11 @@ class AnilProblem:
             factor = self.head_inner_factor(theta, phi, w)
             return lambda rhs: woodbury_solve(factor, rhs.unsqueeze(1), self.delta).squeeze(1)
         if method == "ekfac":
-            return self._ekfac_solver(theta, phi, w, self.delta + extra_damping)
+            return ekfac_head_solver(self.logit_hessians(theta, phi), phi, w, self.delta + extra_damping)
         # Cholesky: H is SPD, and batched LU (getrs/laswp) misbehaves in this torch's MKL
         # when torch.set_num_threads(>1) was called.
         chol = torch.linalg.cholesky(self.head_inner_hessian(theta, phi, w))
         return lambda rhs: torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
-
-    def _ekfac_solver(self, theta, phi, w, damping: float):
-        b, n, k = phi.shape
-        eye = torch.eye(self.classes, dtype=phi.dtype, device=phi.device)
-        if self.config.head == "ridge":
-            logit_hess = eye.expand(b, n, -1, -1)
-        else:
-            p = torch.softmax(phi @ theta.view(-1, self.classes, k).mT, -1)
-            logit_hess = torch.diag_embed(p) - p[..., :, None] * p[..., None, :]  # E_yhat[g g^T], exact
-        q_in = torch.linalg.eigh(torch.einsum("bn,bnk,bnl->bkl", w, phi, phi)).eigenvectors
-        q_out = torch.linalg.eigh(torch.einsum("bn,bncd->bcd", w, logit_hess)).eigenvectors
-        out_var = torch.einsum("bca,bncd,bda->bna", q_out, logit_hess, q_out)        # [B, n, C]
-        in_sq = (phi @ q_in).pow(2)                                                 # [B, n, K]
-        eigvals = torch.einsum("bn,bnc,bnk->bck", w, out_var, in_sq)                # corrected, [B, C, K]
-        shape = (self.classes, k)
-
-        def solve(rhs):
-            parts = kfe_ihvp_grouped([r.view(shape) for r in rhs], list(q_out), list(q_in), list(eigvals), damping)
-            return torch.stack([x.reshape(-1) for x in parts]) if parts else rhs.clone()
-
-        return solve
 
     # ---- inner solve and adjoint -------------------------------------------------------------
 
