@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 # scikit-learn ships the embedded default data set (digits); pillow decodes Omniglot and
 # mini-ImageNet images.
-BASE_DEPENDENCIES = ["numpy>=1.22", "tqdm>=4.60", "scikit-learn>=1.0", "pillow>=9"]
+BASE_DEPENDENCIES = ["numpy>=1.22", "tqdm>=4.60", "scikit-learn>=1.0", "pillow>=9", "matplotlib>=3.5"]
 
 
 def dynamic_metadata(field: str, settings: Mapping[str, object]) -> list[str]:
