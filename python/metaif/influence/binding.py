@@ -39,6 +39,8 @@ class BodyBinding:
                  image_chunk: int = 1024, inner: str = "auto", inner_damping: float = 0.0) -> None:
         self.problem, self.lam, self.weights, self.image_chunk = problem, lam.detach(), weights, image_chunk
         self.inner, self.inner_damping = inner, inner_damping
+        self._graph: list | None = None  # per image chunk: (phi, J^T (g + u), u), for cotangent g
+        self._graph_g: torch.Tensor | None = None
         self.p, dtype = lam.numel(), lam.dtype
         used = torch.cat([tasks.train_index.flatten(), tasks.val_index.flatten()])
         unique, inverse = torch.unique(used, return_inverse=True)
@@ -75,7 +77,10 @@ class BodyBinding:
         return Rows(self.theta[idx], xi, self.weights.w_tr[idx], w_val, solve, inner_grad, outer)
 
     def tangent(self, v: torch.Tensor) -> torch.Tensor:
-        """Feature tangents of every unique image along ``v``, ``[U, h+1]`` (one body JVP each)."""
+        """Feature tangents of every unique image along ``v``, ``[U, h+1]`` (one body JVP each, or
+        one backward through the kept graph once :meth:`pull` has built it)."""
+        if self._graph is not None:
+            return torch.cat([torch.autograd.grad((h * v).sum(), u, retain_graph=True)[0] for _, h, u in self._graph])
         return torch.cat([jvp(lambda la: self._features(la, rows), (self.lam,), (v,))[1]
                           for rows in _chunks(self.num_images, self.image_chunk)])
 
@@ -94,19 +99,29 @@ class BodyBinding:
     def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
         """``J_phi^T m + d/dlambda <g, J_phi v>`` over the unique images, ``[p]``.
 
-        The second-order term rides on one forward-over-reverse pass: the tangent of
-        ``J_phi(lambda)^T g`` along ``(lambda, g) -> (v, m)`` is ``(dJ_phi[v])^T g + J_phi^T m``.
+        ``g`` (the context gradient of K at lambda*) is the same for every product of a solve, so
+        the body's gradient graph ``J_phi^T (g + u)`` is built once and kept: each later product is
+        one backward through it (its u-branch also gives :meth:`tangent`), with no forward pass.
         """
-        out = torch.zeros_like(self.lam)
-        for rows in _chunks(self.num_images, self.image_chunk):
-            def pullback(la, cot):
-                return grad(lambda l_: (cot * self._features(l_, rows)).sum())(la)
+        if g is None:
+            return sum(grad(lambda la: (m[rows] * self._features(la, rows)).sum())(self.lam)
+                       for rows in _chunks(self.num_images, self.image_chunk))
+        if self._graph is None or not torch.equal(g, self._graph_g):
+            self._build_graph(g)
+        return sum(torch.autograd.grad((h * v).sum() + (m[rows] * phi).sum(), self._leaf, retain_graph=True)[0]
+                   for rows, (phi, h, _) in zip(_chunks(self.num_images, self.image_chunk), self._graph))
 
-            if g is None:
-                out += pullback(self.lam, m[rows])
-            else:
-                out += jvp(pullback, (self.lam, g[rows]), (v, m[rows]))[1]
-        return out
+    def _build_graph(self, g: torch.Tensor) -> None:
+        self._graph, self._graph_g = None, g.clone()
+        self._leaf = self.lam.detach().requires_grad_(True)
+        graph = []
+        with torch.enable_grad():
+            for rows in _chunks(self.num_images, self.image_chunk):
+                u = torch.zeros_like(g[rows], requires_grad=True)
+                phi = self._features(self._leaf, rows)
+                h = torch.autograd.grad(((g[rows] + u) * phi).sum(), self._leaf, create_graph=True)[0]
+                graph.append((phi, h, u))
+        self._graph = graph
 
     def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:
         """One lambda-gradient per row, ``[B, p]``, through the row's own images."""
