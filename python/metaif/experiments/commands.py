@@ -11,7 +11,7 @@ from ..meta import TrainConfig
 from ..utils.io import save_npz, save_torch, write_csv, write_json
 from . import demo as demo_module
 from . import paper, plots
-from .common import ExperimentConfig, accuracy, analyze, save_config, score_tasks, train_model, with_damping
+from .common import ExperimentConfig, accuracy, analyze, save_config, score_all, train_model, with_damping
 
 QUICK = dict(train_tasks=200, test_tasks=200, train=TrainConfig(steps=50))
 
@@ -24,12 +24,11 @@ def demo(config: ExperimentConfig, out: str, progress: bool) -> int:
 
 
 def _scored(config: ExperimentConfig, out: Path, progress: bool):
+    """The trained model of ``out`` and its scores; seconds count the scoring, not the set-up."""
     save_config(out, config)
     trained = train_model(config.run, config.analysis, out / "model", progress=progress)
-    analyzer = analyze(trained, config.analysis)
-    began = time.perf_counter()
-    scores, damping = with_damping(analyzer, lambda: analyzer.scores(score_tasks(trained, config.analysis)))
-    return trained, analyzer, scores, damping, time.perf_counter() - began
+    scored = score_all(trained, config.analysis)
+    return trained, scored.analyzer, scored.scores, scored.damping, scored.seconds - scored.setup_seconds
 
 
 def score(config: ExperimentConfig, out: str, progress: bool) -> int:

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from ..data.tasks import TaskSet
-from ..influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig, SolverError
-from ..meta import TrainConfig, Weights, evaluate, retrain, solve_outer
+from ..influence import InfluenceAnalyzer, InfluenceConfig, Scores, SolverConfig, SolverError
+from ..meta import TrainConfig, Weights, evaluate, meta_train, solve_outer
 from ..data import sample_tasks
 from ..meta.run import RunConfig, build, load_config, pools, run
 from ..utils.io import save_torch, write_json
@@ -107,6 +107,27 @@ def with_damping(analyzer: InfluenceAnalyzer, compute):
             warnings.warn(f"{err}; retrying with damping {analyzer.config.solver.damping:g}", stacklevel=2)
 
 
+@dataclass
+class Scored:
+    """An analyzer at lambda* and its influence scores on fresh tasks, with the damping that
+    worked, the set-up time (inner solves) and the total time (set-up + scores), in seconds."""
+
+    analyzer: InfluenceAnalyzer
+    scores: Scores
+    damping: float
+    setup_seconds: float
+    seconds: float
+
+
+def score_all(trained: Trained, analysis: AnalysisConfig) -> Scored:
+    """Build the analyzer and score every task and instance on :func:`score_tasks` (one solve)."""
+    began = time.perf_counter()
+    analyzer = analyze(trained, analysis)
+    setup = time.perf_counter() - began
+    scores, damping = with_damping(analyzer, lambda: analyzer.scores(score_tasks(trained, analysis)))
+    return Scored(analyzer, scores, damping, setup, time.perf_counter() - began)
+
+
 def score_tasks(trained: Trained, analysis: AnalysisConfig) -> TaskSet:
     """Fresh meta-test tasks (not the evaluation ones) that define the scores' test loss."""
     config = replace(trained.test.config, num_tasks=analysis.score_tasks, seed=trained.run.seed + 50_000)
@@ -120,17 +141,13 @@ def accuracy(trained: Trained, lam: torch.Tensor) -> float:
 def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=(), train=()):
     """Warm-started retraining without the given task positions / ``(position, j)`` instances;
     returns (lambda, wall seconds)."""
-    ids = trained.train.task_ids
-    instances = ([(int(ids[k]), "val", int(j)) for k, j in val] + [(int(ids[k]), "train", int(j)) for k, j in train])
+    weights = Weights.uniform(trained.train, trained.lam.dtype).without_positions(tasks, val, train)
     began = time.perf_counter()
     if analysis.retrain == "lbfgs":
-        weights = Weights.uniform(trained.train, trained.lam.dtype).without(
-            trained.train, [int(ids[k]) for k in tasks], instances)
         lam = solve_outer(trained.problem, trained.train, trained.lam, weights, tol=1e-6, max_iter=analysis.polish).lam
     else:
         config = replace(trained.run.train, steps=analysis.retrain_steps)
-        lam = retrain(trained.problem, trained.train, config, trained.lam,
-                      remove_tasks=[int(ids[k]) for k in tasks], remove_instances=instances).lam
+        lam = meta_train(trained.problem, trained.train, config, lam0=trained.lam, weights=weights, progress=False).lam
     return lam, time.perf_counter() - began
 
 

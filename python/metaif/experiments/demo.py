@@ -13,7 +13,7 @@ from ..meta import TrainConfig
 from ..meta.run import RunConfig
 from ..utils.io import write_csv, write_json
 from . import plots
-from .common import AnalysisConfig, ExperimentConfig, accuracy, analyze, save_config, score_tasks, train_model, with_damping
+from .common import AnalysisConfig, ExperimentConfig, accuracy, save_config, score_all, train_model
 
 DEMO = ExperimentConfig(run=RunConfig(train_tasks=300, test_tasks=200, train=TrainConfig(steps=50)),
                         analysis=AnalysisConfig(score_tasks=100))
@@ -28,10 +28,8 @@ def run_demo(config: ExperimentConfig, out: str | Path, progress: bool = True) -
     out = Path(out)
     save_config(out, config)
     trained = train_model(config.run, config.analysis, out / "model", progress=progress)
-    began = time.perf_counter()
-    analyzer = analyze(trained, config.analysis)
-    scores, damping = with_damping(analyzer, lambda: analyzer.scores(score_tasks(trained, config.analysis)))
-    influence_s = time.perf_counter() - began
+    scored = score_all(trained, config.analysis)
+    analyzer, scores = scored.analyzer, scored.scores
 
     m = len(trained.train)
     k = max(1, round(config.fraction * m))
@@ -53,8 +51,8 @@ def run_demo(config: ExperimentConfig, out: str | Path, progress: bool = True) -
     worst = sorted(rows, key=lambda r: r[4])[:10]
     result = {"meta_test_accuracy": before, "edited_accuracy": after, "removed_tasks": [int(ids[i]) for i in harmful],
               "most_harmful_instances": [{"task_id": r[1], "split": r[2], "index": r[3], "score": r[4]} for r in worst],
-              "influence_seconds": influence_s, "edit_seconds": edit_s, "train_seconds": trained.summary["train_seconds"],
-              "damping": damping, "diagnostics": analyzer.diagnostics}
+              "influence_seconds": scored.seconds, "edit_seconds": edit_s,
+              "train_seconds": trained.summary["train_seconds"], "damping": scored.damping, "diagnostics": analyzer.diagnostics}
     write_json(out / "results.json", result)
     return result
 

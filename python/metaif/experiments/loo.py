@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..influence import InfluenceAnalyzer
-from ..meta import Weights, solve_outer
+from ..meta import solve_outer
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -56,17 +56,11 @@ def leave_one_out(analyzer: InfluenceAnalyzer, kind: str, items: list, direction
     predicted = torch.stack([torch.stack([_pick(getattr(s, kind), item) for item in items]) for s in scores])
     predict_seconds = time.perf_counter() - began
 
-    tasks, ids = analyzer.tasks, analyzer.tasks.task_ids
-    base = analyzer.weights
     began = time.perf_counter()
     actual = []
     for item in tqdm(items, desc=f"re-solve without each {kind} item", disable=not progress, leave=False):
-        if kind == "tasks":
-            weights = base.without(tasks, remove_tasks=[int(ids[item])])
-        else:
-            split = "val" if kind == "val" else "train"
-            weights = base.without(tasks, remove_instances=[(int(ids[item[0]]), split, int(item[1]))])
-        lam = solve_outer(analyzer.problem, tasks, analyzer.lam, weights, tol=tol, max_iter=max_iter).lam
+        weights = analyzer.weights.without_positions(**{kind: [item]})
+        lam = solve_outer(analyzer.problem, analyzer.tasks, analyzer.lam, weights, tol=tol, max_iter=max_iter).lam
         actual.append(directions @ (lam - analyzer.lam))
     actual = torch.stack(actual, 1)
     resolve_seconds = time.perf_counter() - began

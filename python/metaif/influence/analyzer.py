@@ -19,7 +19,6 @@ from ..data.tasks import TaskSet
 from ..meta.anil import HEAD_SOLVERS, AnilProblem
 from ..meta.batch import Weights
 from .binding import BodyBinding, SeamBinding, _chunks
-from .local import Rows
 from .solve import HessianSolver, SolverConfig
 
 VARIANTS = ("exact", "gn", "gamma", "direct")
@@ -71,6 +70,18 @@ def _items(items, name: str) -> torch.Tensor:
     if out.numel() == 0:
         raise ValueError(f"{name}: give at least one (task position, index) pair")
     return out
+
+
+def _positions(positions, count: int) -> torch.Tensor:
+    """Task positions as a flat ``[k]`` tensor (all ``count`` tasks when None)."""
+    return torch.arange(count) if positions is None else torch.as_tensor(positions).flatten()
+
+
+def _mask(items: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """1 at the ``(position, index)`` pairs of ``items``, 0 elsewhere, shaped like ``like``."""
+    mask = torch.zeros_like(like)
+    mask[items[:, 0], items[:, 1]] = 1.0
+    return mask
 
 
 def _scale_rows(cot: tuple, c: torch.Tensor) -> tuple:
@@ -133,7 +144,7 @@ class InfluenceAnalyzer:
 
     def task_gradients(self, positions=None, direct: bool = False) -> torch.Tensor:
         """Per-task total gradients ``g_i`` (partial ``b_i`` when ``direct``), ``[k, p]``."""
-        positions = torch.arange(len(self.tasks)) if positions is None else torch.as_tensor(positions).flatten()
+        positions = _positions(positions, len(self.tasks))
         out = []
         for idx in _chunks(len(positions), self.config.chunk):
             rows, ones = self.binding.rows(positions[idx]), torch.ones(len(idx), dtype=self.lam.dtype)
@@ -187,13 +198,13 @@ class InfluenceAnalyzer:
 
     def task_influence(self, positions=None) -> torch.Tensor:
         """task-IF removal predictions ``Δλ_k = c_k H^{-1} g_k`` (math.md §6), ``[k, p]``."""
-        positions = torch.arange(len(self.tasks)) if positions is None else torch.as_tensor(positions).flatten()
+        positions = _positions(positions, len(self.tasks))
         g = self.task_gradients(positions)
         return self.c[positions, None] * self.solver()(g)
 
     def direct_influence(self, positions=None) -> torch.Tensor:
         """The direct IF (eq. 6, theta held fixed): ``c_k H_dir^{-1} grad_lambda L_k``, ``[k, p]``."""
-        positions = torch.arange(len(self.tasks)) if positions is None else torch.as_tensor(positions).flatten()
+        positions = _positions(positions, len(self.tasks))
         b = self.task_gradients(positions, direct=True)
         if not bool(b.abs().sum() > 0):
             warnings.warn("the direct IF is identically 0 for this form (lambda enters the outer loss only "
@@ -206,7 +217,7 @@ class InfluenceAnalyzer:
         only where theta and lambda share a space (iMAML), ``[k, p]``."""
         if self.binding.theta.shape[1] != self.lam.numel():
             raise ValueError("first_order_influence needs theta and lambda in the same space (the iMAML form)")
-        positions = torch.arange(len(self.tasks)) if positions is None else torch.as_tensor(positions).flatten()
+        positions = _positions(positions, len(self.tasks))
 
         def matvec(v):
             out = self.problem.gamma * v
@@ -261,8 +272,7 @@ class InfluenceAnalyzer:
         items = _items(items, "train items")
         rows = self.binding.rows(items[:, 0])
         onehot = torch.nn.functional.one_hot(items[:, 1], self.tasks.y_train.shape[1]).to(self.lam)
-        b = rows.inner_grad(rows.theta, rows.xi, onehot) - rows.inner_grad(rows.theta, rows.xi, torch.zeros_like(onehot))
-        return -rows.solve(b)
+        return -rows.solve(rows.data_grad(rows.theta, rows.xi, onehot))
 
     # ---- editing and scores --------------------------------------------------------------------
 
@@ -277,19 +287,17 @@ class InfluenceAnalyzer:
             return total
         if len(val):
             items = _items(val, "val items")
-            mask = torch.zeros_like(self.weights.w_val, dtype=self.lam.dtype)
-            mask[items[:, 0], items[:, 1]] = 1.0
+            w_val = self.weights.w_val.to(self.lam)
             touched = torch.unique(items[:, 0])
-            rows = self.binding.rows(touched, w_val=self.weights.w_val[touched].to(self.lam) * mask[touched])
+            rows = self.binding.rows(touched, w_val=(w_val * _mask(items, w_val))[touched])
             buf = self.binding.zeros()
             self.binding.scatter(buf, rows.gradient_cotangent(self.c[touched]), touched)
             total = total + self.binding.pull(buf)
         if len(train):
             items = _items(train, "train items")
-            mask = torch.zeros_like(self.weights.w_tr, dtype=self.lam.dtype)
-            mask[items[:, 0], items[:, 1]] = 1.0
+            w_tr = self.weights.w_tr.to(self.lam)
             touched = torch.unique(items[:, 0])
-            cot = self.binding.rows(touched).train_cotangent(self.weights.w_tr[touched].to(self.lam) * mask[touched],
+            cot = self.binding.rows(touched).train_cotangent((w_tr * _mask(items, w_tr))[touched],
                                                              self.config.third_order_train)
             buf = self.binding.zeros()
             self.binding.scatter(buf, _scale_rows(cot, self.c[touched]), touched)
@@ -306,9 +314,7 @@ class InfluenceAnalyzer:
         lam = self.lam + self.solver("direct" if direct else None)(
             self.removal_gradient(tasks, val, train, direct)[None])[0]
         if refine:
-            removed = self.weights.without(self.tasks, [int(self.tasks.task_ids[k]) for k in tasks],
-                                           [(int(self.tasks.task_ids[k]), "val", j) for k, j in val] +
-                                           [(int(self.tasks.task_ids[k]), "train", j) for k, j in train])
+            removed = self.weights.without_positions(tasks, val, train)
             for _ in range(refine):
                 state = _State(self.problem, lam, self.tasks, removed, self.config)
                 grad = state.gradient(state.c) + self.problem.gamma * lam

@@ -14,8 +14,6 @@ cotangents to lambda-space.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch.func import grad, hessian, jvp, vmap
 
@@ -41,7 +39,7 @@ class BodyBinding:
         self.inner, self.inner_damping = inner, inner_damping
         self._graph: list | None = None  # per image chunk: (phi, J^T (g + u), u), for cotangent g
         self._graph_g: torch.Tensor | None = None
-        self.p, dtype = lam.numel(), lam.dtype
+        dtype = lam.dtype
         used = torch.cat([tasks.train_index.flatten(), tasks.val_index.flatten()])
         unique, inverse = torch.unique(used, return_inverse=True)
         m, n = tasks.train_index.shape
@@ -139,14 +137,12 @@ class SeamBinding:
     vectors. Inner solves are dense Cholesky when ``q <= dense_max``, else CG on autograd HVPs."""
 
     def __init__(self, problem, lam: torch.Tensor, tasks: TaskSet, weights: Weights, dense_max: int = 2000,
-                 cg_rtol: float = 1e-10, cg_max_iter: int = 500, progress: Callable | None = None) -> None:
+                 cg_rtol: float = 1e-10, cg_max_iter: int = 500) -> None:
         self.problem, self.lam, self.weights = problem, lam.detach(), weights
-        self.p, dtype = lam.numel(), lam.dtype
-        self.x_tr, self.x_val = tasks.x_train.to(dtype), tasks.x_val.to(dtype)
+        self.x_tr, self.x_val = tasks.x_train.to(lam.dtype), tasks.x_val.to(lam.dtype)
         self.y_tr, self.y_val = tasks.y_train, tasks.y_val
         self.cg_rtol, self.cg_max_iter = cg_rtol, cg_max_iter
-        loop = progress(range(len(tasks))) if progress else range(len(tasks))
-        solved = [problem.solve_inner(self.lam, self.x_tr[i], self.y_tr[i], weights.w_tr[i]) for i in loop]
+        solved = [problem.solve_inner(self.lam, self.x_tr[i], self.y_tr[i], weights.w_tr[i]) for i in range(len(tasks))]
         self.theta = torch.stack([s[0] for s in solved])
         self.inner_norm = torch.tensor([s[1] for s in solved])
         self._inner_grad = vmap(grad(problem.inner_objective, argnums=0))

@@ -54,6 +54,11 @@ class Rows:
             value = value - (self.inner_grad(theta, xi, self.w_tr) * self.u).sum(-1)
         return value
 
+    def data_grad(self, theta: torch.Tensor, xi: Context, w: torch.Tensor) -> torch.Tensor:
+        """``sum_j w_j grad_theta l(z_j)`` over the train split (grad_theta F without the regulariser),
+        ``[B, q]``: F is linear in the weights, so the regulariser is F's value at zero weights."""
+        return self.inner_grad(theta, xi, w) - self.inner_grad(theta, xi, torch.zeros_like(w))
+
     def cross(self, xi_dot: Context) -> torch.Tensor:
         """``C_i xi_dot``: the change of grad_theta F along the context, ``[B, q]``."""
         return jvp(lambda xi: self.inner_grad(self.theta, xi, self.w_tr), (self.xi,), (xi_dot,))[1]
@@ -129,16 +134,11 @@ class Rows:
     def train_cotangent(self, onehot: torch.Tensor, third_order: bool = True) -> Context:
         """Context cotangent of ``D_lambda [a^T H^{-1} grad_theta l(z)]`` (math.md §10) per row, for the
         training instance selected by ``onehot [B, n]``."""
-        zero = torch.zeros_like(onehot)
-
-        def data_grad(theta, xi):
-            return self.inner_grad(theta, xi, onehot) - self.inner_grad(theta, xi, zero)
-
-        s = self.solve(data_grad(self.theta, self.xi))
+        s = self.solve(self.data_grad(self.theta, self.xi, onehot))
 
         def phi(theta, xi):
             a = grad(lambda th: self.outer(th, xi, self.w_val).sum())(theta)
-            value = (s * a).sum(-1) + (self.u * data_grad(theta, xi)).sum(-1)
+            value = (s * a).sum(-1) + (self.u * self.data_grad(theta, xi, onehot)).sum(-1)
             if third_order:
                 hs = jvp(lambda th: self.inner_grad(th, xi, self.w_tr), (theta,), (s,))[1]
                 value = value - (self.u * hs).sum(-1)

@@ -120,7 +120,9 @@ class HessianSolver:
         return 1.1 * estimate
 
     def _neumann(self, b: torch.Tensor) -> torch.Tensor:
-        scale = self.info.setdefault("scale", self._scale())
+        if "scale" not in self.info:  # setdefault would rerun the power iteration for every column
+            self.info["scale"] = self._scale()
+        scale = self.info["scale"]
         gen = torch.Generator().manual_seed(self.config.seed)
         r, smallest = b, math.inf
         noise = 1e3 * torch.finfo(b.dtype).eps

@@ -25,14 +25,23 @@ class Weights:
 
     def without(self, tasks: TaskSet, remove_tasks=(), remove_instances=()) -> Weights:
         """Zero the weights of removed task ids and of ``(task_id, "train"|"val", j)`` instances."""
-        out = Weights(self.c.clone(), self.w_tr.clone(), self.w_val.clone())
         position = {int(t): i for i, t in enumerate(tasks.task_ids)}
-        for tid in remove_tasks:
-            out.c[position[int(tid)]] = 0.0
-        for tid, split, j in remove_instances:
+        for _, split, _ in remove_instances:
             if split not in ("train", "val"):
                 raise ValueError(f"instance split must be 'train' or 'val', got {split!r}")
-            (out.w_tr if split == "train" else out.w_val)[position[int(tid)], j] = 0.0
+        return self.without_positions(
+            [position[int(t)] for t in remove_tasks],
+            [(position[int(t)], j) for t, split, j in remove_instances if split == "val"],
+            [(position[int(t)], j) for t, split, j in remove_instances if split == "train"])
+
+    def without_positions(self, tasks=(), val=(), train=()) -> Weights:
+        """Zero the weights of task positions and of ``(position, j)`` validation / training instances."""
+        out = Weights(self.c.clone(), self.w_tr.clone(), self.w_val.clone())
+        for k in tasks:
+            out.c[int(k)] = 0.0
+        for table, items in ((out.w_val, val), (out.w_tr, train)):
+            for k, j in items:
+                table[int(k), int(j)] = 0.0
         return out
 
 
