@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..data.tasks import TaskSet
 from ..meta.anil import HEAD_SOLVERS, AnilProblem
 from ..meta.batch import Weights
+from ..models.second_order import PASSES
 from .binding import BodyBinding, SeamBinding, _chunks
 from .solve import HessianSolver, SolverConfig
 
@@ -31,8 +32,10 @@ class InfluenceConfig:
     False gives §10's "second-order only"; ``path`` "auto" uses the unique-image body binding for
     the body-plus-head form, "seam" the generic per-task one; ``inner`` the head iHVP of that
     form ("auto" = exact Woodbury/Cholesky, "ekfac" = math.md §13.3 with damping delta +
-    ``inner_damping``); ``chunk`` tasks per feature-space batch; ``image_chunk`` images per body
-    pass."""
+    ``inner_damping``); ``body_passes`` the body passes of that form ("auto" = hand-written
+    second-order passes when the body is a Conv/Linear/ReLU/Tanh/Softplus/pool ``Sequential``,
+    else autograd; "structured" or "autograd" to force one); ``chunk`` tasks per feature-space
+    batch; ``image_chunk`` images per body pass."""
 
     variant: str = "exact"
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -40,6 +43,7 @@ class InfluenceConfig:
     path: str = "auto"
     inner: str = "auto"
     inner_damping: float = 0.0
+    body_passes: str = "auto"
     chunk: int = 256
     image_chunk: int = 1024
     progress: bool = False
@@ -51,6 +55,8 @@ class InfluenceConfig:
             raise ValueError(f"InfluenceConfig.path must be 'auto' or 'seam', got {self.path!r}")
         if self.inner not in HEAD_SOLVERS:
             raise ValueError(f"InfluenceConfig.inner must be one of {HEAD_SOLVERS}, got {self.inner!r}")
+        if self.body_passes not in PASSES:
+            raise ValueError(f"InfluenceConfig.body_passes must be one of {PASSES}, got {self.body_passes!r}")
         if self.chunk < 1 or self.image_chunk < 1:
             raise ValueError("InfluenceConfig.chunk and image_chunk must be >= 1")
 
@@ -95,7 +101,7 @@ class _State:
         self.c = weights.c.to(lam)
         if isinstance(problem, AnilProblem) and config.path == "auto":
             self.binding = BodyBinding(problem, lam, tasks, weights, config.image_chunk, config.inner,
-                                       config.inner_damping)
+                                       config.inner_damping, config.body_passes)
         else:
             self.binding = SeamBinding(problem, lam, tasks, weights)
         self.chunks = list(_chunks(len(tasks), config.chunk))

@@ -15,12 +15,14 @@ cotangents to lambda-space.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.func import grad, hessian, jvp, vmap
 
 from .. import reference
 from ..data.tasks import TaskSet
 from ..meta.anil import AnilProblem, with_bias
 from ..meta.batch import Weights
+from ..models.second_order import body_passes
 from .local import Context, Rows
 
 
@@ -31,33 +33,32 @@ def _chunks(n: int, size: int):
 
 class BodyBinding:
     """Form (b): lambda is the body, theta_i the head; ``image_chunk`` bounds body-pass memory;
-    ``inner`` picks the head iHVP (:meth:`AnilProblem.head_solver`)."""
+    ``inner`` picks the head iHVP (:meth:`AnilProblem.head_solver`); ``passes`` the body passes
+    (:func:`~metaif.models.second_order.body_passes`: hand-written for Conv/Linear/ReLU/pool
+    bodies, autograd for the rest)."""
 
     def __init__(self, problem: AnilProblem, lam: torch.Tensor, tasks: TaskSet, weights: Weights,
-                 image_chunk: int = 1024, inner: str = "auto", inner_damping: float = 0.0) -> None:
-        self.problem, self.lam, self.weights, self.image_chunk = problem, lam.detach(), weights, image_chunk
+                 image_chunk: int = 1024, inner: str = "auto", inner_damping: float = 0.0,
+                 passes: str = "auto") -> None:
+        self.problem, self.lam, self.weights = problem, lam.detach(), weights
         self.inner, self.inner_damping = inner, inner_damping
-        self._graph: list | None = None  # per image chunk: (phi, J^T (g + u), u), for cotangent g
-        self._graph_g: torch.Tensor | None = None
-        dtype = lam.dtype
+        self._g: torch.Tensor | None = None  # the cotangent the passes hold
         used = torch.cat([tasks.train_index.flatten(), tasks.val_index.flatten()])
         unique, inverse = torch.unique(used, return_inverse=True)
         m, n = tasks.train_index.shape
         self.pos_tr = inverse[: m * n].view(m, n)
         self.pos_val = inverse[m * n:].view(tasks.val_index.shape)
-        self.images = tasks.images[unique].to(dtype)
-        self.y_tr, self.y_val = tasks.y_train, tasks.y_val
+        images = tasks.images[unique].to(lam.dtype)
+        self.chunks = list(_chunks(images.shape[0], image_chunk))
+        self.passes = [body_passes(problem.body, self.lam, images[rows], passes) for rows in self.chunks]
+        self.phi = with_bias(torch.cat([p.phi for p in self.passes]))
+        self.images, self.y_tr, self.y_val = images, tasks.y_train, tasks.y_val
         with torch.no_grad():
-            self.phi = self._features(self.lam)
             self.theta, self.inner_norm = problem.solve_heads(self.phi[self.pos_tr], self.y_tr, weights.w_tr)
 
     @property
     def num_images(self) -> int:
         return self.images.shape[0]
-
-    def _features(self, lam: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        images = self.images if rows is None else self.images[rows]
-        return with_bias(self.problem.body(lam, images))
 
     def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> Rows:
         prob = self.problem
@@ -75,12 +76,8 @@ class BodyBinding:
         return Rows(self.theta[idx], xi, self.weights.w_tr[idx], w_val, solve, inner_grad, outer)
 
     def tangent(self, v: torch.Tensor) -> torch.Tensor:
-        """Feature tangents of every unique image along ``v``, ``[U, h+1]`` (one body JVP each, or
-        one backward through the kept graph once :meth:`pull` has built it)."""
-        if self._graph is not None:
-            return torch.cat([torch.autograd.grad((h * v).sum(), u, retain_graph=True)[0] for _, h, u in self._graph])
-        return torch.cat([jvp(lambda la: self._features(la, rows), (self.lam,), (v,))[1]
-                          for rows in _chunks(self.num_images, self.image_chunk)])
+        """Feature tangents of every unique image along ``v``, ``[U, h+1]`` (the bias feature's is 0)."""
+        return F.pad(torch.cat([p.tangent(v) for p in self.passes]), (0, 1))
 
     def context_tangent(self, tangent: torch.Tensor, idx: torch.Tensor) -> Context:
         return tangent[self.pos_tr[idx]], tangent[self.pos_val[idx]]
@@ -98,28 +95,13 @@ class BodyBinding:
         """``J_phi^T m + d/dlambda <g, J_phi v>`` over the unique images, ``[p]``.
 
         ``g`` (the context gradient of K at lambda*) is the same for every product of a solve, so
-        the body's gradient graph ``J_phi^T (g + u)`` is built once and kept: each later product is
-        one backward through it (its u-branch also gives :meth:`tangent`), with no forward pass.
+        the passes take it once and keep what depends on it.
         """
-        if g is None:
-            return sum(grad(lambda la: (m[rows] * self._features(la, rows)).sum())(self.lam)
-                       for rows in _chunks(self.num_images, self.image_chunk))
-        if self._graph is None or not torch.equal(g, self._graph_g):
-            self._build_graph(g)
-        return sum(torch.autograd.grad((h * v).sum() + (m[rows] * phi).sum(), self._leaf, retain_graph=True)[0]
-                   for rows, (phi, h, _) in zip(_chunks(self.num_images, self.image_chunk), self._graph))
-
-    def _build_graph(self, g: torch.Tensor) -> None:
-        self._graph, self._graph_g = None, g.clone()
-        self._leaf = self.lam.detach().requires_grad_(True)
-        graph = []
-        with torch.enable_grad():
-            for rows in _chunks(self.num_images, self.image_chunk):
-                u = torch.zeros_like(g[rows], requires_grad=True)
-                phi = self._features(self._leaf, rows)
-                h = torch.autograd.grad(((g[rows] + u) * phi).sum(), self._leaf, create_graph=True)[0]
-                graph.append((phi, h, u))
-        self._graph = graph
+        if g is not None and (self._g is None or not torch.equal(g, self._g)):
+            for rows, p in zip(self.chunks, self.passes):
+                p.cotangent(g[rows, :-1])
+            self._g = g.clone()
+        return sum(p.pull(m[rows, :-1], v) for rows, p in zip(self.chunks, self.passes))
 
     def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:
         """One lambda-gradient per row, ``[B, p]``, through the row's own images."""

@@ -1,0 +1,351 @@
+"""Hand-written tangent and second-order pull-back passes of a sequential body.
+
+A total-Hessian product of form (b) needs, for one direction ``v [P]`` and every image:
+
+* the feature tangent ``phi' = J v``, and
+* the pull-back ``J^T m + d/dlambda <g, J v>``, where ``g`` (the feature gradient of the
+  Lagrangian at lambda*) is the same for every product of a solve.
+
+Autograd gets the second term by differentiating its own backward graph, which re-runs every
+convolution's double-backward rule. Written out layer by layer it is cheaper: the forward state
+(inputs, activation masks, pooling indices) and the backward signal ``delta`` of ``g`` are computed
+once; a product is then one tangent pass and one backward pass. In the backward pass an affine
+layer's weight gradient ``wgrad(a, zeta) + wgrad(a', delta)`` is one call on batch-concatenated
+operands and its input signal ``igrad(zeta, W) + igrad(delta, W')`` one call on channel-concatenated
+ones; a ReLU next to a max-pool is handled at the pooled resolution.
+
+Supported modules: ``Conv2d`` (zero padding), ``Linear``, ``ReLU``, ``Tanh``, ``Softplus``,
+``MaxPool2d`` (no ceil mode, no dilation), ``Flatten``. :func:`supports` says whether a model
+qualifies; the autograd path serves every other body.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import grad, jvp
+
+from .nets import FlatModel
+
+
+def _tanh_derivatives(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.tanh(z)
+    d1 = 1 - t * t
+    return d1, -2 * t * d1
+
+
+def _softplus_derivatives(z: torch.Tensor, module: nn.Softplus) -> tuple[torch.Tensor, torch.Tensor]:
+    s = torch.sigmoid(module.beta * z)
+    linear = module.beta * z > module.threshold  # torch's softplus is the identity there
+    d1 = torch.where(linear, torch.ones_like(s), s)
+    d2 = torch.where(linear, torch.zeros_like(s), module.beta * s * (1 - s))
+    return d1, d2
+
+
+def _supported(module: nn.Module) -> bool:
+    if isinstance(module, nn.Conv2d):
+        return module.padding_mode == "zeros" and isinstance(module.padding, tuple)
+    if isinstance(module, nn.MaxPool2d):
+        return not module.ceil_mode and module.dilation in (1, (1, 1)) and not module.return_indices
+    return isinstance(module, (nn.Linear, nn.ReLU, nn.Tanh, nn.Softplus, nn.Flatten))
+
+
+def supports(model: FlatModel) -> bool:
+    """Whether ``model`` is an ``nn.Sequential`` of the modules these passes know."""
+    return isinstance(model.module, nn.Sequential) and all(_supported(m) for m in model.module)
+
+
+_CHANNELS_LAST = torch.channels_last
+
+
+class _Affine:
+    """A ``Conv2d`` or ``Linear`` whose weight and bias sit at slices of the flat vector.
+
+    Convolutions keep their tensors channels-last (oneDNN's fast layout on CPU). A first layer
+    with few input taps (``in_channels * kh * kw <= 64``, e.g. 3x3 on gray or RGB images) is a
+    GEMM on the cached im2col of the data: oneDNN is slow on so few input channels.
+    """
+
+    def __init__(self, module: nn.Module, weight: slice, bias: slice | None, first: bool) -> None:
+        self.module, self.weight, self.bias, self.first = module, weight, bias, first
+        self.conv = isinstance(module, nn.Conv2d)
+        self.im2col = self.conv and first and module.groups == 1 and \
+            module.weight[0].numel() <= 64
+
+    def params(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w = flat[self.weight].view(self.module.weight.shape)
+        return w, None if self.bias is None else flat[self.bias]
+
+    def prepare(self, st: dict, x: torch.Tensor) -> None:
+        if self.im2col:
+            m = self.module
+            cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # [N, K, L]
+            size = [(x.shape[d + 2] + 2 * m.padding[d] - m.dilation[d] * (m.kernel_size[d] - 1) - 1)
+                    // m.stride[d] + 1 for d in range(2)]
+            st["cols"], st["out_hw"] = cols.transpose(1, 2).reshape(-1, cols.shape[1]), size
+            st["n"] = x.shape[0]
+        else:
+            st["x"] = x.contiguous(memory_format=_CHANNELS_LAST) if self.conv else x
+
+    def apply(self, st: dict, x: torch.Tensor | None, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """The layer at weights ``(w, b)`` on ``x`` (``None``: the cached input)."""
+        if self.im2col:
+            out = st["cols"] @ w.flatten(1).T if b is None else torch.addmm(b, st["cols"], w.flatten(1).T)
+            return out.view(st["n"], *st["out_hw"], -1).permute(0, 3, 1, 2)
+        x = st["x"] if x is None else x
+        if not self.conv:
+            return F.linear(x, w, b)
+        m = self.module
+        return F.conv2d(x.contiguous(memory_format=_CHANNELS_LAST), w, b, m.stride, m.padding, m.dilation, m.groups)
+
+    def tangent(self, st: dict, h: torch.Tensor | None, w_dot: torch.Tensor, b_dot: torch.Tensor | None) -> torch.Tensor:
+        """``z' = apply(h, W) + apply(x, W') + b'``."""
+        out = self.apply(st, None, w_dot, b_dot)
+        return out if h is None else out + self.apply(st, h, st["w"], None)
+
+    def pull(self, st: dict, zeta: torch.Tensor, h_dot: torch.Tensor | None,
+             w_dot: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(weight gradient, bias gradient, input signal) of ``<zeta, z> + <delta, z'>``:
+        ``wgrad(x, zeta) + wgrad(h', delta)``, ``sum zeta`` and ``igrad(zeta, W) + igrad(delta, W')``;
+        without ``h'`` and ``W'`` (a first-order pull) the delta terms drop."""
+        w = st["w"]
+        gb = None if self.bias is None else zeta.sum(dim=[d for d in range(zeta.dim()) if d != 1])
+        if self.im2col:
+            flat = zeta.permute(0, 2, 3, 1).reshape(-1, zeta.shape[1])
+            return (flat.T @ st["cols"]).view(w.shape), gb, None
+        below = not self.first
+        gi, gw = self._backward(zeta, st["x"], w, below, True)
+        if h_dot is not None:
+            gw = gw + self._backward(st["delta"], h_dot, w, False, True)[1]
+        if below and w_dot is not None:
+            gi = gi + self._backward(st["delta"], st["x"], w_dot, True, False)[0]
+        return gw, gb, gi
+
+    def backward_input(self, st: dict, signal: torch.Tensor) -> torch.Tensor:
+        return self._backward(signal, st["x"], st["w"], True, False)[0]
+
+    def _backward(self, out_grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+                  need_input: bool, need_weight: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(input gradient, weight gradient) of ``<out_grad, apply(x, w)>``."""
+        if not self.conv:
+            gi = out_grad @ w if need_input else None
+            gw = out_grad.flatten(0, -2).T @ x.flatten(0, -2) if need_weight else None
+            return gi, gw
+        m = self.module
+        gi, gw, _ = torch.ops.aten.convolution_backward(
+            out_grad.contiguous(memory_format=_CHANNELS_LAST), x.contiguous(memory_format=_CHANNELS_LAST), w,
+            None, m.stride, m.padding, m.dilation, False, [0, 0], m.groups, [need_input, need_weight, False])
+        return gi, gw
+
+
+class SecondOrderPasses:
+    """Forward state of a :func:`supports`-ed body at ``lam`` on ``x [N, ...]``; :meth:`cotangent`
+    caches the backward signal of ``g [N, out]``, then :meth:`tangent` and :meth:`pull` are the
+    two passes of a product."""
+
+    def __init__(self, model: FlatModel, lam: torch.Tensor, x: torch.Tensor) -> None:
+        if not supports(model):
+            raise ValueError("SecondOrderPasses needs an nn.Sequential of Conv2d/Linear/ReLU/Tanh/"
+                             "Softplus/MaxPool2d/Flatten; use AutogradPasses for other bodies")
+        self.lam, self.num_params = lam.detach(), model.num_params
+        self.steps = self._plan(model)
+        self.state: list[dict] = []
+        h = x
+        with torch.no_grad():
+            for step in self.steps:
+                h = self._forward(step, h)
+        self.phi = h.contiguous()
+        self._has_g = False
+        self._tangents: list[torch.Tensor | None] | None = None
+        self._tangent_v: torch.Tensor | None = None
+
+    def cotangent(self, g: torch.Tensor) -> None:
+        """Cache the backward signal of the fixed feature cotangent ``g [N, out]``."""
+        signal = g.to(self.phi)
+        with torch.no_grad():
+            for step, st in zip(reversed(self.steps), reversed(self.state)):
+                signal = self._backward_g(step, st, signal)
+                if signal is None:  # below the first affine layer nothing depends on lambda
+                    break
+        self._has_g = True
+
+    @staticmethod
+    def _plan(model: FlatModel) -> list:
+        offsets, start = {}, 0
+        for name, numel in zip(model.names, model.numels):
+            offsets[name] = slice(start, start + numel)
+            start += numel
+        modules = list(model.module.named_children())
+        steps, i, first = [], 0, True
+        while i < len(modules):
+            name, mod = modules[i]
+            nxt = modules[i + 1][1] if i + 1 < len(modules) else None
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                steps.append(_Affine(mod, offsets[f"{name}.weight"], offsets.get(f"{name}.bias"), first))
+                first = False
+            elif isinstance(mod, nn.ReLU) and isinstance(nxt, nn.MaxPool2d) or \
+                    isinstance(mod, nn.MaxPool2d) and isinstance(nxt, nn.ReLU):
+                # relu and max commute: pool the pre-activation, mask at the pooled resolution
+                steps.append(("relu_pool", nxt if isinstance(nxt, nn.MaxPool2d) else mod))
+                i += 1
+            elif isinstance(mod, nn.MaxPool2d):
+                steps.append(("pool", mod))
+            elif isinstance(mod, nn.Flatten):
+                steps.append(("flatten", mod))
+            else:
+                steps.append(("act", mod))
+            i += 1
+        return steps
+
+    # ---- forward state and the backward signal of g (once) ----
+
+    def _forward(self, step, h: torch.Tensor) -> torch.Tensor:
+        st: dict = {}
+        self.state.append(st)
+        if isinstance(step, _Affine):
+            step.prepare(st, h)
+            st["w"], b = step.params(self.lam)
+            return step.apply(st, None, st["w"], b)
+        kind, mod = step
+        st["shape"] = h.shape
+        if kind in ("relu_pool", "pool"):
+            out, idx = F.max_pool2d(h, mod.kernel_size, mod.stride, mod.padding, return_indices=True)
+            st["index"], st["pooled"] = idx.flatten(2), out.shape[2:]
+            if kind == "relu_pool":
+                st["mask"] = (out > 0).to(h)
+                out = out * st["mask"]
+            return out
+        if kind == "flatten":
+            return h.flatten(mod.start_dim, mod.end_dim)
+        if isinstance(mod, nn.ReLU):
+            st["d1"] = (h > 0).to(h)
+            return h * st["d1"]
+        st["d1"], st["d2"] = _tanh_derivatives(h) if isinstance(mod, nn.Tanh) else _softplus_derivatives(h, mod)
+        return mod(h)
+
+    def _backward_g(self, step, st: dict, signal: torch.Tensor) -> torch.Tensor | None:
+        """Propagate ``g``'s signal one step down, caching it where the pull needs it."""
+        if isinstance(step, _Affine):
+            st["delta"] = signal
+            if step.first:
+                return None
+            return step.backward_input(st, signal)
+        st["delta"] = signal  # at the step's output
+        return self._linear_back(step, st, signal)
+
+    def _linear_back(self, step, st: dict, signal: torch.Tensor) -> torch.Tensor:
+        """The first-order backward of a non-affine step (its Jacobian transposed)."""
+        kind, _ = step
+        if kind in ("relu_pool", "pool"):
+            if kind == "relu_pool":
+                signal = signal * st["mask"]
+            out = torch.empty(st["shape"], dtype=signal.dtype, memory_format=_CHANNELS_LAST).zero_()
+            out.flatten(2).scatter_add_(2, st["index"], signal.flatten(2))
+            return out
+        if kind == "flatten":
+            return signal.view(st["shape"])
+        return signal * st["d1"]
+
+    # ---- the two passes of a product ----
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        """``J v``, ``[N, out]``; the layer tangents are kept for the :meth:`pull` of the same ``v``."""
+        tangents, h = [], None
+        with torch.no_grad():
+            for step, st in zip(self.steps, self.state):
+                tangents.append(h)
+                if h is not None or isinstance(step, _Affine):
+                    h = self._tangent_step(step, st, h, v)
+        self._tangents, self._tangent_v = tangents, v
+        return h
+
+    def _tangent_step(self, step, st: dict, h: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
+        if isinstance(step, _Affine):
+            return step.tangent(st, h, *step.params(v))
+        kind, mod = step
+        if kind in ("relu_pool", "pool"):
+            out = torch.empty(h.shape[:2] + st["pooled"], dtype=h.dtype, memory_format=_CHANNELS_LAST)
+            torch.gather(h.flatten(2), 2, st["index"], out=out.flatten(2))
+            return out * st["mask"] if kind == "relu_pool" else out
+        if kind == "flatten":
+            return h.flatten(mod.start_dim, mod.end_dim)
+        return h * st["d1"]
+
+    def pull(self, m: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        """``J^T m``, plus ``d/dlambda <g, J v>`` when ``v`` is given, ``[P]``."""
+        if v is not None:
+            if not self._has_g:
+                raise RuntimeError("call cotangent(g) before a second-order pull")
+            if self._tangent_v is None or not torch.equal(v, self._tangent_v):
+                self.tangent(v)
+        tangents = self._tangents if v is not None else [None] * len(self.steps)
+        out = self.lam.new_zeros(self.num_params)
+        zeta = m.to(self.phi)
+        with torch.no_grad():
+            for step, st, h_dot in zip(reversed(self.steps), reversed(self.state), reversed(tangents)):
+                zeta = self._pull_step(step, st, h_dot, zeta, v, out)
+                if zeta is None:
+                    break
+        return out
+
+    def _pull_step(self, step, st: dict, h_dot, zeta: torch.Tensor, v: torch.Tensor, out: torch.Tensor):
+        if isinstance(step, _Affine):
+            gw, gb, below = step.pull(st, zeta, h_dot, None if v is None else step.params(v)[0])
+            out[step.weight] += gw.flatten()
+            if gb is not None:
+                out[step.bias] += gb
+            return below
+        kind, _ = step
+        below = self._linear_back(step, st, zeta)
+        if v is not None and kind == "act" and "d2" in st:
+            # the activation's own second-order term: delta * sigma''(z) * z'
+            below = below + st["delta"] * st["d2"] * h_dot
+        return below
+
+
+class AutogradPasses:
+    """The same interface for any body, by autograd. The body's gradient graph ``J^T (g + u)`` is
+    built once by :meth:`cotangent` and kept: each later product is one backward through it, whose
+    u-branch also gives :meth:`tangent`."""
+
+    def __init__(self, model: FlatModel, lam: torch.Tensor, x: torch.Tensor) -> None:
+        self.model, self.x = model, x
+        self._leaf = lam.detach().requires_grad_(True)
+        with torch.no_grad():
+            self.phi = model(self._leaf.detach(), x)
+        self._graph: tuple | None = None  # (phi, J^T (g + u), u)
+
+    def cotangent(self, g: torch.Tensor) -> None:
+        with torch.enable_grad():
+            u = torch.zeros_like(g, requires_grad=True)
+            phi = self.model(self._leaf, self.x)
+            h = torch.autograd.grad(((g + u) * phi).sum(), self._leaf, create_graph=True)[0]
+        self._graph = (phi, h, u)
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        if self._graph is not None:
+            _, h, u = self._graph
+            return torch.autograd.grad((h * v).sum(), u, retain_graph=True)[0]
+        return jvp(lambda la: self.model(la, self.x), (self._leaf.detach(),), (v,))[1]
+
+    def pull(self, m: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        if v is None:
+            return grad(lambda la: (m * self.model(la, self.x)).sum())(self._leaf.detach())
+        if self._graph is None:
+            raise RuntimeError("call cotangent(g) before a second-order pull")
+        phi, h, _ = self._graph
+        return torch.autograd.grad((h * v).sum() + (m * phi).sum(), self._leaf, retain_graph=True)[0]
+
+
+PASSES = ("auto", "structured", "autograd")
+
+
+def body_passes(model: FlatModel, lam: torch.Tensor, x: torch.Tensor, method: str = "auto"):
+    """:class:`SecondOrderPasses` when ``method`` is ``"structured"``, or ``"auto"`` and the body is
+    supported; else :class:`AutogradPasses`."""
+    if method not in PASSES:
+        raise ValueError(f"body passes must be one of {PASSES}, got {method!r}")
+    if method == "structured" or method == "auto" and supports(model):
+        return SecondOrderPasses(model, lam, x)
+    return AutogradPasses(model, lam, x)

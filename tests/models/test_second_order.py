@@ -1,0 +1,86 @@
+"""Hand-written body passes against torch.func (float64), and through the influence analyzer."""
+
+import pytest
+import torch
+from torch import nn
+from torch.func import grad, jvp
+
+from metaif.influence import InfluenceAnalyzer, InfluenceConfig
+from metaif.meta import AnilConfig, AnilProblem
+from metaif.models import FlatModel, conv4, mlp
+from metaif.models.second_order import AutogradPasses, SecondOrderPasses, body_passes, supports
+
+from ..influence.conftest import make_taskset
+
+
+def small_conv(pool_first: bool = False) -> FlatModel:
+    """Both orders of ReLU and pool, a pool of its own, a bias-free conv and a linear layer."""
+    act = [nn.MaxPool2d(2), nn.ReLU()] if pool_first else [nn.ReLU(), nn.MaxPool2d(2)]
+    module = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), *act, nn.Conv2d(3, 4, 3, padding=1, bias=False),
+                           nn.MaxPool2d(2, stride=1), nn.Softplus(beta=2.0), nn.Flatten(), nn.Linear(36, 5), nn.Tanh())
+    return FlatModel(module, 5)
+
+
+BODIES = {
+    "conv4": (lambda: conv4(channels=4, image_size=16), (1, 16, 16)),
+    "conv4-rgb": (lambda: conv4(in_channels=3, channels=4, image_size=16), (3, 16, 16)),
+    "mixed-conv": (small_conv, (1, 8, 8)),
+    "pool-then-relu": (lambda: small_conv(pool_first=True), (1, 8, 8)),
+    "mlp-tanh": (lambda: mlp(12, (7, 5), "tanh"), (12,)),
+    "mlp-softplus": (lambda: mlp(12, (7, 5), "softplus"), (12,)),
+    "mlp-relu": (lambda: mlp(12, (7, 5), "relu"), (12,)),
+}
+
+
+def randn(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", sorted(BODIES))
+@pytest.mark.parametrize("passes", [SecondOrderPasses, AutogradPasses])
+def test_passes_match_torch_func(name, passes):
+    make, shape = BODIES[name]
+    body = make()
+    lam, x = body.init(0, torch.float64), randn(6, *shape, seed=1)
+    g, m, v = randn(6, body.out_features, seed=2), randn(6, body.out_features, seed=3), randn(lam.numel(), seed=4)
+    p = passes(body, lam, x)
+    p.cotangent(g)
+    torch.testing.assert_close(p.phi, body(lam, x))
+    torch.testing.assert_close(p.tangent(v), jvp(lambda la: body(la, x), (lam,), (v,))[1])
+    expected = grad(lambda la: (m * body(la, x)).sum() + (g * jvp(lambda l2: body(l2, x), (la,), (v,))[1]).sum())(lam)
+    torch.testing.assert_close(p.pull(m, v), expected)
+    torch.testing.assert_close(p.pull(m), grad(lambda la: (m * body(la, x)).sum())(lam))
+    # a new direction without an explicit tangent call
+    v2 = randn(lam.numel(), seed=5)
+    expected2 = grad(lambda la: (g * jvp(lambda l2: body(l2, x), (la,), (v2,))[1]).sum())(lam)
+    torch.testing.assert_close(p.pull(torch.zeros_like(m), v2), expected2)
+
+
+def test_unsupported_bodies_fall_back_and_bad_requests_are_named():
+    body = FlatModel(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.GELU()), 3)
+    assert not supports(body)
+    lam = body.init(0, torch.float64)
+    assert isinstance(body_passes(body, lam, randn(2, 4, seed=0)), AutogradPasses)
+    with pytest.raises(ValueError, match="AutogradPasses"):
+        body_passes(body, lam, randn(2, 4, seed=0), "structured")
+    with pytest.raises(ValueError, match="body passes must be one of"):
+        body_passes(body, lam, randn(2, 4, seed=0), "fast")
+    p = SecondOrderPasses(mlp(4, (3,), "tanh"), mlp(4, (3,), "tanh").init(0, torch.float64), randn(2, 4, seed=0))
+    with pytest.raises(RuntimeError, match="cotangent"):
+        p.pull(randn(2, 3, seed=1), randn(p.num_params, seed=2))
+
+
+def test_analyzer_products_agree_across_body_passes():
+    small_tasks = make_taskset(3)
+    problem = AnilProblem(small_conv(), AnilConfig(ways=3, head="logistic", delta=0.3, gamma=1e-3))
+    lam = problem.init_lambda(0, torch.float64)
+    fast, slow = (InfluenceAnalyzer(problem, lam, small_tasks, config=InfluenceConfig(body_passes=p, image_chunk=5))
+                  for p in ("structured", "autograd"))
+    assert isinstance(fast.binding.passes[0], SecondOrderPasses)
+    assert isinstance(slow.binding.passes[0], AutogradPasses)
+    for seed in (0, 1):  # the second product reuses the kept cotangent state
+        v = randn(lam.numel(), seed=seed)
+        for variant in ("exact", "gn", "direct"):
+            torch.testing.assert_close(fast.hvp(v, variant), slow.hvp(v, variant))
+    torch.testing.assert_close(fast.task_gradients(), slow.task_gradients())
+    torch.testing.assert_close(fast.gradient(fast.c), slow.gradient(slow.c))
