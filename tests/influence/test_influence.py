@@ -177,6 +177,11 @@ def test_imaml_direct_if_is_degenerate_and_first_order_baseline_exists(small_tas
     assert any("identically 0" in str(w.message) for w in caught)
     first = an.first_order_influence()
     assert first.shape == (3, an.lam.numel()) and torch.isfinite(first).all()
+    # the dense solver feeds the seam views of its identity as directions: it must agree with CG
+    dense = InfluenceAnalyzer(problem, an.lam, small_tasks, config=InfluenceConfig(
+        solver=SolverConfig(method="dense", damping=1.0)))
+    exact, iterative = dense.task_influence(), an.task_influence()
+    assert float((exact - iterative).norm() / exact.norm()) < 1e-5
     with pytest.raises(ValueError, match="same space"):
         InfluenceAnalyzer(make_problem("ridge"), make_problem("ridge").init_lambda(0, torch.float64),
                           small_tasks).first_order_influence()

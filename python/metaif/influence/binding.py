@@ -120,7 +120,10 @@ class SeamBinding:
 
     def __init__(self, problem, lam: torch.Tensor, tasks: TaskSet, weights: Weights, dense_max: int = 2000,
                  cg_rtol: float = 1e-10, cg_max_iter: int = 500) -> None:
-        self.problem, self.lam, self.weights = problem, lam.detach(), weights
+        # lambda and every tangent get fresh storage: forward AD tangents of the expanded
+        # per-row lambda must share its layout (a view into another buffer, e.g. a column of
+        # the dense solver's identity, would be copied into the stride-0 expansion and fail)
+        self.problem, self.lam, self.weights = problem, lam.detach().clone(), weights
         self.x_tr, self.x_val = tasks.x_train.to(lam.dtype), tasks.x_val.to(lam.dtype)
         self.y_tr, self.y_val = tasks.y_train, tasks.y_val
         self.cg_rtol, self.cg_max_iter = cg_rtol, cg_max_iter
@@ -163,7 +166,7 @@ class SeamBinding:
         return Rows(theta, (lam_rows,), w_tr, w_val, solve, inner_grad, outer)
 
     def tangent(self, v: torch.Tensor) -> torch.Tensor:
-        return v
+        return v.clone()
 
     def context_tangent(self, tangent: torch.Tensor, idx: torch.Tensor) -> Context:
         return (tangent.expand(len(idx), -1),)

@@ -163,11 +163,17 @@ class SecondOrderPasses:
     def cotangent(self, g: torch.Tensor) -> None:
         """Cache the backward signal of the fixed feature cotangent ``g [N, out]``."""
         signal = g.to(self.phi)
+        # the pull needs delta at the outputs of later affine layers and of smooth activations;
+        # at and below the first affine layer nothing is needed
+        first = next(i for i, step in enumerate(self.steps) if isinstance(step, _Affine))
         with torch.no_grad():
-            for step, st in zip(reversed(self.steps), reversed(self.state)):
-                signal = self._backward_g(step, st, signal)
-                if signal is None:  # below the first affine layer nothing depends on lambda
-                    break
+            for i in range(len(self.steps) - 1, first, -1):
+                step, st = self.steps[i], self.state[i]
+                if isinstance(step, _Affine) or "d2" in st:
+                    st["delta"] = signal
+                if i > first + 1:
+                    signal = step.backward_input(st, signal) if isinstance(step, _Affine) \
+                        else self._linear_back(step, st, signal)
         self._has_g = True
 
     @staticmethod
@@ -223,16 +229,6 @@ class SecondOrderPasses:
             return h * st["d1"]
         st["d1"], st["d2"] = _tanh_derivatives(h) if isinstance(mod, nn.Tanh) else _softplus_derivatives(h, mod)
         return mod(h)
-
-    def _backward_g(self, step, st: dict, signal: torch.Tensor) -> torch.Tensor | None:
-        """Propagate ``g``'s signal one step down, caching it where the pull needs it."""
-        if isinstance(step, _Affine):
-            st["delta"] = signal
-            if step.first:
-                return None
-            return step.backward_input(st, signal)
-        st["delta"] = signal  # at the step's output
-        return self._linear_back(step, st, signal)
 
     def _linear_back(self, step, st: dict, signal: torch.Tensor) -> torch.Tensor:
         """The first-order backward of a non-affine step (its Jacobian transposed)."""
