@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import ops, reference
+from .models import conv4
+from .models.second_order import AutogradPasses, SecondOrderPasses
 from .utils.io import write_json
 
 Fn = Callable[[], object]
@@ -204,13 +206,35 @@ def woodbury_cases(cfg: BenchConfig) -> Iterator[Case]:
                lambda: ops.woodbury_solve(u, v, 0.1), lambda: reference.woodbury_solve(u, v, 0.1))
 
 
+def body_pass_cases(cfg: BenchConfig) -> Iterator[Case]:
+    """One body product of the total HVP (tangent J v, then J^T m + d/dlambda <g, J v>) on
+    Conv-4 / 28x28, both implementations holding their per-solve state (g fixed)."""
+    n = 128 if cfg.quick else 600
+    body = conv4()
+    lam, x = body.init(0), torch.randn(n, 1, 28, 28)
+    g, m, v = torch.randn(n, 64), torch.randn(n, 64), torch.randn(body.num_params)
+    passes = []
+    for kind in (SecondOrderPasses, AutogradPasses):
+        state = kind(body, lam, x)
+        state.cotangent(g)
+        passes.append(state)
+
+    def product(state):
+        state.tangent(v)
+        return state.pull(m, v)
+
+    yield Case("body_hvp", f"Conv-4 28x28 N={n}", "autograd double backward",
+               lambda: product(passes[0]), lambda: product(passes[1]), note="kept graph, g fixed")
+
+
 # The ops each group yields, so that --only skips a group before its (costly) set-up.
 kfe_cases.ops = ("kfe_ihvp", "kfe_ihvp_grouped")
 kfe_eigvals_cases.ops = ("kfe_eigvals",)
 hvp_cases.ops = ("ce_head_hvp", "ggn_hvp")
 solver_cases.ops = ("neumann_dense", "neumann_ce_head", "cg_dense", "cg_ce_head")
 woodbury_cases.ops = ("woodbury_solve",)
-CASE_GROUPS = (kfe_cases, kfe_eigvals_cases, hvp_cases, solver_cases, woodbury_cases)
+body_pass_cases.ops = ("body_hvp",)
+CASE_GROUPS = (kfe_cases, kfe_eigvals_cases, hvp_cases, solver_cases, woodbury_cases, body_pass_cases)
 
 
 # ---- driver ------------------------------------------------------------------------------------

@@ -64,7 +64,9 @@ class _Affine:
 
     Convolutions keep their tensors channels-last (oneDNN's fast layout on CPU). A first layer
     with few input taps (``in_channels * kh * kw <= 64``, e.g. 3x3 on gray or RGB images) is a
-    GEMM on the cached im2col of the data: oneDNN is slow on so few input channels.
+    GEMM on the cached im2col of the data, with a column of ones for the bias (so the bias costs
+    no broadcast pass and its gradient comes out of the same GEMM): oneDNN is slow on so few
+    input channels.
     """
 
     def __init__(self, module: nn.Module, weight: slice, bias: slice | None, first: bool) -> None:
@@ -83,15 +85,17 @@ class _Affine:
             cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # [N, K, L]
             size = [(x.shape[d + 2] + 2 * m.padding[d] - m.dilation[d] * (m.kernel_size[d] - 1) - 1)
                     // m.stride[d] + 1 for d in range(2)]
-            st["cols"], st["out_hw"] = cols.transpose(1, 2).reshape(-1, cols.shape[1]), size
-            st["n"] = x.shape[0]
+            cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+            st["cols"] = torch.cat([cols, cols.new_ones(cols.shape[0], 1)], 1)  # [N L, K + 1]
+            st["out_hw"], st["n"] = size, x.shape[0]
         else:
             st["x"] = x.contiguous(memory_format=_CHANNELS_LAST) if self.conv else x
 
     def apply(self, st: dict, x: torch.Tensor | None, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         """The layer at weights ``(w, b)`` on ``x`` (``None``: the cached input)."""
         if self.im2col:
-            out = st["cols"] @ w.flatten(1).T if b is None else torch.addmm(b, st["cols"], w.flatten(1).T)
+            w = torch.cat([w.flatten(1), (w.new_zeros(w.shape[0]) if b is None else b)[:, None]], 1)
+            out = st["cols"] @ w.T
             return out.view(st["n"], *st["out_hw"], -1).permute(0, 3, 1, 2)
         x = st["x"] if x is None else x
         if not self.conv:
@@ -110,10 +114,10 @@ class _Affine:
         ``wgrad(x, zeta) + wgrad(h', delta)``, ``sum zeta`` and ``igrad(zeta, W) + igrad(delta, W')``;
         without ``h'`` and ``W'`` (a first-order pull) the delta terms drop."""
         w = st["w"]
-        gb = None if self.bias is None else zeta.sum(dim=[d for d in range(zeta.dim()) if d != 1])
         if self.im2col:
-            flat = zeta.permute(0, 2, 3, 1).reshape(-1, zeta.shape[1])
-            return (flat.T @ st["cols"]).view(w.shape), gb, None
+            both = zeta.permute(0, 2, 3, 1).reshape(-1, zeta.shape[1]).T @ st["cols"]
+            return both[:, :-1].reshape(w.shape), None if self.bias is None else both[:, -1], None
+        gb = None if self.bias is None else zeta.sum(dim=[d for d in range(zeta.dim()) if d != 1])
         below = not self.first
         gi, gw = self._backward(zeta, st["x"], w, below, True)
         if h_dot is not None:
