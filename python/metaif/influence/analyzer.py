@@ -32,7 +32,7 @@ class InfluenceConfig:
     False gives §10's "second-order only"; ``path`` "auto" uses the unique-image body binding for
     the body-plus-head form, "seam" the generic per-task one; ``inner`` the head iHVP of that
     form ("auto" = exact Woodbury/Cholesky, "ekfac" = math.md §13.3 with damping delta +
-    ``inner_damping``); ``body_passes`` the body passes of that form ("auto" = hand-written
+    ``inner_damping``, "ekfac-pooled" = its eigenbases pooled over all tasks); ``body_passes`` the body passes of that form ("auto" = hand-written
     second-order passes when the body is a Conv/Linear/ReLU/Tanh/Softplus/pool ``Sequential``,
     else autograd; "structured" or "autograd" to force one); ``chunk`` tasks per feature-space
     batch; ``image_chunk`` images per body pass."""

@@ -55,6 +55,8 @@ class BodyBinding:
         self.images, self.y_tr, self.y_val = images, tasks.y_train, tasks.y_val
         with torch.no_grad():
             self.theta, self.inner_norm = problem.solve_heads(self.phi[self.pos_tr], self.y_tr, weights.w_tr)
+        self.bases = problem.ekfac_pooled_bases(self.theta, self.phi[self.pos_tr], weights.w_tr) \
+            if inner == "ekfac-pooled" else None
 
     @property
     def num_images(self) -> int:
@@ -65,7 +67,8 @@ class BodyBinding:
         y_tr, y_val = self.y_tr[idx], self.y_val[idx]
         xi = (self.phi[self.pos_tr[idx]], self.phi[self.pos_val[idx]])
         w_val = self.weights.w_val[idx] if w_val is None else w_val
-        solve = prob.head_solver(self.theta[idx], xi[0], self.weights.w_tr[idx], self.inner, self.inner_damping)
+        solve = prob.head_solver(self.theta[idx], xi[0], self.weights.w_tr[idx], self.inner, self.inner_damping,
+                                 self.bases)
 
         def inner_grad(theta, xi, w):
             return prob.head_inner_grad(theta, xi[0], y_tr, w)

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from ..models.nets import FlatModel
-from ..curvature.head import ekfac_head_solver, head_factor
+from ..curvature.head import ekfac_head_solver, ekfac_pooled_bases, head_factor
 from ..ops.woodbury import woodbury_solve
 from .batch import TaskBatch
 
 HEADS = ("logistic", "ridge")
-HEAD_SOLVERS = ("auto", "woodbury", "cholesky", "ekfac")
+HEAD_SOLVERS = ("auto", "woodbury", "cholesky", "ekfac", "ekfac-pooled")
 
 
 @dataclass(frozen=True)
@@ -139,26 +139,37 @@ class AnilProblem:
         return head_factor(self.logit_hessians(theta, phi), phi, w)
 
     def head_solver(self, theta: torch.Tensor, phi: torch.Tensor, w: torch.Tensor, method: str = "auto",
-                    extra_damping: float = 0.0):
+                    extra_damping: float = 0.0, bases: tuple[torch.Tensor, torch.Tensor] | None = None):
         """``rhs [B, q] -> H_i^{-1} rhs``. ``method``: "woodbury" (exact, on the few-shot factor),
         "cholesky" (exact, dense), "ekfac" (math.md §13.3: per-task Kronecker eigenbasis of
         E[phi phi^T] and the true-Fisher E[g g^T], corrected eigenvalues, damping delta +
-        ``extra_damping``), or "auto": Woodbury when the factor's rank n C is below q (the usual
-        few-shot case), else Cholesky."""
+        ``extra_damping``), "ekfac-pooled" (the same on ``bases`` pooled over all tasks, from
+        :meth:`ekfac_pooled_bases`), or "auto": Woodbury when the factor's rank n C is below q
+        (the usual few-shot case), else Cholesky."""
         if method not in HEAD_SOLVERS:
             raise ValueError(f"head solver must be one of {HEAD_SOLVERS}, got {method!r}")
+        if method == "ekfac-pooled" and bases is None:
+            raise ValueError("head solver 'ekfac-pooled' needs bases=AnilProblem.ekfac_pooled_bases(...) "
+                             "over all tasks")
         phi = phi.detach()
         if method == "auto":
             method = "woodbury" if phi.shape[1] * self.classes < self.theta_dim else "cholesky"
         if method == "woodbury":
             factor = self.head_inner_factor(theta, phi, w)
             return lambda rhs: woodbury_solve(factor, rhs.unsqueeze(1), self.delta).squeeze(1)
-        if method == "ekfac":
-            return ekfac_head_solver(self.logit_hessians(theta, phi), phi, w, self.delta + extra_damping)
+        if method in ("ekfac", "ekfac-pooled"):
+            return ekfac_head_solver(self.logit_hessians(theta, phi), phi, w, self.delta + extra_damping,
+                                     bases if method == "ekfac-pooled" else None)
         # Cholesky: H is SPD, and batched LU (getrs/laswp) misbehaves in this torch's MKL
         # when torch.set_num_threads(>1) was called.
         chol = torch.linalg.cholesky(self.head_inner_hessian(theta, phi, w))
         return lambda rhs: torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
+
+    def ekfac_pooled_bases(self, theta: torch.Tensor, phi: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """EK-FAC eigenbases ``(Q_S [C, C], Q_A [K, K])`` of the head factors pooled over the
+        ``B`` tasks of ``theta [B, q]``, ``phi [B, n, K]``, ``w [B, n]``."""
+        phi = phi.detach()
+        return ekfac_pooled_bases(self.logit_hessians(theta, phi), phi, w)
 
     # ---- inner solve and adjoint -------------------------------------------------------------
 
