@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -50,10 +51,15 @@ class RunConfig:
 
 
 def pools(config: RunConfig):
-    """The (meta-train, meta-test) pools of ``config``'s data set and split."""
-    data = load_dataset(config.dataset, config.root)
-    splitter = split_classes if config.split == "class" else split_images
-    return splitter(data, 0.5, seed=config.seed)
+    """The (meta-train, meta-test) pools of ``config``'s data set and split (loaded once per
+    process: experiments sample score and test tasks from them after training)."""
+    return _pools(config.dataset, config.root, config.split, config.seed)
+
+
+@lru_cache(maxsize=2)
+def _pools(dataset: str, root: str | None, split: str, seed: int):
+    splitter = split_classes if split == "class" else split_images
+    return splitter(load_dataset(dataset, root), 0.5, seed=seed)
 
 
 def build(config: RunConfig):
