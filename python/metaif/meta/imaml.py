@@ -2,8 +2,9 @@
 
 theta_i = argmin_theta sum_j w_j l(f_theta(x_j), y_j) + delta/2 ||theta - lambda||^2, solved per
 task by L-BFGS to a gradient-norm tolerance; the outer gradient is g_i = delta H_i^{-1}
-grad L^val_i(theta_i) (b_i = 0, C_i = -delta I), with the inner iHVP by conjugate gradient on
-autograd Hessian-vector products.
+grad L^val_i(theta_i) (b_i = 0, C_i = -delta I), with the inner iHVP by a Cholesky factor of
+the dense Hessian for small networks (``p <= dense_max``) or conjugate gradient on autograd
+Hessian-vector products.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import grad, jvp
+from torch.func import grad, hessian, jvp
 
 from .. import reference
 from ..models.nets import FlatModel
@@ -29,6 +30,7 @@ class ImamlConfig:
     inner_max_iter: int = 100
     cg_rtol: float = 1e-6
     cg_max_iter: int = 100
+    dense_max: int = 1000
 
     def __post_init__(self) -> None:
         if not self.delta > 0:
@@ -97,7 +99,13 @@ class ImamlProblem:
 
     def adjoint(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
                 rhs: torch.Tensor) -> torch.Tensor:
-        """``H_i^{-1} rhs`` by CG with autograd HVPs, ``H_i = grad^2 L_tr(theta_i) + delta I``."""
+        """``H_i^{-1} rhs``, ``H_i = grad^2 L_tr(theta_i) + delta I``: Cholesky of the dense Hessian
+        when ``p <= dense_max`` and it is positive definite, else CG with autograd HVPs."""
+        if theta.numel() <= self.config.dense_max:
+            h = hessian(self.data_loss)(theta, x, y, w)
+            chol, bad = torch.linalg.cholesky_ex(0.5 * (h + h.T) + self.delta * torch.eye(len(theta)).to(h))
+            if not int(bad):
+                return torch.cholesky_solve(rhs.view(-1, 1), chol).view(-1)
         loss_grad = grad(lambda t: self.data_loss(t, x, y, w))
 
         def matvec(v: torch.Tensor) -> torch.Tensor:  # v [1, 1, p]
