@@ -201,6 +201,28 @@ def test_inner_if_predicts_the_leave_one_out_head(pair, tasks):
     assert (got - fd).norm() <= 1e-4 * fd.norm()
 
 
+@pytest.mark.parametrize("side", ["fast", "seam"])
+def test_loss_difference_is_the_weight_derivative_of_the_validation_loss(pair, tasks, side):
+    """P(z) = w u^T grad l(z) (math.md §9) = -w d L_k(theta_k(w)) / d w_z: central differences of
+    re-solved heads at fixed lambda, on both bindings."""
+    an = dict(zip(("fast", "seam"), pair))[side]
+    items = [(0, 4), (3, 1)]
+    data = task_tuples(tasks, an.weights.w_tr, an.weights.w_val)
+    got = an.loss_difference(items)
+    eps = 1e-5
+    for (k, j), p in zip(items, got):
+        x_tr, y_tr, w_tr, x_val, y_val, w_val = data[k]
+        losses = []
+        for sign in (1, -1):
+            w = w_tr.clone()
+            w[j] *= 1 + sign * eps
+            theta, _ = an.problem.solve_inner(an.lam, x_tr, y_tr, w)
+            losses.append(an.problem.outer_objective(theta, an.lam, x_val, y_val, w_val))
+        fd = -(losses[0] - losses[1]) / (2 * eps)
+        assert abs(float(fd)) > 1e-4 and abs(float(p) - float(fd)) <= 1e-6 * abs(float(fd)), (k, j, float(p), float(fd))
+    assert float(an.loss_difference([(2, 0)])[0]) == 0.0  # a removed instance changes nothing
+
+
 def test_ekfac_inner_solver_is_exact_for_the_ridge_head_and_close_for_softmax(tasks):
     """math.md §16: EK-FAC is exact where the output factor is the identity (squared loss); for the
     softmax head it approximates the exact head iHVP."""

@@ -280,6 +280,15 @@ class InfluenceAnalyzer:
         onehot = torch.nn.functional.one_hot(items[:, 1], self.tasks.y_train.shape[1]).to(self.lam)
         return -rows.solve(rows.data_grad(rows.theta, rows.xi, onehot))
 
+    def loss_difference(self, items) -> torch.Tensor:
+        """math.md §9: predicted change of task k's validation loss when training point j leaves
+        its inner problem (lambda fixed), ``P = w_kj u_k^T grad_theta l(z_kj)``, ``[k]``."""
+        items = _items(items, "train items")
+        rows = self.binding.rows(items[:, 0])
+        onehot = torch.nn.functional.one_hot(items[:, 1], self.tasks.y_train.shape[1]).to(self.lam)
+        w = self.weights.w_tr[items[:, 0], items[:, 1]].to(self.lam)
+        return w * (rows.u * rows.data_grad(rows.theta, rows.xi, onehot)).sum(-1)
+
     # ---- editing and scores --------------------------------------------------------------------
 
     def removal_gradient(self, tasks=(), val=(), train=(), direct: bool = False) -> torch.Tensor:
