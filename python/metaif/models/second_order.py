@@ -240,7 +240,8 @@ class SecondOrderPasses:
         if kind in ("relu_pool", "pool"):
             if kind == "relu_pool":
                 signal = signal * st["mask"]
-            out = torch.empty(st["shape"], dtype=signal.dtype, memory_format=_CHANNELS_LAST).zero_()
+            out = torch.empty(st["shape"], dtype=signal.dtype, device=signal.device,
+                              memory_format=_CHANNELS_LAST).zero_()
             out.flatten(2).scatter_add_(2, st["index"], signal.flatten(2))
             return out
         if kind == "flatten":
@@ -257,7 +258,7 @@ class SecondOrderPasses:
                 tangents.append(h)
                 if h is not None or isinstance(step, _Affine):
                     h = self._tangent_step(step, st, h, v)
-        self._tangents, self._tangent_v = tangents, v
+        self._tangents, self._tangent_v = tangents, v.clone()  # a copy: callers may reuse v's buffer
         return h
 
     def _tangent_step(self, step, st: dict, h: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
@@ -265,7 +266,8 @@ class SecondOrderPasses:
             return step.tangent(st, h, *step.params(v))
         kind, mod = step
         if kind in ("relu_pool", "pool"):
-            out = torch.empty(h.shape[:2] + st["pooled"], dtype=h.dtype, memory_format=_CHANNELS_LAST)
+            out = torch.empty(h.shape[:2] + st["pooled"], dtype=h.dtype, device=h.device,
+                              memory_format=_CHANNELS_LAST)
             torch.gather(h.flatten(2), 2, st["index"], out=out.flatten(2))
             return out * st["mask"] if kind == "relu_pool" else out
         if kind == "flatten":
