@@ -54,6 +54,10 @@ def test_passes_match_torch_func(name, passes):
     v2 = randn(lam.numel(), seed=5)
     expected2 = grad(lambda la: (g * jvp(lambda l2: body(l2, x), (la,), (v2,))[1]).sum())(lam)
     torch.testing.assert_close(p.pull(torch.zeros_like(m), v2), expected2)
+    # a direction changed in place after its tangent: the pull must not reuse stale tangents
+    p.tangent(v2)
+    v2.mul_(2.0)
+    torch.testing.assert_close(p.pull(torch.zeros_like(m), v2), 2.0 * expected2)
 
 
 def test_unsupported_bodies_fall_back_and_bad_requests_are_named():
