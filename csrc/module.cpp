@@ -26,6 +26,8 @@ TORCH_LIBRARY(metaif, m) {
         "int iters, float damping) -> Tensor");
   m.def("cg_dense(Tensor a, Tensor b, float damping, float rtol, int maxiter) "
         "-> (Tensor, Tensor, Tensor)");
+  m.def("gather_patch_matmul(Tensor cols, Tensor index, Tensor mask, Tensor weight) -> Tensor");
+  m.def("gather_patch_matmul_t(Tensor cols, Tensor index, Tensor mask, Tensor signal) -> Tensor");
   m.def("cg_ce_head(Tensor feats, Tensor probs, Tensor? weights, Tensor b, float damping, "
         "float rtol, int maxiter) -> (Tensor, Tensor, Tensor)");
 }

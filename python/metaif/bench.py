@@ -206,6 +206,36 @@ def woodbury_cases(cfg: BenchConfig) -> Iterator[Case]:
                lambda: ops.woodbury_solve(u, v, 0.1), lambda: reference.woodbury_solve(u, v, 0.1))
 
 
+def _dense_gather(cols, index, mask, weight):
+    """The competent PyTorch way: the whole layer output by one GEMM, then gathered."""
+    n, rows, _ = cols.shape
+    dense = (cols.reshape(n * rows, -1) @ weight.T).view(n, rows, -1)
+    return mask * torch.gather(dense, 1, index)
+
+
+def _dense_scatter(cols, index, mask, signal):
+    n, rows, _ = cols.shape
+    dense = signal.new_zeros(n, rows, signal.shape[2]).scatter_add_(1, index, mask * signal)
+    return dense.reshape(n * rows, -1).T @ cols.reshape(n * rows, -1)
+
+
+def patch_cases(cfg: BenchConfig) -> Iterator[Case]:
+    """Conv-4's first layer (1 channel, 3x3 + bias, 28x28) read at its 2x2 max-pool arg-maxes."""
+    n = 128 if cfg.quick else 600
+    x = torch.randn(n, 1, 28, 28)
+    cols = torch.cat([torch.nn.functional.unfold(x, 3, padding=1).mT, torch.ones(n, 784, 1)], 2).contiguous()
+    z = torch.randn(n, 64, 28, 28)
+    index = torch.nn.functional.max_pool2d(z, 2, return_indices=True)[1].flatten(2).mT.contiguous()
+    mask = (torch.rand(index.shape) > 0.5).float()
+    weight, signal = torch.randn(64, 10), torch.randn(index.shape)
+    yield Case("gather_patch_matmul", f"Conv-4 layer 1 N={n}", "torch mm + gather",
+               lambda: ops.gather_patch_matmul(cols, index, mask, weight),
+               lambda: _dense_gather(cols, index, mask, weight))
+    yield Case("gather_patch_matmul_t", f"Conv-4 layer 1 N={n}", "torch scatter + mm",
+               lambda: ops.gather_patch_matmul_t(cols, index, mask, signal),
+               lambda: _dense_scatter(cols, index, mask, signal))
+
+
 def body_pass_cases(cfg: BenchConfig) -> Iterator[Case]:
     """One body product of the total HVP (tangent J v, then J^T m + d/dlambda <g, J v>) on
     Conv-4 / 28x28, both implementations holding their per-solve state (g fixed)."""
@@ -233,8 +263,9 @@ kfe_eigvals_cases.ops = ("kfe_eigvals",)
 hvp_cases.ops = ("ce_head_hvp", "ggn_hvp")
 solver_cases.ops = ("neumann_dense", "neumann_ce_head", "cg_dense", "cg_ce_head")
 woodbury_cases.ops = ("woodbury_solve",)
+patch_cases.ops = ("gather_patch_matmul", "gather_patch_matmul_t")
 body_pass_cases.ops = ("body_hvp",)
-CASE_GROUPS = (kfe_cases, kfe_eigvals_cases, hvp_cases, solver_cases, woodbury_cases, body_pass_cases)
+CASE_GROUPS = (kfe_cases, kfe_eigvals_cases, hvp_cases, solver_cases, woodbury_cases, patch_cases, body_pass_cases)
 
 
 # ---- driver ------------------------------------------------------------------------------------
@@ -246,7 +277,7 @@ def run(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict:
     peak = sgemm_peak_gflops(cfg.n_repeats)
     report(f"torch {torch.__version__}, {cfg.threads} thread(s), median of {cfg.n_repeats}; "
            f"sgemm peak {peak:.1f} GFLOP/s (torch.mm 1024^3)")
-    header = f"{'op':<17} {'case':<30} {'baseline':<27} {'metaif ms':>10} {'base ms':>10} {'speed-up':>8} {'GFLOP/s':>8} {'%peak':>6}  note"
+    header = f"{'op':<22} {'case':<30} {'baseline':<27} {'metaif ms':>10} {'base ms':>10} {'speed-up':>8} {'GFLOP/s':>8} {'%peak':>6}  note"
     report(header)
     report("-" * len(header))
     rows = []
@@ -263,7 +294,7 @@ def run(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict:
                       100 * gflops / peak if gflops else None, case.note)
             rows.append(row)
             rate = f"{gflops:8.1f} {row.peak_pct:5.0f}%" if gflops else f"{'':8} {'':6}"
-            report(f"{row.op:<17} {row.case:<30} {row.baseline:<27} {ours:10.2f} {base:10.2f} "
+            report(f"{row.op:<22} {row.case:<30} {row.baseline:<27} {ours:10.2f} {base:10.2f} "
                    f"{row.speedup:7.2f}x {rate}  {row.note}")
     return {"machine": {"torch": torch.__version__, "threads": cfg.threads, "cpu": platform.processor() or platform.machine(),
                         "sgemm_peak_gflops": peak},

@@ -15,7 +15,7 @@ from .ops.solvers import CGResult, resolve_scale
 
 __all__ = ["kfe_ihvp", "kfe_ihvp_grouped", "kfe_eigvals", "ce_head_hvp", "ggn_hvp",
            "ce_head_matvec", "neumann", "cg", "neumann_dense", "neumann_ce_head", "cg_dense",
-           "cg_ce_head", "woodbury_solve"]
+           "cg_ce_head", "woodbury_solve", "gather_patch_matmul", "gather_patch_matmul_t"]
 
 
 def kfe_ihvp(grads: torch.Tensor, q_out: torch.Tensor, q_in: torch.Tensor,
@@ -27,6 +27,23 @@ def kfe_ihvp_grouped(grads: Sequence[torch.Tensor], q_out: Sequence[torch.Tensor
                      q_in: Sequence[torch.Tensor], eigvals: Sequence[torch.Tensor],
                      damping: float = 0.0) -> list[torch.Tensor]:
     return [kfe_ihvp(*layer, damping) for layer in zip(grads, q_out, q_in, eigvals)]
+
+
+def _gathered_rows(cols: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``cols[n, index[n, p, c]]`` as ``[N, P, C, K]``."""
+    n, p, c = index.shape
+    return torch.gather(cols[:, None].expand(n, p, -1, -1), 2,
+                        index[..., None].expand(-1, -1, -1, cols.shape[2])).view(n, p, c, -1)
+
+
+def gather_patch_matmul(cols: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
+                        weight: torch.Tensor) -> torch.Tensor:
+    return mask * torch.einsum("npck,ck->npc", _gathered_rows(cols, index), weight)
+
+
+def gather_patch_matmul_t(cols: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
+                          signal: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("npc,npck->ck", mask * signal, _gathered_rows(cols, index))
 
 
 def _uniform(weights: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, jvp
 
+from ..ops.patches import gather_patch_matmul, gather_patch_matmul_t
 from .nets import FlatModel
 
 
@@ -143,6 +144,48 @@ class _Affine:
         return gi, gw
 
 
+class _PooledPatches(_Affine):
+    """The first convolution fused with the (ReLU and) max-pool after it: its outputs are only
+    ever read at the pooling arg-maxes, so the tangent and the weight gradient go through the
+    compiled gathered-patch products (:mod:`metaif.ops.patches`) on the cached im2col, at the
+    pooled resolution, without the full-resolution layer output."""
+
+    def __init__(self, conv: _Affine, pool: nn.MaxPool2d, relu: bool) -> None:
+        super().__init__(conv.module, conv.weight, conv.bias, first=True)
+        self.pool, self.relu = pool, relu
+
+    def prepare(self, st: dict, x: torch.Tensor) -> None:
+        super().prepare(st, x)
+        st["cols"] = st["cols"].view(st["n"], -1, st["cols"].shape[1])  # [N, L, K + 1]
+
+    def _augmented(self, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat([w.flatten(1), (w.new_zeros(w.shape[0]) if b is None else b)[:, None]], 1)
+
+    def apply(self, st: dict, x: torch.Tensor | None, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        n, (h, wd) = st["n"], st["out_hw"]
+        z = (st["cols"] @ self._augmented(w, b).T).view(n, h, wd, -1).permute(0, 3, 1, 2)
+        m = self.pool
+        out, idx = F.max_pool2d(z, m.kernel_size, m.stride, m.padding, return_indices=True)
+        mask = (out > 0).to(out) if self.relu else torch.ones_like(out)
+        st["pooled"] = out.shape[2:]
+        st["index"] = idx.permute(0, 2, 3, 1).reshape(n, -1, out.shape[1])  # [N, P, C]
+        st["mask"] = mask.permute(0, 2, 3, 1).reshape(n, -1, out.shape[1])
+        return out * mask
+
+    def _to_image(self, st: dict, t: torch.Tensor) -> torch.Tensor:
+        """``[N, P, C]`` → channels-last ``[N, C, Ph, Pw]`` (a view)."""
+        return t.view(st["n"], *st["pooled"], -1).permute(0, 3, 1, 2)
+
+    def tangent(self, st: dict, h: torch.Tensor | None, w_dot: torch.Tensor, b_dot: torch.Tensor | None) -> torch.Tensor:
+        return self._to_image(st, gather_patch_matmul(st["cols"], st["index"], st["mask"], self._augmented(w_dot, b_dot)))
+
+    def pull(self, st: dict, zeta: torch.Tensor, h_dot: torch.Tensor | None,
+             w_dot: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        signal = zeta.permute(0, 2, 3, 1).reshape(st["n"], -1, zeta.shape[1])
+        both = gather_patch_matmul_t(st["cols"], st["index"], st["mask"], signal)
+        return both[:, :-1].reshape(st["w"].shape), None if self.bias is None else both[:, -1], None
+
+
 class SecondOrderPasses:
     """Forward state of a :func:`supports`-ed body at ``lam`` on ``x [N, ...]``; :meth:`cotangent`
     caches the backward signal of ``g [N, out]``, then :meth:`tangent` and :meth:`pull` are the
@@ -206,6 +249,11 @@ class SecondOrderPasses:
             else:
                 steps.append(("act", mod))
             i += 1
+        first = next((i for i, step in enumerate(steps) if isinstance(step, _Affine)), None)
+        if first is not None and first + 1 < len(steps) and steps[first].im2col and \
+                isinstance(steps[first + 1], tuple) and steps[first + 1][0] in ("relu_pool", "pool"):
+            kind, pool = steps.pop(first + 1)
+            steps[first] = _PooledPatches(steps[first], pool, kind == "relu_pool")
         return steps
 
     # ---- forward state and the backward signal of g (once) ----

@@ -1,0 +1,73 @@
+// out[n, p, c] = mask[n, p, c] * sum_k cols[n, index[n, p, c], k] * weight[c, k]: a layer's
+// output (im2col rows times weights) read only where a max-pool picked it. Per image the dense
+// product [L, C] is one small GEMM into a thread-local tile that stays in L2 and is gathered from
+// there, instead of writing and re-reading the whole layer output through memory.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <vector>
+
+#include "blas.h"
+#include "patch_args.h"
+
+namespace metaif {
+namespace {
+
+constexpr const char* kOp = "gather_patch_matmul";
+
+// Returns whether some index was out of range (those outputs are left at 0).
+template <typename T>
+bool gather_patch_matmul_kernel(const T* cols, const int64_t* index, const T* mask, const T* weight,
+                                T* out, const PatchShape& s) {
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> tile(static_cast<size_t>(s.rows * s.channels));
+    for (int64_t i = begin; i < end; ++i) {
+      // tile [L, C] = cols_i [L, K] @ weight^T
+      blas::gemm<T>(false, true, s.rows, s.channels, s.taps, T(1), cols + i * s.rows * s.taps, s.taps, weight,
+                    s.taps, T(0), tile.data(), s.channels);
+      const int64_t begin_at = i * s.positions * s.channels, end_at = begin_at + s.positions * s.channels;
+      for (int64_t at = begin_at; at < end_at; at += s.channels) {
+        for (int64_t c = 0; c < s.channels; ++c) {
+          const int64_t row = index[at + c];
+          if (row < 0 || row >= s.rows) {
+            bad = true;
+            out[at + c] = T(0);
+            continue;
+          }
+          out[at + c] = mask[at + c] * tile[row * s.channels + c];
+        }
+      }
+    }
+  });
+  return bad;
+}
+
+at::Tensor gather_patch_matmul_cpu(const at::Tensor& cols, const at::Tensor& index, const at::Tensor& mask,
+                                   const at::Tensor& weight) {
+  const PatchShape s = check_patch_args(kOp, cols, index, mask);
+  check_like(kOp, cols, "cols", weight, "weight");
+  check_rank(kOp, weight, "weight", 2, "[C, K]");
+  check_size(kOp, weight, "weight", 0, s.channels, "index.shape[2] (C)");
+  check_size(kOp, weight, "weight", 1, s.taps, "cols.shape[2] (K)");
+  at::Tensor out = at::empty({s.n, s.positions, s.channels}, cols.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor c = cols.contiguous(), idx = index.contiguous(), m = mask.contiguous();
+  const at::Tensor w = weight.contiguous();
+  bool bad = false;
+  AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), kOp, [&] {
+    bad = gather_patch_matmul_kernel<scalar_t>(c.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
+                                               m.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                               out.data_ptr<scalar_t>(), s);
+  });
+  check_index_range(kOp, bad, s.rows);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("gather_patch_matmul", &gather_patch_matmul_cpu); }
+
+}  // namespace metaif
