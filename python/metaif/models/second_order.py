@@ -9,10 +9,12 @@ A total-Hessian product of form (b) needs, for one direction ``v [P]`` and every
 Autograd gets the second term by differentiating its own backward graph, which re-runs every
 convolution's double-backward rule. Written out layer by layer it is cheaper: the forward state
 (inputs, activation masks, pooling indices) and the backward signal ``delta`` of ``g`` are computed
-once; a product is then one tangent pass and one backward pass. In the backward pass an affine
-layer's weight gradient ``wgrad(a, zeta) + wgrad(a', delta)`` is one call on batch-concatenated
-operands and its input signal ``igrad(zeta, W) + igrad(delta, W')`` one call on channel-concatenated
-ones; a ReLU next to a max-pool is handled at the pooled resolution.
+once; a product is then one tangent pass (``z' = conv(a', W) + conv(a, W')``) and one backward pass
+(``wgrad(a, zeta) + wgrad(a', delta)``, ``igrad(zeta, W) + igrad(delta, W')``), the convolutions
+channels-last (oneDNN's fast layout on CPU). A ReLU next to a max-pool is handled at the pooled
+resolution, and on CPU the first convolution is fused with the pool after it: its output is read
+only at the arg-maxes, through the compiled gathered-patch products on the cached im2col
+(:mod:`metaif.ops.patches`).
 
 Supported modules: ``Conv2d`` (zero padding), ``Linear``, ``ReLU``, ``Tanh``, ``Softplus``,
 ``MaxPool2d`` (no ceil mode, no dilation), ``Flatten``. :func:`supports` says whether a model
@@ -196,7 +198,7 @@ class SecondOrderPasses:
             raise ValueError("SecondOrderPasses needs an nn.Sequential of Conv2d/Linear/ReLU/Tanh/"
                              "Softplus/MaxPool2d/Flatten; use AutogradPasses for other bodies")
         self.lam, self.num_params = lam.detach(), model.num_params
-        self.steps = self._plan(model)
+        self.steps = self._plan(model, fuse_first=x.device.type == "cpu")  # the fused op is CPU-only
         self.state: list[dict] = []
         h = x
         with torch.no_grad():
@@ -224,7 +226,7 @@ class SecondOrderPasses:
         self._has_g = True
 
     @staticmethod
-    def _plan(model: FlatModel) -> list:
+    def _plan(model: FlatModel, fuse_first: bool) -> list:
         offsets, start = {}, 0
         for name, numel in zip(model.names, model.numels):
             offsets[name] = slice(start, start + numel)
@@ -250,7 +252,7 @@ class SecondOrderPasses:
                 steps.append(("act", mod))
             i += 1
         first = next((i for i, step in enumerate(steps) if isinstance(step, _Affine)), None)
-        if first is not None and first + 1 < len(steps) and steps[first].im2col and \
+        if fuse_first and first is not None and first + 1 < len(steps) and steps[first].im2col and \
                 isinstance(steps[first + 1], tuple) and steps[first + 1][0] in ("relu_pool", "pool"):
             kind, pool = steps.pop(first + 1)
             steps[first] = _PooledPatches(steps[first], pool, kind == "relu_pool")
