@@ -17,7 +17,7 @@ namespace {
 
 constexpr const char* kOp = "gather_patch_matmul";
 
-// Returns whether some index was out of range (those outputs are left at 0).
+// Returns whether some index was out of range (the caller then raises).
 template <typename T>
 bool gather_patch_matmul_kernel(const T* cols, const int64_t* index, const T* mask, const T* weight,
                                 T* out, const PatchShape& s) {
@@ -28,18 +28,9 @@ bool gather_patch_matmul_kernel(const T* cols, const int64_t* index, const T* ma
       // tile [L, C] = cols_i [L, K] @ weight^T
       blas::gemm<T>(false, true, s.rows, s.channels, s.taps, T(1), cols + i * s.rows * s.taps, s.taps, weight,
                     s.taps, T(0), tile.data(), s.channels);
-      const int64_t begin_at = i * s.positions * s.channels, end_at = begin_at + s.positions * s.channels;
-      for (int64_t at = begin_at; at < end_at; at += s.channels) {
-        for (int64_t c = 0; c < s.channels; ++c) {
-          const int64_t row = index[at + c];
-          if (row < 0 || row >= s.rows) {
-            bad = true;
-            out[at + c] = T(0);
-            continue;
-          }
-          out[at + c] = mask[at + c] * tile[row * s.channels + c];
-        }
-      }
+      const T* t = tile.data();
+      if (!for_each_gathered(index, s, i, [&](int64_t at, int64_t slot) { out[at] = mask[at] * t[slot]; }))
+        bad = true;
     }
   });
   return bad;

@@ -28,26 +28,14 @@ bool gather_patch_matmul_t_kernel(const T* cols, const int64_t* index, const T* 
     double* acc = per_thread.data() + at::get_thread_num() * block;
     std::vector<T> tile(static_cast<size_t>(s.rows * s.channels), T(0)), partial(static_cast<size_t>(block));
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t begin_at = i * s.positions * s.channels, end_at = begin_at + s.positions * s.channels;
-      for (int64_t at = begin_at; at < end_at; at += s.channels) {
-        for (int64_t c = 0; c < s.channels; ++c) {
-          const int64_t row = index[at + c];
-          if (row < 0 || row >= s.rows) {
-            bad = true;
-            continue;
-          }
-          tile[row * s.channels + c] += mask[at + c] * signal[at + c];
-        }
-      }
+      T* t = tile.data();
+      if (!for_each_gathered(index, s, i, [&](int64_t at, int64_t slot) { t[slot] += mask[at] * signal[at]; }))
+        bad = true;
       // partial [K, C] = cols_i^T [K, L] @ tile [L, C]
       blas::gemm<T>(true, false, s.taps, s.channels, s.rows, T(1), cols + i * s.rows * s.taps, s.taps,
                     tile.data(), s.channels, T(0), partial.data(), s.channels);
       for (int64_t j = 0; j < block; ++j) acc[j] += static_cast<double>(partial[j]);
-      for (int64_t at = begin_at; at < end_at; at += s.channels)  // reset only what was written
-        for (int64_t c = 0; c < s.channels; ++c) {
-          const int64_t row = index[at + c];
-          if (row >= 0 && row < s.rows) tile[row * s.channels + c] = T(0);
-        }
+      for_each_gathered(index, s, i, [&](int64_t, int64_t slot) { t[slot] = T(0); });  // reset what was written
     }
   });
   for (size_t t = 0; t < per_thread.size(); t += static_cast<size_t>(block))

@@ -30,6 +30,26 @@ inline PatchShape check_patch_args(const char* op, const at::Tensor& cols, const
   return PatchShape{cols.size(0), cols.size(1), cols.size(2), index.size(1), index.size(2)};
 }
 
+// Calls visit(at, slot) for every output (p, c) of image i whose index is in range: `at` is its
+// offset in index/mask/signal/out, `slot` = index * C + c its place in the image's [L, C] tile.
+// Returns false if some index was out of range (those entries are skipped).
+template <typename Visit>
+inline bool for_each_gathered(const int64_t* index, const PatchShape& s, int64_t i, Visit&& visit) {
+  bool ok = true;
+  const int64_t begin = i * s.positions * s.channels, end = begin + s.positions * s.channels;
+  for (int64_t at = begin; at < end; at += s.channels) {
+    for (int64_t c = 0; c < s.channels; ++c) {
+      const int64_t row = index[at + c];
+      if (row < 0 || row >= s.rows) {
+        ok = false;
+        continue;
+      }
+      visit(at + c, row * s.channels + c);
+    }
+  }
+  return ok;
+}
+
 // The kernels check every index as they read it (no extra pass over index) and report here.
 inline void check_index_range(const char* op, bool out_of_range, int64_t rows) {
   TORCH_CHECK(!out_of_range, op, ": index values must lie in [0, cols.shape[1]) = [0, ", rows, ")");
