@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--directions", type=int, default=3)
     parser.add_argument("--tol", type=float, default=1e-11,
                         help="gradient tolerance of lambda* (re-solves stop at 10x it)")
+    parser.add_argument("--every", type=int, default=3, help="instances are sampled from every k-th task")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -43,8 +44,8 @@ def main() -> None:
     lam = solve_outer(problem, tasks, problem.init_lambda(0, torch.float64), tol=args.tol, max_iter=3000).lam
     d = random_directions(lam.numel(), args.directions, seed=1)
     m = len(tasks)
-    items = {"tasks": list(range(m)), "val": [(k, j) for k in range(0, m, 3) for j in (0, 7, 14)],
-             "train": [(k, j) for k in range(0, m, 3) for j in (0, 4, 8)]}
+    items = {"tasks": list(range(m)), "val": [(k, j) for k in range(0, m, args.every) for j in (0, 7, 14)],
+             "train": [(k, j) for k in range(0, m, args.every) for j in (0, 4, 8)]}
     report = {"form": args.form, "tasks": m, "p": lam.numel(), "gamma": args.gamma, "variants": {}}
     actual = {}
     for variant in ("exact", "gn", "gamma"):
