@@ -82,6 +82,12 @@ class _Affine:
         w = flat[self.weight].view(self.module.weight.shape)
         return w, None if self.bias is None else flat[self.bias]
 
+    @staticmethod
+    def _augmented(w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """``[C, K + 1]``: the flattened weight with the bias as the column that meets the
+        im2col's ones column."""
+        return torch.cat([w.flatten(1), (w.new_zeros(w.shape[0]) if b is None else b)[:, None]], 1)
+
     def prepare(self, st: dict, x: torch.Tensor) -> None:
         if self.im2col:
             m = self.module
@@ -97,8 +103,7 @@ class _Affine:
     def apply(self, st: dict, x: torch.Tensor | None, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         """The layer at weights ``(w, b)`` on ``x`` (``None``: the cached input)."""
         if self.im2col:
-            w = torch.cat([w.flatten(1), (w.new_zeros(w.shape[0]) if b is None else b)[:, None]], 1)
-            out = st["cols"] @ w.T
+            out = st["cols"] @ self._augmented(w, b).T
             return out.view(st["n"], *st["out_hw"], -1).permute(0, 3, 1, 2)
         x = st["x"] if x is None else x
         if not self.conv:
@@ -159,9 +164,6 @@ class _PooledPatches(_Affine):
     def prepare(self, st: dict, x: torch.Tensor) -> None:
         super().prepare(st, x)
         st["cols"] = st["cols"].view(st["n"], -1, st["cols"].shape[1])  # [N, L, K + 1]
-
-    def _augmented(self, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        return torch.cat([w.flatten(1), (w.new_zeros(w.shape[0]) if b is None else b)[:, None]], 1)
 
     def apply(self, st: dict, x: torch.Tensor | None, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         n, (h, wd) = st["n"], st["out_hw"]
