@@ -67,8 +67,11 @@ def test_harmful_ranking_beats_random_and_resumes(tmp_path):
 
 def test_a_saved_experiment_config_round_trips(tmp_path):
     from metaif.experiments.common import load_experiment_config, save_config
+    from metaif.influence import InfluenceConfig, SolverConfig
 
-    config = ExperimentConfig(run=replace(RunConfig(), hidden=(8,), train_tasks=7),
-                              analysis=AnalysisConfig(damping=0.5, retrain="adam"), seeds=(1, 2), fraction=0.1)
+    analysis = AnalysisConfig(influence=InfluenceConfig(variant="gn", solver=SolverConfig(method="minres", damping=0.5)),
+                              retrain="adam")
+    config = ExperimentConfig(run=replace(RunConfig(), hidden=(8,), train_tasks=7), analysis=analysis, seeds=(1, 2),
+                              fraction=0.1)
     save_config(tmp_path, config)
     assert load_experiment_config(tmp_path / "config.json") == config

@@ -1,77 +1,104 @@
-"""The ``metaif`` command."""
+"""The ``metaif`` command.
+
+Every flag maps onto one field of a config dataclass (:class:`~metaif.experiments.common.ExperimentConfig`
+and the configs it embeds); its help text and default come from that field, so ``--help`` and
+``help(SomeConfig)`` say the same. Flags are validated by building the config before any work
+starts.
+"""
 
 from __future__ import annotations
 
 import argparse
-
+import dataclasses
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from . import bench
 
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="a JSON RunConfig; flags below override it")
-    parser.add_argument("--dataset", choices=["digits", "omniglot", "mnist", "miniimagenet"])
-    parser.add_argument("--root", help="folder with the data set's files (not needed for digits)")
-    parser.add_argument("--split", choices=["class", "image"])
-    parser.add_argument("--form", choices=["anil", "imaml"])
-    parser.add_argument("--head", choices=["logistic", "ridge"])
-    parser.add_argument("--model", choices=["mlp", "conv4"])
-    parser.add_argument("--channels", type=int)
-    parser.add_argument("--activation", choices=["relu", "tanh", "softplus"])
-    for name in ("ways", "shots", "queries", "train-tasks", "test-tasks", "steps", "meta-batch", "seed"):
-        parser.add_argument(f"--{name}", type=int)
-    for name in ("delta", "gamma", "lr"):
-        parser.add_argument(f"--{name}", type=float)
-    parser.add_argument("--out", required=True, help="output folder (resumes from its checkpoint)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+__all__ = ["main"]
 
 
-def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", choices=["exact", "gn", "gamma", "direct"], help="total-Hessian variant")
-    parser.add_argument("--solver", choices=["cg", "neumann", "dense", "lowrank"], help="total-Hessian solver")
-    parser.add_argument("--damping", type=float, help="damping added to the total Hessian (raised x10 if needed)")
-    parser.add_argument("--rank", type=int, help="Lanczos rank of the lowrank solver")
-    parser.add_argument("--max-iter", type=int, help="solver iterations")
-    parser.add_argument("--score-tasks", type=int, help="new tasks that define the scores' test loss")
-    parser.add_argument("--polish", type=int, help="full-batch L-BFGS iterations to stationarity (0: off)")
-    parser.add_argument("--retrain", choices=["lbfgs", "adam"], help="how ground-truth retraining runs")
-    parser.add_argument("--retrain-steps", type=int, help="Adam steps of --retrain adam")
-    parser.add_argument("--fraction", type=float, help="share of tasks / instances removed")
-    parser.add_argument("--seeds", help="comma-separated seeds (table1)")
+@dataclass(frozen=True)
+class Flag:
+    """``--name`` sets the field at ``path`` of an ExperimentConfig."""
+
+    name: str
+    path: tuple[str, ...]
 
 
-def experiment_config_from_args(args: argparse.Namespace, base):
-    from .experiments.common import load_experiment_config
+RUN_FLAGS = [Flag(name, ("run", name.replace("-", "_"))) for name in (
+    "dataset", "root", "split", "form", "head", "model", "hidden", "channels", "activation", "ways", "shots",
+    "queries", "train-tasks", "test-tasks", "delta", "gamma", "seed")] + \
+    [Flag(name, ("run", "train", name.replace("-", "_"))) for name in ("steps", "meta-batch", "lr")]
+ANALYSIS_FLAGS = [
+    Flag("variant", ("analysis", "influence", "variant")),
+    Flag("inner", ("analysis", "influence", "inner")),
+    Flag("inner-damping", ("analysis", "influence", "inner_damping")),
+    Flag("solver", ("analysis", "influence", "solver", "method")),
+    Flag("damping", ("analysis", "influence", "solver", "damping")),
+    Flag("rtol", ("analysis", "influence", "solver", "rtol")),
+    Flag("max-iter", ("analysis", "influence", "solver", "max_iter")),
+    Flag("rank", ("analysis", "influence", "solver", "rank")),
+    Flag("retries", ("analysis", "influence", "solver", "retries")),
+    Flag("score-tasks", ("analysis", "score_tasks")),
+    Flag("polish", ("analysis", "polish"))]
+RETRAIN_FLAGS = [Flag("retrain", ("analysis", "retrain")), Flag("retrain-steps", ("analysis", "retrain_steps"))]
+FRACTION_FLAG = Flag("fraction", ("fraction",))
+SEEDS_FLAG = Flag("seeds", ("seeds",))
 
-    if args.config:
-        base = load_experiment_config(args.config)
-        args.config = None  # the run part is in base now; flags still override
 
-    names = {"variant": "variant", "solver": "solver", "damping": "damping", "rank": "rank", "max_iter": "max_iter",
-             "score_tasks": "score_tasks", "polish": "polish", "retrain": "retrain", "retrain_steps": "retrain_steps"}
-    analysis = replace(base.analysis, **{v: getattr(args, k) for k, v in names.items() if getattr(args, k) is not None})
-    run = train_config_from_args(args, base.run)
-    top = {}
-    if args.fraction is not None:
-        top["fraction"] = args.fraction
-    if args.seeds:
-        top["seeds"] = tuple(int(s) for s in args.seeds.split(","))
-    return replace(base, run=run, analysis=analysis, **top)
+def _field(config_type: type, path: tuple[str, ...]) -> dataclasses.Field:
+    """The dataclass field at ``path`` under ``config_type``."""
+    cls = config_type
+    for name in path[:-1]:
+        cls = next(f for f in dataclasses.fields(cls) if f.name == name).default_factory().__class__
+    return next(f for f in dataclasses.fields(cls) if f.name == path[-1])
 
 
-def train_config_from_args(args: argparse.Namespace, base=None):
-    from .meta.run import RunConfig, load_config
+def _default(config: object, path: tuple[str, ...]):
+    for name in path:
+        config = getattr(config, name)
+    return config
 
-    config = load_config(args.config) if args.config else (base or RunConfig())
-    top = {k: getattr(args, k) for k in ("dataset", "root", "split", "form", "head", "model", "channels",
-                                          "activation", "ways", "shots", "queries", "train_tasks", "test_tasks",
-                                          "delta", "gamma", "seed") if getattr(args, k) is not None}
-    inner = {k: getattr(args, k) for k in ("steps", "meta_batch", "lr") if getattr(args, k) is not None}
-    if args.seed is not None:
-        inner["seed"] = args.seed
-    return replace(config, **top, train=replace(config.train, **inner))
+
+def _parser_type(field: dataclasses.Field):
+    kind = str(field.type).replace(" ", "")
+    if kind.startswith("tuple[int"):
+        return lambda text: tuple(int(x) for x in text.split(","))
+    if kind.startswith("tuple[float"):
+        return lambda text: tuple(float(x) for x in text.split(","))
+    return {"int": int, "float": float, "float|None": float}.get(kind, str)
+
+
+def add_flags(parser: argparse.ArgumentParser, flags: list[Flag], base: object) -> None:
+    """One option per flag, typed, with the field's help, choices and the default of ``base``."""
+    from .experiments.common import ExperimentConfig
+
+    for flag in flags:
+        field = _field(ExperimentConfig, flag.path)
+        default = _default(base, flag.path)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(f"--{flag.name}", type=_parser_type(field), choices=field.metadata.get("choices"),
+                            default=None, metavar=None if field.metadata.get("choices") else flag.name.upper(),
+                            help=f"{field.metadata.get('help', '')} (default: {shown})")
+
+
+def _set(config, path: tuple[str, ...], value):
+    if len(path) == 1:
+        return replace(config, **{path[0]: value})
+    return replace(config, **{path[0]: _set(getattr(config, path[0]), path[1:], value)})
+
+
+def apply_flags(args: argparse.Namespace, flags: list[Flag], base):
+    """``base`` with every flag the user gave applied (``--seed`` also seeds training)."""
+    config = base
+    for flag in flags:
+        value = getattr(args, flag.name.replace("-", "_"), None)
+        if value is not None:
+            config = _set(config, flag.path, value)
+            if flag.name == "seed":
+                config = _set(config, ("run", "train", "seed"), value)
+    return config
 
 
 def _items(text: str | None) -> list[tuple[int, int]]:
@@ -81,20 +108,79 @@ def _items(text: str | None) -> list[tuple[int, int]]:
     try:
         return [tuple(int(x) for x in part.split(":")) for part in text.split(",")]
     except ValueError:
-        raise SystemExit(f"instances must look like 'position:index,...', got {text!r}") from None
+        raise ValueError(f"instances must look like 'position:index,...', got {text!r}") from None
 
 
-def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .experiments import commands
+COMMANDS = {
+    "demo": "meta-train on digits, find harmful tasks and instances, edit the model (a few minutes)",
+    "influence": "task-IF and instance-IF of every training task and instance",
+    "score": "influence scores of every task and instance on new tasks, ranked",
+    "edit": "remove tasks / instances from a trained model without retraining",
+    "experiment": "the paper's experiments: table1, harmful, effectiveness"}
+
+
+def _flags_of(command: str) -> list[Flag]:
+    flags = RUN_FLAGS if command == "train" else RUN_FLAGS + ANALYSIS_FLAGS
+    if command == "demo":
+        flags = flags + [FRACTION_FLAG]
+    if command == "experiment":
+        flags = flags + RETRAIN_FLAGS + [FRACTION_FLAG, SEEDS_FLAG]
+    return flags
+
+
+def _base(command: str):
     from .experiments.common import ExperimentConfig
     from .experiments.demo import DEMO
 
-    base = DEMO if args.command == "demo" else ExperimentConfig()
-    try:
-        config = experiment_config_from_args(args, base)
-    except (ValueError, TypeError) as err:
-        parser.error(str(err))
+    return DEMO if command == "demo" else ExperimentConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metaif", description="Data influence in meta-learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench.add_arguments(sub.add_parser("bench", help="benchmark the compiled ops against PyTorch baselines"))
+    for command, text in {"train": "meta-train a model and report meta-test accuracy", **COMMANDS}.items():
+        p = sub.add_parser(command, help=text, description=text)
+        if command == "experiment":
+            p.add_argument("name", choices=["table1", "harmful", "effectiveness"])
+            p.add_argument("--quick", action="store_true",
+                           help="small digits run that finishes in minutes (flags you give still win)")
+        p.add_argument("--config", help="a saved config.json; the flags you give override it")
+        p.add_argument("--out", required=command != "demo", default="runs/demo" if command == "demo" else None,
+                       help="output folder (an interrupted run resumes from it)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_flags(p, _flags_of(command), _base(command))
+        if command == "influence":
+            p.add_argument("--deltas", action="store_true", help="also save every task's removal prediction (m x p)")
+        if command == "edit":
+            p.add_argument("--remove-tasks", help="comma-separated task positions")
+            p.add_argument("--remove-val", help="validation instances 'position:index,...'")
+            p.add_argument("--remove-train", help="training instances 'position:index,...'")
+            p.add_argument("--refine", type=int, default=0, help="Newton refinement steps re-solving the inner problems "
+                                                                 "(default: 0)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    """The ExperimentConfig of a command: its base (or ``--config``), ``--quick`` underneath, then the flags."""
+    from .experiments.commands import quick
+    from .experiments.common import load_experiment_config
+
+    base = load_experiment_config(args.config) if args.config else _base(args.command)
+    if getattr(args, "quick", False):
+        base = quick(base, args.name)
+    return apply_flags(args, _flags_of(args.command), base)
+
+
+def run_command(args: argparse.Namespace, config) -> int:
+    from .experiments import commands
+
     progress = not args.quiet
+    if args.command == "train":
+        from .meta.run import run
+
+        print(json.dumps(run(config.run, args.out, progress=progress), indent=2))
+        return 0
     if args.command == "demo":
         return commands.demo(config, args.out, progress)
     if args.command == "influence":
@@ -102,52 +188,22 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     if args.command == "score":
         return commands.score(config, args.out, progress)
     if args.command == "edit":
-        return commands.edit(config, args.out, [int(t) for t in args.remove_tasks.split(",")] if args.remove_tasks else [],
-                             _items(args.remove_val), _items(args.remove_train), args.refine, progress)
-    return commands.experiment(config, args.name, args.quick, args.out, progress)
+        tasks = [int(t) for t in args.remove_tasks.split(",")] if args.remove_tasks else []
+        return commands.edit(config, args.out, tasks, _items(args.remove_val), _items(args.remove_train),
+                             args.refine, progress)
+    return commands.experiment(config, args.name, args.out, progress)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="metaif", description="Data influence in meta-learning.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    bench.add_arguments(sub.add_parser("bench", help="benchmark the compiled ops against PyTorch baselines"))
-    add_train_arguments(sub.add_parser("train", help="meta-train a model and report meta-test accuracy"))
-    commands = {
-        "demo": "meta-train on digits, find harmful tasks and instances, edit the model (a few minutes)",
-        "influence": "task-IF and instance-IF of every training task and instance",
-        "score": "influence scores of every task and instance on new tasks, ranked",
-        "edit": "remove tasks / instances from a trained model without retraining",
-        "experiment": "the paper's experiments: table1, harmful, effectiveness"}
-    for name, text in commands.items():
-        p = sub.add_parser(name, help=text)
-        if name == "experiment":
-            p.add_argument("name", choices=["table1", "harmful", "effectiveness"])
-            p.add_argument("--quick", action="store_true", help="small digits run that finishes in minutes")
-        add_train_arguments(p)
-        add_analysis_arguments(p)
-        if name == "demo":
-            p.set_defaults(out="runs/demo")
-            p._option_string_actions["--out"].required = False
-        if name == "influence":
-            p.add_argument("--deltas", action="store_true", help="also save every task's removal prediction (m x p)")
-        if name == "edit":
-            p.add_argument("--remove-tasks", help="comma-separated task positions")
-            p.add_argument("--remove-val", help="validation instances 'position:index,...'")
-            p.add_argument("--remove-train", help="training instances 'position:index,...'")
-            p.add_argument("--refine", type=int, default=0, help="Newton refinement steps (re-solving inner problems)")
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench.main_from_args(args)
-    if args.command == "train":
-        from .meta.run import run
-
-        try:
-            config = train_config_from_args(args)
-        except (ValueError, TypeError) as err:
-            parser.error(str(err))
-        print(json.dumps(run(config, args.out, progress=not args.quiet), indent=2))
-        return 0
-    return run_command(args, parser)
+    try:
+        config = config_from_args(args)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    return run_command(args, config)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def cg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, rtol: fl
         rs = torch.where(active, rs_new, rs)
         active = active & (rs.sqrt() > rtol * b_norm)
     resid = torch.where(b_norm > 0, rs.sqrt() / b_norm.clamp_min(1e-300), 0.0).to(b.dtype)
-    return CGResult(x, iters, resid)
+    return CGResult(x, iters, resid, resid <= rtol)
 
 
 def _dense_matvec(a: torch.Tensor, damping: float) -> Callable[[torch.Tensor], torch.Tensor]:

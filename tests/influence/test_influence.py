@@ -5,10 +5,10 @@ import warnings
 import pytest
 import torch
 
-from metaif.influence import HessianSolver, InfluenceAnalyzer, InfluenceConfig, SolverConfig, SolverError
-from metaif.meta import Weights, total_gradient
+from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig, SolverError
+from metaif.meta import FeatureHead, Weights, bilevel, total_gradient
 
-from .conftest import make_problem, make_taskset, task_tuples
+from tests.helpers import make_problem, make_taskset, randn, task_tuples
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +42,9 @@ def pair(tasks):
     return fast, seam
 
 
-def randn(n, seed):
-    return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
 def test_unique_image_path_equals_per_task_path(pair):
     fast, seam = pair
-    assert fast.binding.num_images < fast.tasks.x_train.shape[0] * (fast.tasks.x_train.shape[1] + fast.tasks.x_val.shape[1])
+    assert fast.binding.num_inputs < fast.tasks.x_train.shape[0] * (fast.tasks.x_train.shape[1] + fast.tasks.x_val.shape[1])
     v = randn(fast.lam.numel(), 1)
     for variant in ("exact", "gn", "gamma", "direct"):
         torch.testing.assert_close(fast.hvp(v, variant), seam.hvp(v, variant))
@@ -106,49 +102,22 @@ def test_edit_is_additive(pair, tasks):
     expected = (an.lam + an.task_influence([0, 3]).sum(0) + an.val_influence([(2, 1)])[0]
                 + an.train_influence([(4, 2)])[0])
     torch.testing.assert_close(lam_hat, expected)
-    direct = an.edit(tasks=[0, 3], method="direct")
-    torch.testing.assert_close(direct, an.lam + an.direct_influence([0, 3]).sum(0))
-    with pytest.raises(ValueError, match="tasks only"):
-        an.edit(val=[(0, 0)], method="direct")
-
-
-def test_solvers_agree_with_the_dense_solve():
-    """Every method on a sum-of-terms SPD operator shaped like a total Hessian (gamma I + a sum of
-    low-rank task terms), against torch's solve."""
-    gen = torch.Generator().manual_seed(0)
-    p, m, gamma = 60, 6, 0.05
-    terms = [torch.randn(p, 4, generator=gen, dtype=torch.float64) for _ in range(m)]
-    a = gamma * torch.eye(p, dtype=torch.float64) + sum(t @ t.T for t in terms) / m
-    b = torch.randn(3, p, generator=gen, dtype=torch.float64)
-    reference = torch.linalg.solve(a + 0.1 * torch.eye(p, dtype=torch.float64), b.T).T
-
-    def sampled(v, g):
-        pick = torch.randperm(m, generator=g)[:3]
-        return gamma * v + sum(terms[i] @ (terms[i].T @ v) for i in pick) / 3
-
-    for method, extra in (("dense", {}), ("cg", {"rtol": 1e-12}), ("lowrank", {"rank": p, "floor": gamma}),
-                          ("neumann", {"rtol": 1e-14, "max_iter": 20000})):
-        x = HessianSolver(lambda v: a @ v, p, b, SolverConfig(method=method, damping=0.1, **extra))(b)
-        assert (x - reference).norm() <= 1e-8 * reference.norm(), method
-    truncated = HessianSolver(lambda v: a @ v, p, b, SolverConfig(method="lowrank", rank=20, damping=0.1))
-    err = float((truncated(b) - reference).norm() / reference.norm())
-    assert 0 < err < 1
-    lissa = HessianSolver(lambda v: a @ v, p, b, SolverConfig(method="neumann", damping=0.1, lissa_tasks=3,
-                                                             max_iter=3000), sampled)(b)
-    assert (lissa - reference).norm() < 0.5 * reference.norm()
-    with pytest.raises(SolverError, match="diverged"):
-        HessianSolver(lambda v: a @ v - 3.0 * v, p, b, SolverConfig(method="neumann"))(b)
-    with pytest.raises(SolverError, match="not positive definite"):
-        HessianSolver(lambda v: a @ v - 3.0 * v, p, b, SolverConfig(method="cg"))(b)
+    direct = an.edit(tasks=[0, 3], val=[(2, 1)], method="direct")
+    torch.testing.assert_close(direct, an.lam + an.direct_influence([0, 3]).sum(0) + an.direct_val_influence([(2, 1)])[0])
+    with pytest.raises(ValueError, match="no training instances"):
+        an.edit(train=[(0, 0)], method="direct")
+    with pytest.raises(ValueError, match="variant 'direct' is the direct-IF baseline"):
+        an.task_influence(variant="direct")
 
 
 def test_the_analyzer_solves_with_its_total_hessian(pair):
     fast, _ = pair
     an = InfluenceAnalyzer(fast.problem, fast.lam, fast.tasks, weights=fast.weights, config=ITERATIVE)
     b = randn(fast.lam.numel(), 9)[None]
-    x = an.solver()(b)[0]
+    x = an.solve(b)[0]
     residual = an.hvp(x) + 1.5 * x - b[0]
     assert residual.norm() <= 1e-9 * b.norm()
+    assert an.last_solve.converged and float(an.last_solve.residual[0]) <= 1e-12 and an.damping_used == 1.5
 
 
 def test_indefinite_hessian_and_bad_input_raise_clear_errors(pair):
@@ -157,14 +126,28 @@ def test_indefinite_hessian_and_bad_input_raise_clear_errors(pair):
                            config=InfluenceConfig(variant="gn", solver=SolverConfig(method="lowrank", rank=30)))
     with pytest.raises(SolverError, match="not positive definite"):
         gn.solver()
+    retried = InfluenceAnalyzer(fast.problem, fast.lam, fast.tasks, weights=fast.weights, config=InfluenceConfig(
+        variant="gn", solver=SolverConfig(method="lowrank", rank=30, damping=1e-3, retries=4)))
+    with pytest.warns(UserWarning, match="Retrying with damping 0.01"):
+        retried.solve(randn(fast.lam.numel(), 3)[None])
+    assert retried.damping_used > 1e-3
+    minres = InfluenceAnalyzer(fast.problem, fast.lam, fast.tasks, weights=fast.weights, config=InfluenceConfig(
+        variant="gn", solver=SolverConfig(method="minres", rtol=1e-10, max_iter=2000)))
+    b = randn(fast.lam.numel(), 4)[None]
+    x = minres.solve(b)[0]
+    assert (minres.hvp(x, "gn") - b[0]).norm() <= 1e-8 * b.norm()
     with pytest.raises(ValueError, match="flat parameter vector"):
         InfluenceAnalyzer(fast.problem, fast.lam[None], fast.tasks)
     with pytest.raises(ValueError, match="NaN"):
         InfluenceAnalyzer(fast.problem, fast.lam * float("nan"), fast.tasks)
-    with pytest.raises(ValueError, match="variant must be one of"):
+    with pytest.raises(ValueError, match="InfluenceConfig.variant must be one of"):
         InfluenceConfig(variant="third")
     with pytest.raises(ValueError, match=r"\[k, 390\]"):
-        fast.solver()(torch.zeros(3))
+        fast.solve(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"out of range; positions lie in \[0, 5\)"):
+        fast.val_influence([(-1, 0)])
+    with pytest.raises(ValueError, match=r"out of range; task positions"):
+        fast.task_influence([5])
 
 
 def test_imaml_direct_if_is_degenerate_and_first_order_baseline_exists(small_tasks):
@@ -195,7 +178,7 @@ def test_inner_if_predicts_the_leave_one_out_head(pair, tasks):
     eps = 1e-6
     w = data[2].clone()
     w[j] += eps
-    theta_eps, _ = fast.problem.solve_inner(fast.lam, data[0], data[1], w)
+    theta_eps, _ = bilevel(fast.problem).solve_inner(fast.lam, data[0], data[1], w)
     fd = (theta_eps - fast.binding.theta[k]) / eps
     got = fast.inner_influence([(k, j)])[0]
     assert (got - fd).norm() <= 1e-4 * fd.norm()
@@ -216,8 +199,9 @@ def test_loss_difference_is_the_weight_derivative_of_the_validation_loss(pair, t
         for sign in (1, -1):
             w = w_tr.clone()
             w[j] *= 1 + sign * eps
-            theta, _ = an.problem.solve_inner(an.lam, x_tr, y_tr, w)
-            losses.append(an.problem.outer_objective(theta, an.lam, x_val, y_val, w_val))
+            seam = bilevel(an.problem)
+            theta, _ = seam.solve_inner(an.lam, x_tr, y_tr, w)
+            losses.append(seam.outer_objective(theta, an.lam, x_val, y_val, w_val))
         fd = -(losses[0] - losses[1]) / (2 * eps)
         assert abs(float(fd)) > 1e-4 and abs(float(p) - float(fd)) <= 1e-6 * abs(float(fd)), (k, j, float(p), float(fd))
     assert float(an.loss_difference([(2, 0)])[0]) == 0.0  # a removed instance changes nothing
@@ -232,12 +216,12 @@ def test_ekfac_inner_solver_is_exact_for_the_ridge_head_and_close_for_softmax(ta
         exact = InfluenceAnalyzer(problem, lam, tasks)
         ekfac = InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(inner="ekfac"))
         rhs = randn(5 * problem.theta_dim, 3).view(5, -1)
-        a, b = exact._rows[0].solve(rhs), ekfac._rows[0].solve(rhs)
+        a, b = exact.state.rows[0].solve(rhs), ekfac.state.rows[0].solve(rhs)
         assert (a - b).norm() <= tol * a.norm(), head
         if head == "ridge":
             v = randn(lam.numel(), 4)
             torch.testing.assert_close(ekfac.hvp(v), exact.hvp(v))
-    with pytest.raises(ValueError, match="inner must be one of"):
+    with pytest.raises(ValueError, match="InfluenceConfig.inner must be one of"):
         InfluenceConfig(inner="kfac")
 
 
@@ -250,12 +234,12 @@ def test_pooled_ekfac_bases(tasks):
     rhs = randn(3 * problem.theta_dim, 5).view(3, -1)
     per_task, pooled = (InfluenceAnalyzer(problem, lam, one, config=InfluenceConfig(inner=inner))
                         for inner in ("ekfac", "ekfac-pooled"))
-    torch.testing.assert_close(pooled._rows[0].solve(rhs[:1]), per_task._rows[0].solve(rhs[:1]))
+    torch.testing.assert_close(pooled.state.rows[0].solve(rhs[:1]), per_task.state.rows[0].solve(rhs[:1]))
     exact, pooled = (InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(inner=inner))
                      for inner in ("auto", "ekfac-pooled"))
-    a, b = exact._rows[0].solve(rhs[:1].expand(5, -1)), pooled._rows[0].solve(rhs[:1].expand(5, -1))
+    a, b = exact.state.rows[0].solve(rhs[:1].expand(5, -1)), pooled.state.rows[0].solve(rhs[:1].expand(5, -1))
     assert (a - b).norm() <= 0.15 * a.norm()  # 5% here; per-task bases give 1.3%
     assert torch.isfinite(pooled.hvp(randn(lam.numel(), 6))).all()
+    b = exact.binding
     with pytest.raises(ValueError, match="needs bases"):
-        problem.head_solver(exact.binding.theta, exact.binding.phi[exact.binding.pos_tr], exact.weights.w_tr,
-                            "ekfac-pooled")
+        FeatureHead(problem).solver(b.theta, b.phi[b.batch.pos_tr], b.batch.y_tr, b.batch.w_tr, "ekfac-pooled")

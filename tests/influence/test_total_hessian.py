@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, finite_difference_hvp
+from metaif.meta import bilevel
 
-from .conftest import make_problem, task_tuples
+from tests.helpers import make_problem, task_tuples
 
 CASES = [("logistic", "auto"), ("logistic", "seam"), ("ridge", "auto"), ("ridge", "seam"), ("imaml", "auto")]
 
@@ -36,11 +37,11 @@ def test_direct_variant_holds_theta_fixed(small_tasks, path):
     problem = make_problem("logistic")
     lam = problem.init_lambda(0, torch.float64)
     an = InfluenceAnalyzer(problem, lam, small_tasks, config=InfluenceConfig(path=path))
-    data, theta = task_tuples(small_tasks), an.binding.theta
+    data, theta, seam = task_tuples(small_tasks), an.binding.theta, bilevel(problem)
     v = randn(lam, 4)
 
     def partial_grad(la):
-        return problem.gamma * la + sum(ci * torch.func.grad(lambda l_: problem.outer_objective(th, l_, *d[3:]))(la)
+        return problem.gamma * la + sum(ci * torch.func.grad(lambda l_: seam.outer_objective(th, l_, *d[3:]))(la)
                                         for ci, th, d in zip(an.c, theta, data))
 
     h = 1e-5
@@ -62,7 +63,7 @@ class QuadraticProx:
     def outer_objective(self, theta, lam, x, y, w):
         return (w * (x.flatten(1) @ theta - y.to(theta)).pow(2)).sum() / 2
 
-    def solve_inner(self, lam, x, y, w):
+    def solve_inner(self, lam, x, y, w, theta0=None):
         a = x.flatten(1).to(lam)
         h = a.T @ (w[:, None] * a) + self.delta * torch.eye(a.shape[1], dtype=lam.dtype)
         theta = torch.linalg.solve(h, a.T @ (w * y.to(lam)) + self.delta * lam)

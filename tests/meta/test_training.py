@@ -13,7 +13,7 @@ def setting():
     train_pool, test_pool = split_classes(load_digits(), 0.5, seed=0)
     train = sample_tasks(train_pool, TaskConfig(ways=5, shots=1, queries=5, num_tasks=40, seed=0))
     test = sample_tasks(test_pool, TaskConfig(ways=5, shots=1, queries=5, num_tasks=30, seed=1))
-    problem = AnilProblem(mlp(64, (16,)), AnilConfig(ways=5, head="logistic", delta=1.0))
+    problem = AnilProblem(mlp(64, (16,)), AnilConfig(ways=5, delta=1.0))
     return problem, train, test
 
 

@@ -3,7 +3,8 @@
 import torch
 
 from metaif import ops
-from tests.conftest import ce_head_problem, orthogonal, spd
+from metaif.linalg import woodbury_solve
+from tests.helpers import ce_head_problem, orthogonal, spd
 
 
 def all_ops(grads, q_out, q_in, eig, out_grads, acts, feats, probs, weights, vecs, jac, gvecs, a, b, scale, u):
@@ -17,7 +18,7 @@ def all_ops(grads, q_out, q_in, eig, out_grads, acts, feats, probs, weights, vec
         ops.neumann_ce_head(feats, probs, vecs, 10, scale, 0.1, weights),
         ops.cg_dense(a, b, 0.1, 1e-8, 50),
         ops.cg_ce_head(feats, probs, vecs, 0.1, 1e-8, 50, weights),
-        ops.woodbury_solve(u, gvecs, 0.5),
+        woodbury_solve(u, gvecs, 0.5),
     )
 
 

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metaif import ops, reference
-from tests.conftest import noncontiguous, orthogonal, tol
+from tests.helpers import noncontiguous, orthogonal, tol
 
 DTYPES = [torch.float64, torch.float32]
 

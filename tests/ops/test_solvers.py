@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from metaif import ops, reference
-from tests.conftest import ce_head_problem, noncontiguous, spd, tol
+from tests.helpers import ce_head_problem, noncontiguous, spd, tol
 
 DTYPES = [torch.float64, torch.float32]
 

@@ -1,6 +1,13 @@
-"""Curvature of a model's loss: the few-shot head Hessian's low-rank factor and its EK-FAC
-approximation (math.md §13.3)."""
+"""Curvature of a model's loss: losses and their logit derivatives, the few-shot head Hessian and
+its solvers (Woodbury, Cholesky, CG, EK-FAC per task or pooled), and the body's tangent and
+second-order passes (hand-written for standard layers, autograd otherwise) over unique images."""
 
-from .head import ekfac_head_solver, ekfac_pooled_bases, head_factor
+from .body import PASSES, AutogradPasses, SecondOrderPasses, body_passes, supports
+from .head import LinearHeadCurvature, linear_logits, pooled_kfe_bases
+from .head_solvers import HEAD_SOLVERS, head_solver, register_head_solver
+from .images import ImageBody
+from .losses import LOSSES, Loss, get_loss
 
-__all__ = ["ekfac_head_solver", "ekfac_pooled_bases", "head_factor"]
+__all__ = ["HEAD_SOLVERS", "LOSSES", "PASSES", "AutogradPasses", "ImageBody", "LinearHeadCurvature", "Loss",
+           "SecondOrderPasses", "body_passes", "get_loss", "head_solver", "linear_logits", "pooled_kfe_bases",
+           "register_head_solver", "supports"]

@@ -1,56 +1,95 @@
-"""Curvature of a linear head ``logits = Theta phi`` over few examples (flattening of Theta
-class-major, ``q = C K``), from the per-example logit Hessians ``G_n [B, n, C, C]``:
+"""Curvature of a linear head ``logits = Theta phi`` fitted on a few examples per task.
 
-    H = sum_n w_n G_n (x) phi_n phi_n^T (+ damping I).
+Theta ``[K, D]`` is flattened class-major (``q = K D``; a bias is a constant feature of phi).
+From the per-example logit Hessians ``G_n [B, n, K, K]`` of the loss,
+
+    H = sum_n w_n G_n (x) phi_n phi_n^T + damping I
+
+for each of B tasks. :class:`LinearHeadCurvature` applies it, forms it, gives its exact
+few-shot factor (``U U^T = H - damping I``) and its EK-FAC approximation (math.md §13.3).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 
-from ..ops.kfe import kfe_ihvp_grouped
+__all__ = ["LinearHeadCurvature", "linear_logits", "pooled_kfe_bases"]
 
 
-def head_factor(logit_hess: torch.Tensor, phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``U [B, C K, n C]`` with ``U U^T = sum_n w_n G_n (x) phi_n phi_n^T``: per example
-    ``sqrt(w_n) (L_n (x) phi_n)`` with ``L_n L_n^T = G_n`` (the exact few-shot factor Woodbury inverts)."""
-    b, n, k = phi.shape
-    classes = logit_hess.shape[-1]
-    vals, vecs = torch.linalg.eigh(logit_hess)
-    root = vecs * vals.clamp_min(0).sqrt()[..., None, :] * w.sqrt()[..., None, None]
-    u = root[:, :, :, None, :] * phi[:, :, None, :, None]          # U[(c, k), (n, r)] = root[n, c, r] phi[n, k]
-    return u.permute(0, 2, 3, 1, 4).reshape(b, classes * k, n * classes)
+def linear_logits(theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """``theta [B, K D]`` (class-major) on ``phi [B, n, D]`` → logits ``[B, n, K]``."""
+    return phi @ theta.view(theta.shape[0], -1, phi.shape[-1]).mT
 
 
-def ekfac_pooled_bases(logit_hess: torch.Tensor, phi: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenbases ``(Q_S [C, C], Q_A [K, K])`` of the factors pooled over every task (math.md
-    §13.3's option for tiny n_i): ``S = sum_i E_w[G_n]``, ``A = sum_i E_w[phi phi^T]``."""
-    q_in = torch.linalg.eigh(torch.einsum("bn,bnk,bnl->kl", w, phi, phi)).eigenvectors
-    q_out = torch.linalg.eigh(torch.einsum("bn,bncd->cd", w, logit_hess)).eigenvectors
+@dataclass
+class LinearHeadCurvature:
+    """``H_b = sum_n w[b, n] G[b, n] (x) phi[b, n] phi[b, n]^T + damping I`` for B tasks.
+
+    ``probs [B, n, K]`` (softmax heads only) lets the compiled ce-head kernels apply H.
+    """
+
+    logit_hess: torch.Tensor   # [B, n, K, K]
+    phi: torch.Tensor          # [B, n, D]
+    w: torch.Tensor            # [B, n]
+    damping: float
+    probs: torch.Tensor | None = None
+
+    @property
+    def outputs(self) -> int:
+        return self.logit_hess.shape[-1]
+
+    @property
+    def dim(self) -> int:
+        return self.outputs * self.phi.shape[-1]
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``H v`` for ``v [B, q]``."""
+        z = linear_logits(v, self.phi)                                        # [B, n, K]
+        s = self.w[..., None] * (self.logit_hess @ z[..., None])[..., 0]      # [B, n, K]
+        return (s.mT @ self.phi).flatten(1) + self.damping * v
+
+    def dense(self) -> torch.Tensor:
+        """``H`` as ``[B, q, q]``."""
+        b, _, k = self.phi.shape
+        classes = self.outputs
+        s = self.w[..., None, None] * self.logit_hess
+        # sum_n s_n (x) phi_n phi_n^T as one batched GEMM over the examples; a 4-operand einsum
+        # would materialise an [n, K, K, D, D] intermediate instead.
+        outer = (self.phi[..., :, None] * self.phi[..., None, :]).flatten(-2)
+        h = (s.flatten(-2).mT @ outer).view(b, classes, classes, k, k).permute(0, 1, 3, 2, 4)
+        eye = torch.eye(self.dim, dtype=self.phi.dtype, device=self.phi.device)
+        return h.reshape(b, self.dim, self.dim) + self.damping * eye
+
+    def factor(self) -> torch.Tensor:
+        """``U [B, K D, n K]`` with ``U U^T = H - damping I``: per example ``sqrt(w_n) (L_n (x) phi_n)``,
+        ``L_n L_n^T = G_n`` (the exact few-shot factor that Woodbury inverts)."""
+        b, n, k = self.phi.shape
+        classes = self.outputs
+        vals, vecs = torch.linalg.eigh(self.logit_hess)
+        root = vecs * vals.clamp_min(0).sqrt()[..., None, :] * self.w.sqrt()[..., None, None]
+        u = root[:, :, :, None, :] * self.phi[:, :, None, :, None]   # U[(c, k), (n, r)] = root[n, c, r] phi[n, k]
+        return u.permute(0, 2, 3, 1, 4).reshape(b, classes * k, n * classes)
+
+    def kfe_bases(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-task eigenbases ``(Q_S [B, K, K], Q_A [B, D, D])`` of ``S = E_w[G]`` (the true Fisher's
+        output factor: its expectation over the model's labels is G) and ``A = E_w[phi phi^T]``."""
+        q_in = torch.linalg.eigh(torch.einsum("bn,bnk,bnl->bkl", self.w, self.phi, self.phi)).eigenvectors
+        q_out = torch.linalg.eigh(torch.einsum("bn,bncd->bcd", self.w, self.logit_hess)).eigenvectors
+        return q_out, q_in
+
+    def kfe_eigvals(self, q_out: torch.Tensor, q_in: torch.Tensor) -> torch.Tensor:
+        """EK-FAC corrected eigenvalues ``sum_n w_n (Q_S^T G_n Q_S)_aa (Q_A^T phi_n)_b^2`` ``[B, K, D]``
+        in the bases ``q_out [B, K, K]``, ``q_in [B, D, D]``."""
+        out_var = torch.einsum("bca,bncd,bda->bna", q_out, self.logit_hess, q_out)
+        return torch.einsum("bn,bnc,bnk->bck", self.w, out_var, (self.phi @ q_in).pow(2))
+
+
+def pooled_kfe_bases(curvature: LinearHeadCurvature) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenbases ``(Q_S [K, K], Q_A [D, D])`` of the EK-FAC factors summed over all B tasks
+    (math.md §13.3's option for tiny n_i)."""
+    c = curvature
+    q_in = torch.linalg.eigh(torch.einsum("bn,bnk,bnl->kl", c.w, c.phi, c.phi)).eigenvectors
+    q_out = torch.linalg.eigh(torch.einsum("bn,bncd->cd", c.w, c.logit_hess)).eigenvectors
     return q_out, q_in
-
-
-def ekfac_head_solver(logit_hess: torch.Tensor, phi: torch.Tensor, w: torch.Tensor, damping: float,
-                      bases: tuple[torch.Tensor, torch.Tensor] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """EK-FAC inverse of the head Hessian per task (math.md §13.3): eigenbases of
-    ``A = E_w[phi phi^T]`` and ``S = E_w[g g^T]`` (true Fisher, its expectation over the model's
-    labels taken analytically: ``E[g g^T] = G_n``), per task or the pooled ``bases``
-    (:func:`ekfac_pooled_bases`); eigenvalues corrected per task to
-    ``sum_n w_n (Q_S^T G_n Q_S)_aa (Q_A^T phi_n)_b^2``, then the compiled ``kfe_ihvp``.
-    Returns ``rhs [B, C K] -> [B, C K]``."""
-    b, classes, k = phi.shape[0], logit_hess.shape[-1], phi.shape[-1]
-    if bases is None:
-        q_in = torch.linalg.eigh(torch.einsum("bn,bnk,bnl->bkl", w, phi, phi)).eigenvectors
-        q_out = torch.linalg.eigh(torch.einsum("bn,bncd->bcd", w, logit_hess)).eigenvectors
-    else:
-        q_out, q_in = (q.to(phi).expand(b, -1, -1) for q in bases)
-    out_var = torch.einsum("bca,bncd,bda->bna", q_out, logit_hess, q_out)        # [B, n, C]
-    eigvals = torch.einsum("bn,bnc,bnk->bck", w, out_var, (phi @ q_in).pow(2))   # [B, C, K]
-
-    def solve(rhs: torch.Tensor) -> torch.Tensor:
-        parts = kfe_ihvp_grouped([r.view(classes, k) for r in rhs], list(q_out), list(q_in), list(eigvals), damping)
-        return torch.stack([x.reshape(-1) for x in parts]) if parts else rhs.clone()
-
-    return solve

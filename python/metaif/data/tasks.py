@@ -93,17 +93,19 @@ class TaskSet:
     """m tasks; train split ``[m, N*K]``, validation split ``[m, N*Q]`` (indices into ``images``).
 
     Labels are task-local (0..N-1), class-major. ``flipped_*`` mark corrupted labels and
-    ``corrupted`` the tasks chosen for corruption; ``task_ids`` survive :meth:`subset`.
+    ``corrupted`` the tasks chosen for corruption; ``task_ids`` survive :meth:`subset`. Task sets
+    built from plain tensors (:meth:`from_tensors`) may hold real-valued targets and have no
+    ``config`` (no N-way K-shot structure).
     """
 
-    images: torch.Tensor          # [num_images, C, H, W], shared by all tasks
-    train_index: torch.Tensor     # [m, N*K] int64
-    val_index: torch.Tensor       # [m, N*Q] int64
-    y_train: torch.Tensor         # [m, N*K] int64
-    y_val: torch.Tensor           # [m, N*Q] int64
+    images: torch.Tensor          # [num_images, ...] inputs, shared by all tasks
+    train_index: torch.Tensor     # [m, n] int64
+    val_index: torch.Tensor       # [m, v] int64
+    y_train: torch.Tensor         # [m, n] int64 labels, or real-valued targets [m, n] / [m, n, K]
+    y_val: torch.Tensor           # [m, v] likewise
     classes: torch.Tensor         # [m, N] dataset class of each task-local label
     task_ids: torch.Tensor        # [m]
-    config: TaskConfig
+    config: TaskConfig | None
     source: str                   # data set name and split, for provenance
     corrupted: torch.Tensor = field(default=None)       # [m] bool
     flipped_train: torch.Tensor = field(default=None)   # [m, N*K] bool
@@ -120,6 +122,28 @@ class TaskSet:
 
     def __len__(self) -> int:
         return self.train_index.shape[0]
+
+    @staticmethod
+    def from_tensors(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                     source: str = "tensors") -> TaskSet:
+        """Tasks from plain per-task tensors: inputs ``x_train [m, n, ...]``, ``x_val [m, v, ...]`` and
+        targets ``y_train [m, n]``, ``y_val [m, v]`` (integer labels) or real values (``[m, n]`` or
+        ``[m, n, K]``, for squared losses). Every input is stored once; inputs shared by several
+        tasks are not detected (pass an index-based task set for the unique-input savings)."""
+        if x_train.dim() < 2 or x_val.dim() < 2 or x_train.shape[0] != x_val.shape[0]:
+            raise ValueError(f"x_train [m, n, ...] and x_val [m, v, ...] need the same m, got {tuple(x_train.shape)} "
+                             f"and {tuple(x_val.shape)}")
+        if x_train.shape[2:] != x_val.shape[2:]:
+            raise ValueError(f"train and validation inputs must share their shape, got {tuple(x_train.shape[2:])} "
+                             f"and {tuple(x_val.shape[2:])}")
+        m, n, v = x_train.shape[0], x_train.shape[1], x_val.shape[1]
+        if y_train.shape[:2] != (m, n) or y_val.shape[:2] != (m, v):
+            raise ValueError(f"y_train must start with [m, n] = [{m}, {n}] and y_val with [m, v] = [{m}, {v}], got "
+                             f"{tuple(y_train.shape)} and {tuple(y_val.shape)}")
+        images = torch.cat([x_train.flatten(0, 1), x_val.flatten(0, 1)])
+        index = torch.arange(m * (n + v)).view(-1)
+        return TaskSet(images, index[: m * n].view(m, n), index[m * n:].view(m, v), y_train, y_val,
+                       torch.zeros(m, 0, dtype=torch.int64), torch.arange(m), None, source)
 
     @property
     def x_train(self) -> torch.Tensor:
@@ -148,9 +172,10 @@ class TaskSet:
     def fingerprint(self) -> str:
         """A short hash of the whole content: the identity checkpoints are tied to."""
         h = hashlib.sha256()
-        for t in (self.train_index, self.val_index, self.y_train, self.y_val, self.task_ids):
+        for t in (self.images, self.train_index, self.val_index, self.y_train, self.y_val, self.task_ids):
             h.update(t.numpy().tobytes())
-        h.update(repr((asdict(self.config), self.source, tuple(self.images.shape))).encode())
+        config = asdict(self.config) if self.config is not None else None
+        h.update(repr((config, self.source, tuple(self.images.shape))).encode())
         return h.hexdigest()[:16]
 
 

@@ -11,9 +11,14 @@ from ..meta import TrainConfig
 from ..utils.io import save_npz, save_torch, write_csv, write_json
 from . import demo as demo_module
 from . import paper, plots
-from .common import ExperimentConfig, accuracy, analyze, save_config, score_all, train_model, with_damping
+from .common import ExperimentConfig, accuracy, analyze, save_config, score_all, train_model
 
 QUICK = dict(train_tasks=200, test_tasks=200, train=TrainConfig(steps=50))
+
+
+def quick(config: ExperimentConfig, name: str) -> ExperimentConfig:
+    """The small digits version of experiment ``name`` (flags the user gives are applied on top)."""
+    return replace(config, run=replace(config.run, **QUICK), seeds=config.seeds if name == "table1" else (0,))
 
 
 def demo(config: ExperimentConfig, out: str, progress: bool) -> int:
@@ -42,7 +47,7 @@ def score(config: ExperimentConfig, out: str, progress: bool) -> int:
     rows = demo_module.instance_rows(trained, scores.train, "train") + demo_module.instance_rows(trained, scores.val, "val")
     write_csv(out / "instance_scores.csv", ["position", "task_id", "split", "index", "score"], sorted(rows, key=lambda r: r[4]))
     save_npz(out / "scores.npz", {"tasks": scores.tasks, "train": scores.train, "val": scores.val},
-             {"damping": damping, "variant": config.analysis.variant})
+             {"damping": damping, "variant": config.analysis.influence.variant})
     plots.histogram(out / "task_scores.png", scores.tasks, "predicted test-loss change on removal", "task scores")
     summary = {"seconds": seconds, "damping": damping, "diagnostics": analyzer.diagnostics,
                "most_harmful_tasks": [tid for _, _, tid in ranked[:10]],
@@ -58,7 +63,7 @@ def influence(config: ExperimentConfig, out: str, deltas: bool, progress: bool) 
     out = Path(out)
     trained, analyzer, scores, damping, seconds = _scored(config, out, progress)
     began = time.perf_counter()
-    delta, _ = with_damping(analyzer, analyzer.task_influence)
+    delta = analyzer.task_influence()
     task_s = time.perf_counter() - began
     direct = analyzer.direct_influence()
     ids = trained.train.task_ids
@@ -68,9 +73,10 @@ def influence(config: ExperimentConfig, out: str, deltas: bool, progress: bool) 
     arrays = {"scores_tasks": scores.tasks, "scores_train": scores.train, "scores_val": scores.val}
     if deltas:
         arrays.update(task_delta=delta, direct_delta=direct)
-    save_npz(out / "influence.npz", arrays, {"damping": damping, "variant": config.analysis.variant,
-                                             "solver": config.analysis.solver})
-    summary = {"scores_seconds": seconds, "task_influence_seconds": task_s, "damping": damping,
+    save_npz(out / "influence.npz", arrays, {"damping": analyzer.damping_used,
+                                             "variant": config.analysis.influence.variant,
+                                             "solver": config.analysis.influence.solver.method})
+    summary = {"scores_seconds": seconds, "task_influence_seconds": task_s, "damping": analyzer.damping_used,
                "diagnostics": analyzer.diagnostics}
     write_json(out / "influence.json", summary)
     print(json.dumps(summary, indent=2))
@@ -86,7 +92,8 @@ def edit(config: ExperimentConfig, out: str, tasks, val, train, refine: int, pro
     trained = train_model(config.run, config.analysis, out / "model", progress=progress)
     analyzer = analyze(trained, config.analysis)
     began = time.perf_counter()
-    lam, damping = with_damping(analyzer, lambda: analyzer.edit(tasks=tasks, val=val, train=train, refine=refine))
+    lam = analyzer.edit(tasks=tasks, val=val, train=train, refine=refine)
+    damping = analyzer.damping_used
     seconds = time.perf_counter() - began
     save_torch(out / "lambda_edited.pt", lam)
     summary = {"removed": {"tasks": tasks, "val": val, "train": train}, "refine": refine, "seconds": seconds,
@@ -97,9 +104,7 @@ def edit(config: ExperimentConfig, out: str, tasks, val, train, refine: int, pro
     return 0
 
 
-def experiment(config: ExperimentConfig, name: str, quick: bool, out: str, progress: bool) -> int:
-    if quick:
-        config = replace(config, run=replace(config.run, **QUICK), seeds=config.seeds if name == "table1" else (0,))
+def experiment(config: ExperimentConfig, name: str, out: str, progress: bool) -> int:
     if name == "table1":
         result = paper.table1(config, out, progress)
         print(paper.table1_markdown(result))

@@ -5,58 +5,64 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ..data.tasks import TaskSet
-from ..influence import InfluenceAnalyzer, InfluenceConfig, Scores, SolverConfig, SolverError
-from ..meta import TrainConfig, Weights, evaluate, meta_train, solve_outer
 from ..data import sample_tasks
+from ..data.tasks import TaskSet
+from ..influence import InfluenceAnalyzer, InfluenceConfig, Scores, SolverConfig
+from ..meta import TrainConfig, Weights, evaluate, meta_train, solve_outer
 from ..meta.run import RunConfig, build, load_config, pools, run
+from ..utils.config import check, check_choice, config, setting
 from ..utils.io import save_torch, write_json
 
 
-@dataclass(frozen=True)
-class AnalysisConfig:
-    """Influence settings of an experiment. Adam-trained lambda is not an exact minimum, so the
-    total Hessian gets ``damping`` (raised x10, up to 3 times, where it is not positive
-    definite); ``score_tasks`` fresh meta-test tasks define the test loss f of the scores;
-    ``polish`` full-batch L-BFGS iterations bring the Adam-trained lambda to stationarity (the
-    point influence functions linearise around); retraining is warm-started from lambda* and is
-    ``retrain`` "lbfgs" (``polish`` iterations, math.md's ground truth) or "adam"
-    (``retrain_steps`` steps, meta-batch as in training; for large task sets)."""
+def _influence_default() -> InfluenceConfig:
+    # Adam-trained lambda is not an exact minimum: damp the total Hessian, and raise the damping
+    # x10 (up to 3 times) where it is still not positive definite
+    return InfluenceConfig(progress=True, solver=SolverConfig(damping=0.01, rtol=1e-4, max_iter=100, rank=20,
+                                                              retries=3))
 
-    variant: str = "exact"
-    solver: str = "cg"
-    damping: float = 0.01
-    rtol: float = 1e-4
-    max_iter: int = 100
-    rank: int = 20
-    score_tasks: int = 100
-    retrain_steps: int = 30
-    polish: int = 200
-    retrain: str = "lbfgs"
+
+@config
+class AnalysisConfig:
+    """Influence settings of an experiment or command."""
+
+    influence: InfluenceConfig = setting(help="the influence engine (variant, solver, inner solves)",
+                                         factory=_influence_default)
+    score_tasks: int = setting(100, "fresh meta-test tasks that define the test loss f of the scores")
+    polish: int = setting(200, "full-batch L-BFGS iterations that bring the Adam-trained lambda to stationarity, "
+                               "the point influence functions linearise around (0: off)")
+    retrain: str = setting("lbfgs", "ground-truth retraining, warm-started from lambda*: lbfgs (polish iterations, "
+                                    "math.md's ground truth) or adam (retrain_steps steps; for large task sets)",
+                           choices=("lbfgs", "adam"))
+    retrain_steps: int = setting(30, "Adam steps of retrain=adam")
 
     def __post_init__(self) -> None:
-        if self.retrain not in ("lbfgs", "adam"):
-            raise ValueError(f"AnalysisConfig.retrain must be 'lbfgs' or 'adam', got {self.retrain!r}")
+        check(isinstance(self.influence, InfluenceConfig), self, "influence", "an InfluenceConfig", self.influence)
+        check_choice(self, "retrain", self.retrain, ("lbfgs", "adam"))
+        for name in ("score_tasks", "retrain_steps"):
+            check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, self, name, "an integer >= 1",
+                  getattr(self, name))
+        check(isinstance(self.polish, int) and self.polish >= 0, self, "polish", "an integer >= 0", self.polish)
 
-    def influence(self) -> InfluenceConfig:
-        return InfluenceConfig(variant=self.variant, progress=True, solver=SolverConfig(
-            method=self.solver, damping=self.damping, rtol=self.rtol, max_iter=self.max_iter, rank=self.rank))
 
-
-@dataclass(frozen=True)
+@config
 class ExperimentConfig:
     """A run (data, model, training) plus the analysis; saved as ``config.json``."""
 
-    run: RunConfig = field(default_factory=RunConfig)
-    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    seeds: tuple[int, ...] = (0,)
-    fraction: float = 0.05   # share of tasks / instances removed (table1, demo)
+    run: RunConfig = setting(help="data, model, form and training", factory=RunConfig)
+    analysis: AnalysisConfig = setting(help="influence settings", factory=AnalysisConfig)
+    seeds: tuple[int, ...] = setting((0,), "seeds of the repeated runs (table1)")
+    fraction: float = setting(0.05, "share of the tasks / instances removed (table1, demo), in (0, 1)")
+
+    def __post_init__(self) -> None:
+        check(len(self.seeds) >= 1 and all(isinstance(s, int) and s >= 0 for s in self.seeds), self, "seeds",
+              "one or more integers >= 0", self.seeds)
+        check(isinstance(self.fraction, (int, float)) and 0 < self.fraction < 1, self, "fraction",
+              "a share in (0, 1)", self.fraction)
 
 
 @dataclass
@@ -90,21 +96,7 @@ def train_model(config: RunConfig, analysis: AnalysisConfig, out: Path, train: T
 
 
 def analyze(trained: Trained, analysis: AnalysisConfig) -> InfluenceAnalyzer:
-    return InfluenceAnalyzer(trained.problem, trained.lam, trained.train, config=analysis.influence())
-
-
-def with_damping(analyzer: InfluenceAnalyzer, compute):
-    """``compute()``, raising the damping x10 (at most 3 times) while the damped total Hessian is
-    not positive definite; returns the result and the damping used."""
-    solver = analyzer.config.solver
-    for attempt in range(4):
-        try:
-            return compute(), analyzer.config.solver.damping
-        except SolverError as err:
-            if attempt == 3:
-                raise
-            analyzer.set_solver(replace(solver, damping=analyzer.config.solver.damping * 10))
-            warnings.warn(f"{err}; retrying with damping {analyzer.config.solver.damping:g}", stacklevel=2)
+    return InfluenceAnalyzer(trained.problem, trained.lam, trained.train, config=analysis.influence)
 
 
 @dataclass
@@ -124,8 +116,8 @@ def score_all(trained: Trained, analysis: AnalysisConfig) -> Scored:
     began = time.perf_counter()
     analyzer = analyze(trained, analysis)
     setup = time.perf_counter() - began
-    scores, damping = with_damping(analyzer, lambda: analyzer.scores(score_tasks(trained, analysis)))
-    return Scored(analyzer, scores, damping, setup, time.perf_counter() - began)
+    scores = analyzer.scores(score_tasks(trained, analysis))
+    return Scored(analyzer, scores, analyzer.damping_used, setup, time.perf_counter() - began)
 
 
 def score_tasks(trained: Trained, analysis: AnalysisConfig) -> TaskSet:
@@ -164,5 +156,13 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     train = TrainConfig(**run.pop("train", {}))
     if "hidden" in run:
         run["hidden"] = tuple(run["hidden"])
-    return ExperimentConfig(run=RunConfig(**run, train=train), analysis=AnalysisConfig(**raw.pop("analysis", {})),
+    return ExperimentConfig(run=RunConfig(**run, train=train), analysis=analysis_from_dict(raw.pop("analysis", {})),
                             seeds=tuple(raw.pop("seeds", (0,))), **raw)
+
+
+def analysis_from_dict(raw: dict) -> AnalysisConfig:
+    """An :class:`AnalysisConfig` from its ``asdict`` form."""
+    raw = dict(raw)
+    influence = dict(raw.pop("influence", {}))
+    solver = SolverConfig(**influence.pop("solver", {}))
+    return AnalysisConfig(influence=InfluenceConfig(**influence, solver=solver), **raw)

@@ -1,9 +1,11 @@
-"""Influence functions for bilevel meta-learning (math.md §2–§13): total gradients and total
-Hessians, task-IF and instance-IF removal predictions, model editing and influence scores."""
+"""Influence functions for bilevel meta-learning (math.md §4–§13): total-Hessian products in every
+variant and their solves, task-IF and instance-IF removal predictions, the direct-IF baseline,
+model editing and influence scores."""
 
-from .analyzer import VARIANTS, InfluenceAnalyzer, InfluenceConfig, Scores
-from .solve import HessianSolver, SolverConfig, SolverError
+from ..linalg import SolverConfig, SolverError
+from .analyzer import InfluenceAnalyzer, Scores
+from .config import DIRECT, VARIANTS, InfluenceConfig
 from .oracle import finite_difference_hvp, total_gradient_sum
 
-__all__ = ["VARIANTS", "HessianSolver", "InfluenceAnalyzer", "InfluenceConfig", "Scores", "SolverConfig",
-           "SolverError", "finite_difference_hvp", "total_gradient_sum"]
+__all__ = ["DIRECT", "VARIANTS", "InfluenceAnalyzer", "InfluenceConfig", "Scores", "SolverConfig", "SolverError",
+           "finite_difference_hvp", "total_gradient_sum"]

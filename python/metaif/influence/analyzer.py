@@ -4,61 +4,27 @@ editing and influence-score questions (math.md §3–§12).
 Orientation and units: every removal prediction is ``Δλ = λ̂_{-X} - λ*`` in parameter units, one
 row per item, ``[k, p]``; influence scores are predicted changes of the test loss ``Δf`` (nats),
 negative for harmful items (math.md §12). Tasks are addressed by their position in the task set,
-instances by ``(task position, index in the split)``.
+instances by ``(task position, index in the split)``. Every quantity that solves with the total
+Hessian takes the Hessian ``variant`` per call (default: the config's).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.tasks import TaskSet
-from ..meta.anil import HEAD_SOLVERS, AnilProblem
-from ..meta.batch import Weights
-from ..models.second_order import PASSES
-from .binding import BodyBinding, SeamBinding, _chunks
-from .solve import HessianSolver, SolverConfig
+from ..linalg import DampingRetry, MatvecOperator, MetaifWarning, SolverConfig, SolveResult
+from ..meta.batch import TaskBatch, Weights
+from ..meta.binding import Bound, task_chunks
+from .config import DIRECT, VARIANTS, InfluenceConfig
 
-VARIANTS = ("exact", "gn", "gamma", "direct")
-_LOCAL = {"exact": "exact", "gn": "gn", "gamma": "gn", "direct": "direct"}
+__all__ = ["InfluenceAnalyzer", "Scores"]
 
-
-@dataclass(frozen=True)
-class InfluenceConfig:
-    """``variant`` of the total Hessian (math.md §4); ``solver`` for it; ``third_order_train``
-    False gives §10's "second-order only"; ``path`` "auto" uses the unique-image body binding for
-    the body-plus-head form, "seam" the generic per-task one; ``inner`` the head iHVP of that
-    form ("auto" = exact Woodbury/Cholesky, "ekfac" = math.md §13.3 with damping delta +
-    ``inner_damping``, "ekfac-pooled" = its eigenbases pooled over all tasks); ``body_passes`` the body passes of that form ("auto" = hand-written
-    second-order passes when the body is a Conv/Linear/ReLU/Tanh/Softplus/pool ``Sequential``,
-    else autograd; "structured" or "autograd" to force one); ``chunk`` tasks per feature-space
-    batch; ``image_chunk`` images per body pass."""
-
-    variant: str = "exact"
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    third_order_train: bool = True
-    path: str = "auto"
-    inner: str = "auto"
-    inner_damping: float = 0.0
-    body_passes: str = "auto"
-    chunk: int = 256
-    image_chunk: int = 1024
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"InfluenceConfig.variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.path not in ("auto", "seam"):
-            raise ValueError(f"InfluenceConfig.path must be 'auto' or 'seam', got {self.path!r}")
-        if self.inner not in HEAD_SOLVERS:
-            raise ValueError(f"InfluenceConfig.inner must be one of {HEAD_SOLVERS}, got {self.inner!r}")
-        if self.body_passes not in PASSES:
-            raise ValueError(f"InfluenceConfig.body_passes must be one of {PASSES}, got {self.body_passes!r}")
-        if self.chunk < 1 or self.image_chunk < 1:
-            raise ValueError("InfluenceConfig.chunk and image_chunk must be >= 1")
+# the per-row Hessian each variant differentiates (math.md §4): gamma adds Gamma I to gn
+_ROW_HESSIAN = {"exact": "exact", "gn": "gn", "gamma": "gn", DIRECT: DIRECT}
 
 
 @dataclass
@@ -71,16 +37,27 @@ class Scores:
     train: torch.Tensor
 
 
-def _items(items, name: str) -> torch.Tensor:
+def _items(items, name: str, tasks: int, width: int) -> torch.Tensor:
+    """``(position, index)`` pairs as ``[k, 2]``, range-checked (no negative indexing)."""
     out = torch.as_tensor(items, dtype=torch.int64).reshape(-1, 2)
     if out.numel() == 0:
         raise ValueError(f"{name}: give at least one (task position, index) pair")
+    bad = (out[:, 0] < 0) | (out[:, 0] >= tasks) | (out[:, 1] < 0) | (out[:, 1] >= width)
+    if bool(bad.any()):
+        raise ValueError(f"{name}: {tuple(out[bad][0].tolist())} is out of range; positions lie in [0, {tasks}) "
+                         f"and indices in [0, {width})")
     return out
 
 
-def _positions(positions, count: int) -> torch.Tensor:
-    """Task positions as a flat ``[k]`` tensor (all ``count`` tasks when None)."""
-    return torch.arange(count) if positions is None else torch.as_tensor(positions).flatten()
+def _positions(positions, count: int, name: str = "positions") -> torch.Tensor:
+    """Task positions as a flat ``[k]`` tensor (all ``count`` tasks when None), range-checked."""
+    if positions is None:
+        return torch.arange(count)
+    out = torch.as_tensor(list(positions) if not torch.is_tensor(positions) else positions, dtype=torch.int64).flatten()
+    bad = (out < 0) | (out >= count)
+    if bool(bad.any()):
+        raise ValueError(f"{name}: {int(out[bad][0])} is out of range; task positions lie in [0, {count})")
+    return out
 
 
 def _mask(items: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -94,35 +71,14 @@ def _scale_rows(cot: tuple, c: torch.Tensor) -> tuple:
     return tuple(x * c.view(-1, *([1] * (x.dim() - 1))).to(x) for x in cot)
 
 
-class _State:
-    """Inner solutions at ``lam`` for a task set, bound and cut into row chunks."""
-
-    def __init__(self, problem, lam: torch.Tensor, tasks: TaskSet, weights: Weights, config: InfluenceConfig) -> None:
-        self.c = weights.c.to(lam)
-        if isinstance(problem, AnilProblem) and config.path == "auto":
-            self.binding = BodyBinding(problem, lam, tasks, weights, config.image_chunk, config.inner,
-                                       config.inner_damping, config.body_passes)
-        else:
-            self.binding = SeamBinding(problem, lam, tasks, weights)
-        self.chunks = list(_chunks(len(tasks), config.chunk))
-        chunks = tqdm(self.chunks, desc="inner states", leave=False) if config.progress else self.chunks
-        self.rows = [self.binding.rows(idx) for idx in chunks]
-
-    def gradient(self, c: torch.Tensor, direct: bool = False) -> torch.Tensor:
-        """``sum_i c_i g_i`` (or ``sum_i c_i grad_lambda L_i`` when ``direct``), ``[p]``."""
-        buf = self.binding.zeros()
-        for idx, rows in zip(self.chunks, self.rows):
-            ci = c[idx].to(buf)
-            if bool((ci != 0).any()):
-                self.binding.scatter(buf, rows.direct_cotangent(ci) if direct else rows.gradient_cotangent(ci), idx)
-        return self.binding.pull(buf)
-
-
 class InfluenceAnalyzer:
     """Influence of the tasks and instances of ``tasks`` on ``lam`` (a trained lambda*, ``[p]``).
 
-    Solves every inner problem once at ``lam``; :attr:`diagnostics` reports the stationarity the
-    formulas assume (math.md §15.10).
+    ``tasks`` is a :class:`~metaif.data.TaskSet` (or plain per-task tensors through
+    :meth:`TaskSet.from_tensors <metaif.data.TaskSet.from_tensors>`). Solves every inner problem
+    once at ``lam``; :attr:`diagnostics` reports the stationarity the formulas assume (math.md
+    §15.10) and :attr:`last_solve` how the latest total-Hessian solve went (damping used,
+    iterations, true residual).
     """
 
     def __init__(self, problem, lam: torch.Tensor, tasks: TaskSet, *, weights: Weights | None = None,
@@ -133,16 +89,38 @@ class InfluenceAnalyzer:
             raise ValueError("lam contains NaN or inf")
         self.problem, self.lam, self.tasks, self.config = problem, lam.detach(), tasks, config
         self.weights = weights or Weights.uniform(tasks, lam.dtype)
-        self.state = _State(problem, self.lam, tasks, self.weights, config)
-        self.c, self.binding = self.state.c, self.state.binding
-        self._chunks, self._rows = self.state.chunks, self.state.rows
-        self._solvers: dict[str, HessianSolver] = {}
+        self.c = self.weights.c.to(lam)
+        self.state = self._bind(self.lam, self.weights)
+        self.binding = self.state.binding
+        self._solvers: dict[str, DampingRetry] = {}
+        self.last_solve: SolveResult | None = None
         self.gamma_term = float(sum((self.c[idx] * r.outer_theta_grad().abs().sum(-1)).sum()
-                                    for idx, r in zip(self._chunks, self._rows)))
+                                    for idx, r in zip(self.state.chunks, self.state.rows)))
         stationarity = self.gradient(self.c) + problem.gamma * self.lam
         self.diagnostics = {"inner_grad_norm_max": float(self.binding.inner_norm.max()),
                             "total_grad_norm": float(stationarity.norm()), "gamma_term": self.gamma_term,
                             "num_tasks": len(tasks), "p": self.lam.numel()}
+
+    def _bind(self, lam: torch.Tensor, weights: Weights, theta0: torch.Tensor | None = None,
+              tasks: TaskSet | None = None) -> Bound:
+        tasks = self.tasks if tasks is None else tasks
+        cfg = self.config
+        batch = TaskBatch.from_taskset(tasks, dtype=lam.dtype, w_tr=weights.w_tr, w_val=weights.w_val)
+        return Bound(self.problem, lam, batch, path=cfg.path, chunk=cfg.chunk, image_chunk=cfg.image_chunk,
+                     inner=cfg.inner, inner_damping=cfg.inner_damping, passes=cfg.body_passes, theta0=theta0,
+                     progress=cfg.progress)
+
+    def _variant(self, variant: str | None, allow_direct: bool = False) -> str:
+        variant = variant or self.config.variant
+        if variant == DIRECT and not allow_direct:
+            raise ValueError("variant 'direct' is the direct-IF baseline (theta held fixed): use direct_influence, "
+                             "direct_val_influence or direct_scores")
+        choices = (*VARIANTS, DIRECT) if allow_direct else VARIANTS
+        if variant not in choices:
+            raise ValueError(f"variant must be one of {', '.join(choices)}, got {variant!r}")
+        return variant
+
+    # ---- gradients and products ----------------------------------------------------------------
 
     def gradient(self, c: torch.Tensor, direct: bool = False) -> torch.Tensor:
         """``sum_i c_i g_i`` (or ``sum_i c_i grad_lambda L_i`` when ``direct``), ``[p]``."""
@@ -152,28 +130,27 @@ class InfluenceAnalyzer:
         """Per-task total gradients ``g_i`` (partial ``b_i`` when ``direct``), ``[k, p]``."""
         positions = _positions(positions, len(self.tasks))
         out = []
-        for idx in _chunks(len(positions), self.config.chunk):
+        for idx in task_chunks(len(positions), self.config.chunk):
             rows, ones = self.binding.rows(positions[idx]), torch.ones(len(idx), dtype=self.lam.dtype)
             cot = rows.direct_cotangent(ones) if direct else rows.gradient_cotangent(ones)
             out.append(self.binding.pull_each(cot, positions[idx]))
-        return torch.cat(out)
+        return torch.cat(out) if out else self.lam.new_zeros(0, self.lam.numel())
 
     def hvp(self, v: torch.Tensor, variant: str | None = None, subset: torch.Tensor | None = None) -> torch.Tensor:
-        """Total-Hessian-vector product ``H v`` (``[p]``) in ``variant``; ``subset`` of task
-        positions gives the unbiased minibatch estimate (weights scaled by m / |subset|)."""
-        variant = variant or self.config.variant
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        """Total-Hessian-vector product ``H v`` (``[p]``) in ``variant`` ("direct": the direct
+        Hessian of eq. 7); ``subset`` of task positions gives the unbiased minibatch estimate
+        (weights scaled by m / |subset|)."""
+        variant = self._variant(variant, allow_direct=True)
         tangent = self.binding.tangent(v)
         g_buf, m_buf = self.binding.zeros(), self.binding.zeros()
         scale = 1.0 if subset is None else len(self.tasks) / len(subset)
-        for idx, rows in zip(self._chunks, self._rows):
+        for idx, rows in zip(self.state.chunks, self.state.rows):
             c = self.c[idx] * scale
             if subset is not None:
                 c = c * torch.isin(idx, subset).to(c)
             if not bool((c != 0).any()):
                 continue
-            g, m = rows.hvp_cotangents(self.binding.context_tangent(tangent, idx), c, _LOCAL[variant])
+            g, m = rows.hvp_cotangents(self.binding.context_tangent(tangent, idx), c, _ROW_HESSIAN[variant])
             self.binding.scatter(g_buf, g, idx)
             self.binding.scatter(m_buf, m, idx)
         out = self.problem.gamma * v + self.binding.pull(m_buf, g_buf, v)
@@ -181,42 +158,69 @@ class InfluenceAnalyzer:
             out = out + self.gamma_term * v
         return out
 
+    def operator(self, variant: str | None = None) -> MatvecOperator:
+        """The total Hessian of ``variant`` as a :class:`~metaif.linalg.LinearOperator` (with the
+        minibatch product LiSSA needs)."""
+        variant = self._variant(variant, allow_direct=True)
+        batch_tasks = self.config.solver.lissa_tasks
+
+        def sampled(v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            subset = torch.randperm(len(self.tasks), generator=gen)[:batch_tasks]
+            return self.hvp(v, variant, subset)
+
+        return MatvecOperator.per_vector(lambda v: self.hvp(v, variant), self.lam, sampled)
+
     def set_solver(self, solver: SolverConfig) -> None:
         """Use another solver configuration (e.g. more damping) for later solves."""
         self.config = replace(self.config, solver=solver)
         self._solvers.clear()
 
-    def solver(self, variant: str | None = None) -> HessianSolver:
-        """The (cached) solver for ``variant``'s damped total Hessian."""
-        variant = variant or self.config.variant
+    def solver(self, variant: str | None = None) -> DampingRetry:
+        """The (cached) solver of ``variant``'s damped total Hessian."""
+        variant = self._variant(variant, allow_direct=True)
         if variant not in self._solvers:
-            gen_tasks = self.config.solver.lissa_tasks
-
-            def sampled(v, gen):
-                subset = torch.randperm(len(self.tasks), generator=gen)[:gen_tasks]
-                return self.hvp(v, variant, subset)
-
-            self._solvers[variant] = HessianSolver(lambda v: self.hvp(v, variant), self.lam.numel(), self.lam,
-                                                   self.config.solver, sampled)
+            self._solvers[variant] = DampingRetry(self.operator(variant), self.config.solver)
         return self._solvers[variant]
+
+    def solve(self, b: torch.Tensor, variant: str | None = None) -> torch.Tensor:
+        """``(H + damping I)^{-1} b`` for ``b [k, p]``; the outcome is kept in :attr:`last_solve`."""
+        self.last_solve = self.solver(variant).solve(b)
+        return self.last_solve.x
+
+    @property
+    def damping_used(self) -> float:
+        """The damping of the latest solve (the retry policy may have raised the configured one)."""
+        return self.last_solve.damping if self.last_solve is not None else self.config.solver.damping
 
     # ---- removal predictions -----------------------------------------------------------------
 
-    def task_influence(self, positions=None) -> torch.Tensor:
+    def task_influence(self, positions=None, variant: str | None = None) -> torch.Tensor:
         """task-IF removal predictions ``Δλ_k = c_k H^{-1} g_k`` (math.md §6), ``[k, p]``."""
-        positions = _positions(positions, len(self.tasks))
-        g = self.task_gradients(positions)
-        return self.c[positions, None] * self.solver()(g)
+        variant, positions = self._variant(variant), _positions(positions, len(self.tasks))
+        return self.c[positions, None] * self.solve(self.task_gradients(positions), variant)
 
     def direct_influence(self, positions=None) -> torch.Tensor:
-        """The direct IF (eq. 6, theta held fixed): ``c_k H_dir^{-1} grad_lambda L_k``, ``[k, p]``."""
+        """The direct IF of tasks (eq. 6, theta held fixed): ``c_k H_dir^{-1} grad_lambda L_k``, ``[k, p]``."""
         positions = _positions(positions, len(self.tasks))
         b = self.task_gradients(positions, direct=True)
         if not bool(b.abs().sum() > 0):
             warnings.warn("the direct IF is identically 0 for this form (lambda enters the outer loss only "
-                          "through theta, math.md §6); use first_order_influence as a baseline", stacklevel=2)
+                          "through theta, math.md §6); use first_order_influence as a baseline", MetaifWarning,
+                          stacklevel=2)
             return b
-        return self.c[positions, None] * self.solver("direct")(b)
+        return self.c[positions, None] * self.solve(b, DIRECT)
+
+    def direct_val_influence(self, items) -> torch.Tensor:
+        """The direct IF of validation instances: ``c_k w_kj H_dir^{-1} grad_lambda l(z')`` with theta
+        held fixed (math.md §7's partial-gradient variant), ``[k, p]``."""
+        items = _items(items, "val items", len(self.tasks), self.tasks.y_val.shape[1])
+
+        def cotangent(tasks, onehot):
+            return self.binding.rows(tasks, w_val=onehot).direct_cotangent(torch.ones(len(tasks)).to(self.lam))
+
+        grads = self._instance_gradients(items, self.tasks.y_val.shape[1], cotangent)
+        w = self.c[items[:, 0]] * self.weights.w_val[items[:, 0], items[:, 1]].to(self.lam)
+        return w[:, None] * self.solve(grads, DIRECT)
 
     def first_order_influence(self, positions=None) -> torch.Tensor:
         """The J := I baseline (math.md §6): ``g_i ~ a_i``, ``H ~ gamma I + sum_i c_i grad^2_theta L_i``;
@@ -227,21 +231,20 @@ class InfluenceAnalyzer:
 
         def matvec(v):
             out = self.problem.gamma * v
-            for idx, rows in zip(self._chunks, self._rows):
+            for idx, rows in zip(self.state.chunks, self.state.rows):
                 out = out + (self.c[idx, None] * rows.outer_theta_hvp(v.expand(len(idx), -1))).sum(0)
             return out
 
         a = torch.cat([self.binding.rows(positions[idx]).outer_theta_grad()
-                       for idx in _chunks(len(positions), self.config.chunk)])
-        solve = HessianSolver(matvec, self.lam.numel(), self.lam, self.config.solver)
-        return self.c[positions, None] * solve(a)
+                       for idx in task_chunks(len(positions), self.config.chunk)])
+        solver = DampingRetry(MatvecOperator.per_vector(matvec, self.lam), self.config.solver)
+        return self.c[positions, None] * solver.solve(a).x
 
-    def _instance_gradients(self, items, name: str, width: int, cotangent) -> torch.Tensor:
+    def _instance_gradients(self, items: torch.Tensor, width: int, cotangent) -> torch.Tensor:
         """Per-item lambda-gradients ``[k, p]``; ``cotangent(tasks, onehot [B, width])`` gives the
         context cotangents of a chunk of items."""
-        items = _items(items, name)
         out = []
-        for idx in _chunks(len(items), self.config.chunk):
+        for idx in task_chunks(len(items), self.config.chunk):
             tasks = items[idx, 0]
             onehot = torch.nn.functional.one_hot(items[idx, 1], width).to(self.lam)
             out.append(self.binding.pull_each(cotangent(tasks, onehot), tasks))
@@ -249,67 +252,76 @@ class InfluenceAnalyzer:
 
     def val_gradients(self, items) -> torch.Tensor:
         """``D_lambda l(z')`` of validation instances ``items [k, 2]``, ``[k, p]`` (math.md §7)."""
+        width = self.tasks.y_val.shape[1]
+        items = _items(items, "val items", len(self.tasks), width)
+
         def cotangent(tasks, onehot):
             return self.binding.rows(tasks, w_val=onehot).gradient_cotangent(torch.ones(len(tasks)).to(self.lam))
 
-        return self._instance_gradients(items, "val items", self.tasks.y_val.shape[1], cotangent)
+        return self._instance_gradients(items, width, cotangent)
 
     def train_gradients(self, items) -> torch.Tensor:
         """``D_lambda [a_k^T H_k^{-1} grad_theta l(z)]`` of training instances ``items [k, 2]``, ``[k, p]`` (§10)."""
+        width = self.tasks.y_train.shape[1]
+        items = _items(items, "train items", len(self.tasks), width)
+
         def cotangent(tasks, onehot):
             return self.binding.rows(tasks).train_cotangent(onehot, self.config.third_order_train)
 
-        return self._instance_gradients(items, "train items", self.tasks.y_train.shape[1], cotangent)
+        return self._instance_gradients(items, width, cotangent)
 
-    def val_influence(self, items) -> torch.Tensor:
+    def val_influence(self, items, variant: str | None = None) -> torch.Tensor:
         """Validation instance-IF removal predictions ``c_k w_kj H^{-1} D_lambda l(z')``, ``[k, p]``."""
-        items = _items(items, "val items")
+        variant, items = self._variant(variant), _items(items, "val items", len(self.tasks), self.tasks.y_val.shape[1])
         w = self.c[items[:, 0]] * self.weights.w_val[items[:, 0], items[:, 1]].to(self.lam)
-        return w[:, None] * self.solver()(self.val_gradients(items))
+        return w[:, None] * self.solve(self.val_gradients(items), variant)
 
-    def train_influence(self, items) -> torch.Tensor:
+    def train_influence(self, items, variant: str | None = None) -> torch.Tensor:
         """Training instance-IF removal predictions ``-c_k w_kj H^{-1} D_lambda P/w``, ``[k, p]`` (§10)."""
-        items = _items(items, "train items")
+        variant = self._variant(variant)
+        items = _items(items, "train items", len(self.tasks), self.tasks.y_train.shape[1])
         w = self.c[items[:, 0]] * self.weights.w_tr[items[:, 0], items[:, 1]].to(self.lam)
-        return -w[:, None] * self.solver()(self.train_gradients(items))
+        return -w[:, None] * self.solve(self.train_gradients(items), variant)
 
     def inner_influence(self, items) -> torch.Tensor:
         """inner-IF ``d theta_k / d eps = -H_k^{-1} grad_theta l(z)`` (math.md §8), ``[k, q]``."""
-        items = _items(items, "train items")
+        width = self.tasks.y_train.shape[1]
+        items = _items(items, "train items", len(self.tasks), width)
         rows = self.binding.rows(items[:, 0])
-        onehot = torch.nn.functional.one_hot(items[:, 1], self.tasks.y_train.shape[1]).to(self.lam)
+        onehot = torch.nn.functional.one_hot(items[:, 1], width).to(self.lam)
         return -rows.solve(rows.data_grad(rows.theta, rows.xi, onehot))
 
     def loss_difference(self, items) -> torch.Tensor:
         """math.md §9: predicted change of task k's validation loss when training point j leaves
         its inner problem (lambda fixed), ``P = w_kj u_k^T grad_theta l(z_kj)``, ``[k]``."""
-        items = _items(items, "train items")
+        width = self.tasks.y_train.shape[1]
+        items = _items(items, "train items", len(self.tasks), width)
         rows = self.binding.rows(items[:, 0])
-        onehot = torch.nn.functional.one_hot(items[:, 1], self.tasks.y_train.shape[1]).to(self.lam)
+        onehot = torch.nn.functional.one_hot(items[:, 1], width).to(self.lam)
         w = self.weights.w_tr[items[:, 0], items[:, 1]].to(self.lam)
         return w * (rows.u * rows.data_grad(rows.theta, rows.xi, onehot)).sum(-1)
 
     # ---- editing and scores --------------------------------------------------------------------
 
     def removal_gradient(self, tasks=(), val=(), train=(), direct: bool = False) -> torch.Tensor:
-        """``sum_X w_X (d/dw_X) D_lambda L`` over a removal set (so that ``Δλ = H^{-1}`` of it), ``[p]``."""
+        """``sum_X w_X (d/dw_X) D_lambda L`` over a removal set (so that ``Δλ = H^{-1}`` of it), ``[p]``;
+        ``direct`` uses partial gradients (theta held fixed; tasks and validation instances only)."""
         task_mask = torch.zeros(len(self.tasks), dtype=self.lam.dtype)
-        task_mask[torch.as_tensor(list(tasks), dtype=torch.int64)] = 1.0
+        task_mask[_positions(tasks, len(self.tasks), "removed tasks")] = 1.0
         total = self.gradient(self.c * task_mask, direct=direct)
-        if direct:
-            if len(val) or len(train):
-                raise ValueError("the direct IF is defined for tasks only")
-            return total
+        if direct and len(train):
+            raise ValueError("the direct IF has no training instances (they reach lambda only through theta)")
         if len(val):
-            items = _items(val, "val items")
+            items = _items(val, "val items", len(self.tasks), self.tasks.y_val.shape[1])
             w_val = self.weights.w_val.to(self.lam)
             touched = torch.unique(items[:, 0])
             rows = self.binding.rows(touched, w_val=(w_val * _mask(items, w_val))[touched])
+            cot = rows.direct_cotangent(self.c[touched]) if direct else rows.gradient_cotangent(self.c[touched])
             buf = self.binding.zeros()
-            self.binding.scatter(buf, rows.gradient_cotangent(self.c[touched]), touched)
+            self.binding.scatter(buf, cot, touched)
             total = total + self.binding.pull(buf)
         if len(train):
-            items = _items(train, "train items")
+            items = _items(train, "train items", len(self.tasks), self.tasks.y_train.shape[1])
             w_tr = self.weights.w_tr.to(self.lam)
             touched = torch.unique(items[:, 0])
             cot = self.binding.rows(touched).train_cotangent((w_tr * _mask(items, w_tr))[touched],
@@ -319,35 +331,39 @@ class InfluenceAnalyzer:
             total = total - self.binding.pull(buf)
         return total
 
-    def edit(self, tasks=(), val=(), train=(), method: str = "task-if", refine: int = 0) -> torch.Tensor:
+    def edit(self, tasks=(), val=(), train=(), method: str = "task-if", refine: int = 0,
+             variant: str | None = None) -> torch.Tensor:
         """``λ̂_{-S} = λ* + H^{-1} removal_gradient(S)`` (math.md §11), one solve; ``method``
-        "direct" uses the direct IF (tasks only); ``refine`` Newton steps re-solve the inner
-        problems with S removed (H kept from λ*)."""
+        "direct" uses the direct IF (tasks and validation instances); ``refine`` Newton steps
+        re-solve the inner problems with S removed (warm-started; H kept from λ*)."""
         if method not in ("task-if", "direct"):
             raise ValueError(f"method must be 'task-if' or 'direct', got {method!r}")
         direct = method == "direct"
-        lam = self.lam + self.solver("direct" if direct else None)(
-            self.removal_gradient(tasks, val, train, direct)[None])[0]
+        variant = DIRECT if direct else self._variant(variant)
+        lam = self.lam + self.solve(self.removal_gradient(tasks, val, train, direct)[None], variant)[0]
         if refine:
             removed = self.weights.without_positions(tasks, val, train)
+            theta = self.binding.theta
             for _ in range(refine):
-                state = _State(self.problem, lam, self.tasks, removed, self.config)
-                grad = state.gradient(state.c) + self.problem.gamma * lam
-                lam = lam - self.solver()(grad[None])[0]
+                state = self._bind(lam, removed, theta0=theta)
+                theta = state.theta
+                grad = state.gradient(removed.c.to(lam)) + self.problem.gamma * lam
+                lam = lam - self.solve(grad[None], variant)[0]
         return lam
 
     def test_gradient(self, test: TaskSet, partial: bool = False) -> torch.Tensor:
         """``D_lambda f`` of the mean query loss over ``test`` tasks after adaptation (math.md §12),
         or the partial ``grad_lambda f`` with ``partial=True``, ``[p]``."""
-        state = _State(self.problem, self.lam, test, Weights.uniform(test, self.lam.dtype), self.config)
-        return state.gradient(state.c, direct=partial)
+        weights = Weights.uniform(test, self.lam.dtype)
+        state = self._bind(self.lam, weights, tasks=test)
+        return state.gradient(weights.c.to(self.lam), direct=partial)
 
     def directional(self, r: torch.Tensor) -> Scores:
         """``r^T`` of every item's removal gradient, scaled to removal predictions: for the
         projection ``r^T Δλ_X`` pass ``r = H^{-1} d``; for scores ``r = H^{-1} D_lambda f``."""
         tangent = self.binding.tangent(r)
         tasks, val, train = [], [], []
-        for idx, rows in zip(self._chunks, self._rows):
+        for idx, rows in zip(self.state.chunks, self.state.rows):
             t, v, tr = rows.directional(self.binding.context_tangent(tangent, idx), self.config.third_order_train)
             c = self.c[idx]
             tasks.append(c * t)
@@ -355,20 +371,27 @@ class InfluenceAnalyzer:
             train.append(-c[:, None] * self.weights.w_tr[idx].to(tr) * tr)
         return Scores(torch.cat(tasks), torch.cat(val), torch.cat(train))
 
-    def scores(self, test: TaskSet, partial: bool = False) -> Scores:
+    def scores(self, test: TaskSet, partial: bool = False, variant: str | None = None) -> Scores:
         """Influence scores on new tasks (math.md §12), one solve (s_test): predicted change of
         the test loss when each task / instance is removed; negative = harmful."""
-        r = self.solver()(self.test_gradient(test, partial)[None])[0]
+        variant = self._variant(variant)
+        r = self.solve(self.test_gradient(test, partial)[None], variant)[0]
         return self.directional(r)
 
-    def direct_scores(self, test: TaskSet) -> torch.Tensor:
-        """Task scores of the direct IF, ``c_k (H_dir^{-1} grad_lambda f)^T grad_lambda L_k``, ``[m]``."""
-        r = self.solver("direct")(self.test_gradient(test, partial=True)[None])[0]
+    def direct_scores(self, test: TaskSet) -> Scores:
+        """Scores of the direct IF (theta held fixed, partial gradients and the direct Hessian):
+        tasks ``[m]`` and validation instances ``[m, v]``; training instances score 0 (the direct
+        IF has none)."""
+        r = self.solve(self.test_gradient(test, partial=True)[None], DIRECT)[0]
         tangent = self.binding.tangent(r)
-        return torch.cat([self.c[idx] * rows.direct_directional(self.binding.context_tangent(tangent, idx))
-                          for idx, rows in zip(self._chunks, self._rows)])
+        tasks, val = [], []
+        for idx, rows in zip(self.state.chunks, self.state.rows):
+            t, v = rows.direct_directional(self.binding.context_tangent(tangent, idx))
+            c = self.c[idx]
+            tasks.append(c * t)
+            val.append(c[:, None] * self.weights.w_val[idx].to(v) * v)
+        return Scores(torch.cat(tasks), torch.cat(val), torch.zeros_like(self.weights.w_tr, dtype=self.lam.dtype))
 
-    def projections(self, directions: torch.Tensor) -> list[Scores]:
+    def projections(self, directions: torch.Tensor, variant: str | None = None) -> list[Scores]:
         """Predicted ``d^T Δλ_X`` for every item and each direction ``d`` of ``directions [k, p]``."""
-        solved = self.solver()(directions)
-        return [self.directional(r) for r in solved]
+        return [self.directional(r) for r in self.solve(directions, self._variant(variant))]

@@ -1,10 +1,17 @@
-"""Bilevel meta-learning: the two built-in forms of math.md §14, outer training and retraining."""
+"""Bilevel meta-learning: the seam (:mod:`.problem`), the built-in forms of math.md §14, the
+derivatives of their inner maps bound at a lambda (:mod:`.binding`, :mod:`.rows`), outer training,
+polishing and retraining."""
 
 from .anil import AnilConfig, AnilProblem
 from .batch import TaskBatch, Weights
+from .binding import Bound, meta_gradient
+from .heads import FeatureHead, bilevel
 from .imaml import ImamlConfig, ImamlProblem
 from .implicit import total_gradient
+from .problem import BilevelProblem, FeatureHeadProblem, HeadCurvature, TrainableProblem
 from .train import Accuracy, TrainConfig, TrainResult, evaluate, meta_train, retrain, solve_outer
 
-__all__ = ["Accuracy", "AnilConfig", "AnilProblem", "ImamlConfig", "ImamlProblem", "TaskBatch", "TrainConfig",
-           "TrainResult", "Weights", "evaluate", "meta_train", "retrain", "solve_outer", "total_gradient"]
+__all__ = ["Accuracy", "AnilConfig", "AnilProblem", "BilevelProblem", "Bound", "FeatureHead", "FeatureHeadProblem",
+           "HeadCurvature", "ImamlConfig", "ImamlProblem", "TaskBatch", "TrainConfig", "TrainResult",
+           "TrainableProblem", "Weights", "bilevel", "evaluate", "meta_gradient", "meta_train", "retrain",
+           "solve_outer", "total_gradient"]

@@ -1,4 +1,5 @@
-"""A batch of tasks as stacked tensors, with the per-example weights of math.md §1."""
+"""Tasks as the meta and influence layers see them: stacked per-task index tensors into inputs
+stored once, with the per-example weights of math.md §1."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ..data.tasks import TaskSet
+
+__all__ = ["TaskBatch", "Weights"]
 
 
 @dataclass
@@ -47,24 +50,51 @@ class Weights:
 
 @dataclass(frozen=True)
 class TaskBatch:
-    """B tasks: ``x_tr [B, n, ...]``, ``y_tr [B, n]``, ``w_tr [B, n]`` (default 1/n), and the
-    same for the validation split with ``v`` points."""
+    """B tasks over U inputs stored once: task b trains on ``inputs[pos_tr[b]]`` (``[n, ...]``) with
+    targets ``y_tr[b]`` and weights ``w_tr[b]``, and is validated on ``inputs[pos_val[b]]``.
 
-    x_tr: torch.Tensor
+    Targets are integer labels or real values (``[B, n]`` or ``[B, n, K]``).
+    """
+
+    inputs: torch.Tensor   # [U, ...]
+    pos_tr: torch.Tensor   # [B, n] int64 rows of inputs
     y_tr: torch.Tensor
-    w_tr: torch.Tensor
-    x_val: torch.Tensor
+    w_tr: torch.Tensor     # [B, n]
+    pos_val: torch.Tensor  # [B, v]
     y_val: torch.Tensor
-    w_val: torch.Tensor
+    w_val: torch.Tensor    # [B, v]
 
     def __len__(self) -> int:
-        return self.x_tr.shape[0]
+        return self.pos_tr.shape[0]
+
+    @property
+    def x_tr(self) -> torch.Tensor:
+        """``[B, n, ...]`` (gathered: one copy per use)."""
+        return self.inputs[self.pos_tr]
+
+    @property
+    def x_val(self) -> torch.Tensor:
+        return self.inputs[self.pos_val]
 
     @staticmethod
     def from_taskset(tasks: TaskSet, rows: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
                      w_tr: torch.Tensor | None = None, w_val: torch.Tensor | None = None) -> TaskBatch:
-        """Rows ``rows`` (positions) of ``tasks``; weights default to :meth:`Weights.uniform`'s."""
+        """Tasks at positions ``rows`` (all when None) over the unique images they use; weights
+        default to :meth:`Weights.uniform`'s."""
         sub = tasks if rows is None else tasks.subset(rows)
+        m, n = sub.train_index.shape
+        used = torch.cat([sub.train_index.flatten(), sub.val_index.flatten()])
+        unique, inverse = torch.unique(used, return_inverse=True)
         uniform = Weights.uniform(sub, dtype)
-        return TaskBatch(sub.x_train.to(dtype), sub.y_train, uniform.w_tr if w_tr is None else w_tr.to(dtype),
-                         sub.x_val.to(dtype), sub.y_val, uniform.w_val if w_val is None else w_val.to(dtype))
+        return TaskBatch(sub.images[unique].to(dtype), inverse[: m * n].view(m, n), sub.y_train,
+                         uniform.w_tr if w_tr is None else w_tr.to(dtype), inverse[m * n:].view(sub.val_index.shape),
+                         sub.y_val, uniform.w_val if w_val is None else w_val.to(dtype))
+
+    def select(self, rows: torch.Tensor) -> TaskBatch:
+        """The tasks at ``rows`` (positions), over the same inputs."""
+        return TaskBatch(self.inputs, self.pos_tr[rows], self.y_tr[rows], self.w_tr[rows], self.pos_val[rows],
+                         self.y_val[rows], self.w_val[rows])
+
+    def with_weights(self, w_tr: torch.Tensor | None = None, w_val: torch.Tensor | None = None) -> TaskBatch:
+        return TaskBatch(self.inputs, self.pos_tr, self.y_tr, self.w_tr if w_tr is None else w_tr, self.pos_val,
+                         self.y_val, self.w_val if w_val is None else w_val)

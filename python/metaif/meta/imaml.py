@@ -9,34 +9,41 @@ Hessian-vector products.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, hessian, jvp
 
-from .. import reference
+from ..curvature import LOSSES, get_loss
+from ..linalg import NotConverged, conjugate_gradient
 from ..models.nets import FlatModel
+from ..utils.config import check, check_choice, config, finite, setting
 from .batch import TaskBatch
 
+__all__ = ["ImamlConfig", "ImamlProblem"]
 
-@dataclass(frozen=True)
+
+@config
 class ImamlConfig:
-    ways: int = 5
-    delta: float = 1.0
-    gamma: float = 1e-4
-    inner_tol: float = 1e-5
-    inner_max_iter: int = 100
-    cg_rtol: float = 1e-6
-    cg_max_iter: int = 100
-    dense_max: int = 1000
+    """The proximal (iMAML) form."""
+
+    ways: int = setting(5, "classes per task (the network's outputs; the target dimension for real-valued "
+                           "targets with the squared loss)")
+    loss: str = setting("softmax", "loss of the network's outputs: softmax, squared, binary", choices=tuple(LOSSES))
+    delta: float = setting(1.0, "proximal weight delta of ||theta - lambda||^2 / 2 (> 0)")
+    gamma: float = setting(1e-4, "outer L2 weight on lambda")
+    inner_tol: float = setting(1e-5, "inner solves stop at ||grad_theta F_i|| <= inner_tol")
+    inner_max_iter: int = setting(100, "L-BFGS iterations per inner solve at most")
+    cg_rtol: float = setting(1e-6, "relative residual of the inner CG (networks above dense_max parameters)")
+    cg_max_iter: int = setting(100, "inner CG iterations at most")
+    dense_max: int = setting(1000, "networks with at most this many parameters invert the inner Hessian densely")
 
     def __post_init__(self) -> None:
-        if not self.delta > 0:
-            raise ValueError(f"ImamlConfig.delta must be > 0, got {self.delta}")
-        if self.gamma < 0:
-            raise ValueError(f"ImamlConfig.gamma must be >= 0, got {self.gamma}")
+        check(isinstance(self.ways, int) and self.ways >= 1, self, "ways", "an integer >= 1", self.ways)
+        check_choice(self, "loss", self.loss, LOSSES)
+        check(finite(self.delta) and self.delta > 0, self, "delta", "a finite number > 0", self.delta)
+        check(finite(self.gamma) and self.gamma >= 0, self, "gamma", "a finite number >= 0", self.gamma)
+        for name in ("inner_tol", "cg_rtol"):
+            check(finite(getattr(self, name)) and getattr(self, name) > 0, self, name, "> 0", getattr(self, name))
 
 
 class ImamlProblem:
@@ -45,7 +52,9 @@ class ImamlProblem:
     form = "imaml"
 
     def __init__(self, body: FlatModel, config: ImamlConfig) -> None:
-        self.net = FlatModel(nn.Sequential(body.module, nn.Linear(body.out_features, config.ways)), config.ways)
+        self.loss = get_loss(config.loss)
+        outputs = self.loss.outputs(config.ways)
+        self.net = FlatModel(nn.Sequential(body.module, nn.Linear(body.out_features, outputs)), outputs)
         self.config, self.gamma, self.delta = config, config.gamma, config.delta
 
     @property
@@ -57,7 +66,7 @@ class ImamlProblem:
 
     def data_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``sum_j w_j l(f_theta(x_j), y_j)`` for one task."""
-        return (w * F.cross_entropy(self.net(theta, x), y, reduction="none")).sum()
+        return (w * self.loss.value(self.net(theta, x), y)).sum()
 
     # ---- the bilevel seam: one task's objectives on flat vectors (math.md §1) ----------------
 
@@ -71,10 +80,11 @@ class ImamlProblem:
         """``L_i = L^val_i(theta)`` (no direct dependence on lambda)."""
         return self.data_loss(theta, x, y, w)
 
-    def solve_inner(self, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """``theta_i [p]`` from theta = lambda, and the final ``||grad_theta F_i||``."""
+    def solve_inner(self, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+                    theta0: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        """``theta_i [p]`` from ``theta0`` (default: lambda), and the final ``||grad_theta F_i||``."""
         lam = lam.detach()
-        theta = lam.clone().requires_grad_(True)
+        theta = (lam if theta0 is None else theta0.detach()).clone().requires_grad_(True)
         opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=self.config.inner_max_iter, history_size=20,
                                 tolerance_grad=self.config.inner_tol, tolerance_change=0.0,
                                 line_search_fn="strong_wolfe")
@@ -111,7 +121,10 @@ class ImamlProblem:
         def matvec(v: torch.Tensor) -> torch.Tensor:  # v [1, 1, p]
             return jvp(loss_grad, (theta,), (v[0, 0],))[1].view_as(v) + self.delta * v
 
-        res = reference.cg(matvec, rhs.view(1, 1, -1), self.config.cg_rtol, self.config.cg_max_iter)
+        res = conjugate_gradient(matvec, rhs.view(1, 1, -1), self.config.cg_rtol, self.config.cg_max_iter)
+        if not bool(res.converged.all()):
+            raise NotConverged(f"iMAML inner cg missed rtol {self.config.cg_rtol:g} (relative residual "
+                               f"{float(res.resid.max()):.2e}); raise ImamlConfig.cg_max_iter or delta")
         return res.x.view(-1)
 
     def outer_gradient(self, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor) -> tuple[torch.Tensor, dict]:

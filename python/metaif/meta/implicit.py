@@ -11,10 +11,13 @@ from __future__ import annotations
 import torch
 from torch.func import grad, hessian
 
+from .heads import bilevel
+
 
 def total_gradient(problem, lam: torch.Tensor, x_tr: torch.Tensor, y_tr: torch.Tensor, w_tr: torch.Tensor,
                    x_val: torch.Tensor, y_val: torch.Tensor, w_val: torch.Tensor) -> torch.Tensor:
     """``g_i = grad_lambda L_i - C_i^T H_i^{-1} grad_theta L_i`` at ``theta_i(lambda)`` for one task, ``[p]``."""
+    problem = bilevel(problem)
     theta, _ = problem.solve_inner(lam, x_tr, y_tr, w_tr)
 
     def inner(th, la):

@@ -11,44 +11,48 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from ..data.tasks import TaskSet
+from ..utils.config import check, check_choice, config, finite, setting
 from ..utils.io import save_torch
 from .batch import TaskBatch, Weights
+from .binding import meta_gradient
+from .problem import TrainableProblem
+
+__all__ = ["DTYPES", "Accuracy", "TrainConfig", "TrainResult", "evaluate", "meta_train", "outer_gradient",
+           "retrain", "solve_outer"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-class MetaProblem(Protocol):
-    form: str
-    gamma: float
-
-    def init_lambda(self, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor: ...
-    def outer_gradient(self, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor) -> tuple[torch.Tensor, dict]: ...
-    def predict(self, lam: torch.Tensor, batch: TaskBatch) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
+@config
 class TrainConfig:
-    """Adam with learning rate ``lr`` for ``steps`` steps on meta-batches of ``meta_batch`` tasks
-    (``0`` = all tasks every step, i.e. full-batch descent)."""
+    """Outer training: Adam on the implicit total gradient."""
 
-    steps: int = 300
-    meta_batch: int = 16
-    lr: float = 1e-3
-    seed: int = 0
-    dtype: str = "float32"
-    checkpoint_every: int = 50
+    steps: int = setting(300, "Adam steps")
+    meta_batch: int = setting(16, "tasks per step (0: all tasks every step, full-batch descent)")
+    lr: float = setting(1e-3, "Adam learning rate")
+    seed: int = setting(0, "seed of the initialisation and of the meta-batch draws")
+    dtype: str = setting("float32", "parameter dtype", choices=tuple(DTYPES))
+    checkpoint_every: int = setting(50, "steps between checkpoints")
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.meta_batch < 0 or not self.lr > 0:
-            raise ValueError(f"TrainConfig needs steps >= 0, meta_batch >= 0, lr > 0; got {self}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"TrainConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        for name in ("steps", "meta_batch"):
+            check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, self, name, "an integer >= 0",
+                  getattr(self, name))
+        check(finite(self.lr) and self.lr > 0, self, "lr", "a finite number > 0", self.lr)
+        check_choice(self, "dtype", self.dtype, DTYPES)
+        check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1, self, "checkpoint_every",
+              "an integer >= 1", self.checkpoint_every)
+
+
+def outer_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The problem's own ``outer_gradient`` where it has one, else :func:`~.binding.meta_gradient`."""
+    own = getattr(problem, "outer_gradient", None)
+    return own(lam, batch, task_weights) if own is not None else meta_gradient(problem, lam, batch, task_weights)
 
 
 @dataclass
@@ -63,7 +67,7 @@ class TrainResult:
     accuracy: Accuracy | None = None
 
 
-def meta_train(problem: MetaProblem, tasks: TaskSet, config: TrainConfig, lam0: torch.Tensor | None = None,
+def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, lam0: torch.Tensor | None = None,
                weights: Weights | None = None, checkpoint: str | Path | None = None,
                progress: bool = True) -> TrainResult:
     """Train lambda from ``lam0`` (default: the problem's seeded init); resumes from ``checkpoint``
@@ -76,7 +80,7 @@ def meta_train(problem: MetaProblem, tasks: TaskSet, config: TrainConfig, lam0: 
     gen = torch.Generator().manual_seed(config.seed)
     # Everything that fixes the trajectory except the number of steps, so a run can be extended.
     identity = {"config": {k: v for k, v in asdict(config).items() if k != "steps"},
-                "tasks": tasks.fingerprint(), "form": problem.form,
+                "tasks": tasks.fingerprint(), "form": getattr(problem, "form", type(problem).__name__),
                 "weights": float(weights.c.sum() + weights.w_tr.sum() + weights.w_val.sum())}
     result, start = TrainResult(lam.detach()), 0
     path = Path(checkpoint) if checkpoint else None
@@ -93,12 +97,12 @@ def meta_train(problem: MetaProblem, tasks: TaskSet, config: TrainConfig, lam0: 
     active = torch.nonzero(weights.c > 0).flatten()
     batch_size = len(active) if config.meta_batch == 0 else min(config.meta_batch, len(active))
     began = time.perf_counter()
-    bar = tqdm(range(start, config.steps), disable=not progress, desc=f"meta-train {problem.form}", leave=False)
+    bar = tqdm(range(start, config.steps), disable=not progress, desc="meta-train", leave=False)
     for step in bar:
         rows = active if batch_size == len(active) else active[torch.randperm(len(active), generator=gen)[:batch_size]]
         batch = TaskBatch.from_taskset(tasks, rows, dtype, weights.w_tr[rows], weights.w_val[rows])
         scale = len(active) / batch_size  # unbiased estimate of sum over all active tasks
-        grad, info = problem.outer_gradient(lam, batch, weights.c[rows] * scale)
+        grad, info = outer_gradient(problem, lam.detach(), batch, weights.c[rows] * scale)
         opt.zero_grad()
         lam.grad = grad + problem.gamma * lam.detach()
         opt.step()
@@ -112,7 +116,7 @@ def meta_train(problem: MetaProblem, tasks: TaskSet, config: TrainConfig, lam0: 
     return result
 
 
-def solve_outer(problem: MetaProblem, tasks: TaskSet, lam0: torch.Tensor, weights: Weights | None = None,
+def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, weights: Weights | None = None,
                 tol: float = 1e-9, max_iter: int = 1000) -> TrainResult:
     """Full-batch L-BFGS (strong Wolfe) on ``sum_i c_i L_i + gamma/2 ||lambda||^2`` from ``lam0``
     until ``||D_lambda L|| <= tol``: the stationary lambda* that influence functions linearise
@@ -127,7 +131,7 @@ def solve_outer(problem: MetaProblem, tasks: TaskSet, lam0: torch.Tensor, weight
     result = TrainResult(lam.detach())
 
     def closure():
-        grad, info = problem.outer_gradient(lam.detach(), batch, weights.c[active])
+        grad, info = outer_gradient(problem, lam.detach(), batch, weights.c[active])
         lam.grad = grad + problem.gamma * lam.detach()
         result.losses.append(info["weighted_loss"] + 0.5 * problem.gamma * float(lam.detach().pow(2).sum()))
         result.inner_grad_norm = info["inner_grad_norm"]
@@ -151,21 +155,25 @@ class Accuracy:
         return f"{self.mean:.4f} ± {self.ci95:.4f} ({self.tasks} tasks)"
 
 
-def evaluate(problem: MetaProblem, lam: torch.Tensor, tasks: TaskSet, batch_size: int = 100,
+def evaluate(problem: TrainableProblem, lam: torch.Tensor, tasks: TaskSet, batch_size: int = 100,
              dtype: torch.dtype = torch.float32) -> Accuracy:
     """Adapt on each task's train split, score accuracy on its validation split."""
     accs = []
     for start in range(0, len(tasks), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(tasks)))
         batch = TaskBatch.from_taskset(tasks, rows, dtype)
+        if batch.y_val.is_floating_point():
+            raise ValueError("evaluate reports accuracy, which needs integer class labels")
         logits = problem.predict(lam.to(dtype), batch)
-        accs.append((logits.argmax(-1) == batch.y_val).to(torch.float64).mean(-1))
+        loss = getattr(problem, "loss", None)
+        predicted = loss.predict(logits) if loss is not None else logits.argmax(-1)
+        accs.append((predicted == batch.y_val).to(torch.float64).mean(-1))
     acc = torch.cat(accs)
     half = 1.96 * float(acc.std(unbiased=True)) / math.sqrt(len(acc)) if len(acc) > 1 else float("nan")
     return Accuracy(float(acc.mean()), half, len(acc))
 
 
-def retrain(problem: MetaProblem, tasks: TaskSet, config: TrainConfig, lam_star: torch.Tensor | None = None,
+def retrain(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, lam_star: torch.Tensor | None = None,
             remove_tasks=(), remove_instances=(), warm_start: bool = True, test: TaskSet | None = None,
             progress: bool = False) -> TrainResult:
     """Re-solve with tasks/instances removed (their weights zeroed, all others kept), with the same

@@ -20,11 +20,13 @@ __all__ = ["CGResult", "cg_dense", "cg_ce_head", "neumann_dense", "neumann_ce_he
 
 
 class CGResult(NamedTuple):
-    """Solution ``x`` (shape of b), ``iters`` ``[T, B]`` int64 and ``resid`` ``[T, B]`` = ||r||/||b||."""
+    """Solution ``x`` (shape of b), ``iters [T, B]`` int64, ``resid [T, B]`` the true relative residual
+    ``||b - A x|| / ||b||`` and ``converged [T, B]`` (``resid <= rtol``)."""
 
     x: torch.Tensor
     iters: torch.Tensor
     resid: torch.Tensor
+    converged: torch.Tensor
 
 
 def power_iteration_scale(matvec: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor,
@@ -107,7 +109,8 @@ def cg_dense(a: torch.Tensor, b: torch.Tensor, damping: float = 0.0, rtol: float
         :class:`CGResult`; ``x`` is differentiable in ``b`` (implicitly, by a CG solve).
     """
     cap = a.shape[-1] if maxiter is None else int(maxiter)
-    return CGResult(*torch.ops.metaif.cg_dense(a, b, float(damping), float(rtol), cap))
+    x, iters, resid = torch.ops.metaif.cg_dense(a, b, float(damping), float(rtol), cap)
+    return CGResult(x, iters, resid, resid <= rtol)
 
 
 def cg_ce_head(feats: torch.Tensor, probs: torch.Tensor, b: torch.Tensor, damping: float = 0.0,
@@ -115,7 +118,8 @@ def cg_ce_head(feats: torch.Tensor, probs: torch.Tensor, b: torch.Tensor, dampin
                weights: torch.Tensor | None = None) -> CGResult:
     """:func:`cg_dense` for the ce-head Hessian; ``b`` is ``[T, B, C, d]``; ``maxiter`` defaults to C*d."""
     cap = b.shape[-1] * b.shape[-2] if maxiter is None else int(maxiter)
-    return CGResult(*torch.ops.metaif.cg_ce_head(feats, probs, weights, b, float(damping), float(rtol), cap))
+    x, iters, resid = torch.ops.metaif.cg_ce_head(feats, probs, weights, b, float(damping), float(rtol), cap)
+    return CGResult(x, iters, resid, resid <= rtol)
 
 
 # ---- fake kernels ----------------------------------------------------------------------------

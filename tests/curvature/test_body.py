@@ -7,10 +7,10 @@ from torch.func import grad, jvp
 
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig
 from metaif.meta import AnilConfig, AnilProblem
+from metaif.curvature import AutogradPasses, SecondOrderPasses, body_passes, supports
 from metaif.models import FlatModel, conv4, mlp
-from metaif.models.second_order import AutogradPasses, SecondOrderPasses, body_passes, supports
 
-from ..influence.conftest import make_taskset
+from tests.helpers import make_taskset
 
 
 def small_conv(pool_first: bool = False) -> FlatModel:
@@ -67,7 +67,7 @@ def test_unsupported_bodies_fall_back_and_bad_requests_are_named():
     assert isinstance(body_passes(body, lam, randn(2, 4, seed=0)), AutogradPasses)
     with pytest.raises(ValueError, match="AutogradPasses"):
         body_passes(body, lam, randn(2, 4, seed=0), "structured")
-    with pytest.raises(ValueError, match="body passes must be one of"):
+    with pytest.raises(ValueError, match="body passes must be 'auto' or one of"):
         body_passes(body, lam, randn(2, 4, seed=0), "fast")
     p = SecondOrderPasses(mlp(4, (3,), "tanh"), mlp(4, (3,), "tanh").init(0, torch.float64), randn(2, 4, seed=0))
     with pytest.raises(RuntimeError, match="cotangent"):
@@ -76,12 +76,12 @@ def test_unsupported_bodies_fall_back_and_bad_requests_are_named():
 
 def test_analyzer_products_agree_across_body_passes():
     small_tasks = make_taskset(3)
-    problem = AnilProblem(small_conv(), AnilConfig(ways=3, head="logistic", delta=0.3, gamma=1e-3))
+    problem = AnilProblem(small_conv(), AnilConfig(ways=3, delta=0.3, gamma=1e-3))
     lam = problem.init_lambda(0, torch.float64)
     fast, slow = (InfluenceAnalyzer(problem, lam, small_tasks, config=InfluenceConfig(body_passes=p, image_chunk=5))
                   for p in ("structured", "autograd"))
-    assert isinstance(fast.binding.passes[0], SecondOrderPasses)
-    assert isinstance(slow.binding.passes[0], AutogradPasses)
+    assert isinstance(fast.binding.body.passes[0], SecondOrderPasses)
+    assert isinstance(slow.binding.body.passes[0], AutogradPasses)
     for seed in (0, 1):  # the second product reuses the kept cotangent state
         v = randn(lam.numel(), seed=seed)
         for variant in ("exact", "gn", "direct"):

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, jvp
 
+from ..models.nets import FlatModel
 from ..ops.patches import gather_patch_matmul, gather_patch_matmul_t
-from .nets import FlatModel
 
 
 def _tanh_derivatives(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -392,14 +392,14 @@ class AutogradPasses:
         return torch.autograd.grad((h * v).sum() + (m * phi).sum(), self._leaf, retain_graph=True)[0]
 
 
-PASSES = ("auto", "structured", "autograd")
+PASSES = {"structured": SecondOrderPasses, "autograd": AutogradPasses}
 
 
 def body_passes(model: FlatModel, lam: torch.Tensor, x: torch.Tensor, method: str = "auto"):
-    """:class:`SecondOrderPasses` when ``method`` is ``"structured"``, or ``"auto"`` and the body is
-    supported; else :class:`AutogradPasses`."""
+    """The passes ``method`` (a name of :data:`PASSES`) of ``model`` at ``lam`` on ``x``; ``"auto"``
+    takes the hand-written ones where :func:`supports` says so, autograd otherwise."""
+    if method == "auto":
+        method = "structured" if supports(model) else "autograd"
     if method not in PASSES:
-        raise ValueError(f"body passes must be one of {PASSES}, got {method!r}")
-    if method == "structured" or method == "auto" and supports(model):
-        return SecondOrderPasses(model, lam, x)
-    return AutogradPasses(model, lam, x)
+        raise ValueError(f"body passes must be 'auto' or one of {', '.join(PASSES)}, got {method!r}")
+    return PASSES[method](model, lam, x)

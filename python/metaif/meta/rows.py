@@ -1,14 +1,15 @@
-"""Per-task influence algebra (math.md §2–§4, §7–§10) in a task's own coordinates, batched over rows.
+"""The derivatives of an argmin inner map theta_i(lambda, w) (math.md §2–§4, §7–§10), in a task's
+own coordinates, batched over rows.
 
 A *row* is one task with its own train/validation weights. Each row's objectives are written as
 functions of its head ``theta [B, q]`` and a *context* ``xi`` (a tuple of ``[B, ...]`` tensors) that
 depends on lambda: the features of the task's images for the body-plus-head form, lambda itself
-(broadcast per row) for a generic problem. This module never sees lambda; a *lift*
-(:mod:`metaif.influence.lift`) turns context tangents and cotangents into lambda-space vectors.
+(broadcast per row) for a generic problem. This module never sees lambda; the binding
+(:mod:`metaif.meta.binding`) turns context tangents and cotangents into lambda-space vectors.
 
 With u = H^{-1} grad_theta L frozen and K = L - u^T grad_theta F (math.md §4):
     J v          = -H^{-1} (C v),        C v = d/dxi grad_theta F [xi_dot]
-    D_lambda g v = lift of (grad_xi K, d/dx grad_xi K [x_dot]) minus C^T H^{-1} r_theta
+    D_lambda g v = pull-back of (grad_xi K, d/dx grad_xi K [x_dot]) minus C^T H^{-1} r_theta
 Directional derivatives ``r^T D_lambda (.)`` of every task, validation and training instance
 need one inner solve per row (§10's cheap scoring) and no per-item work: the per-instance
 quantities are derivatives with respect to the instance weights, which the objectives are linear in.
@@ -80,9 +81,13 @@ class Rows:
         """Context cotangent of ``sum_i c_i grad_lambda L_i`` with theta held fixed (direct IF)."""
         return grad(lambda xi: (c * self.outer(self.theta, xi, self.w_val)).sum())(self.xi)
 
-    def direct_directional(self, xi_dot: Context) -> torch.Tensor:
-        """``r^T grad_lambda L_i`` with theta held fixed, per row ``[B]`` (the direct IF's)."""
-        return jvp(lambda xi: self.outer(self.theta, xi, self.w_val), (self.xi,), (xi_dot,))[1]
+    def direct_directional(self, xi_dot: Context) -> tuple[torch.Tensor, torch.Tensor]:
+        """``r^T grad_lambda`` with theta held fixed (the direct IF's) of each row's L ``[B]`` and of
+        each validation loss ``[B, v]``."""
+        def along(w):
+            return jvp(lambda xi: self.outer(self.theta, xi, w), (self.xi,), (xi_dot,))[1]
+
+        return along(self.w_val), grad(lambda w: along(w).sum())(self.w_val)
 
     def outer_theta_grad(self) -> torch.Tensor:
         """``a_i = grad_theta L_i``, ``[B, q]``."""
@@ -93,7 +98,7 @@ class Rows:
         return jvp(lambda th: grad(lambda t_: self.outer(t_, self.xi, self.w_val).sum())(th), (self.theta,), (t,))[1]
 
     def hvp_cotangents(self, xi_dot: Context, c: torch.Tensor, variant: str) -> tuple[Context, Context]:
-        """``(G, M)`` with ``sum_i c_i D_lambda g_i v = lift(M) + d/dlambda <G, xi_dot(lambda)>``.
+        """``(G, M)`` with ``sum_i c_i D_lambda g_i v = pull(M) + d/dlambda <G, xi_dot(lambda)>``.
 
         ``variant``: "exact" (K), "gn" (L, no third-order term), "direct" (L with theta fixed).
         """

@@ -1,0 +1,66 @@
+"""A body's passes over a fixed set of images, in chunks of bounded memory.
+
+Tasks resample the same images, so everything that runs through the body runs once per
+*unique* image: the features, the tangent ``J v`` and the pull-back ``J^T m`` (plus the body's
+own second-order term ``d/dlambda <g, J v>``) of cotangents summed over the tasks that use the
+image. The meta layer (outer gradients) and the influence engine (total-Hessian products) share
+this one implementation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import grad, vmap
+
+from ..models.nets import FlatModel
+from .body import body_passes
+
+__all__ = ["ImageBody"]
+
+
+class ImageBody:
+    """``body`` at ``lam`` on ``images [U, ...]``: features :attr:`phi` ``[U, h]`` and the passes of
+    :mod:`~metaif.curvature.body` (``passes``: "auto", "structured" or "autograd"), ``chunk``
+    images per pass. The hand-written passes keep per-image state (about 350 KB per 28x28 image
+    on 64-channel Conv-4, float32) for as long as the object lives."""
+
+    def __init__(self, body: FlatModel, lam: torch.Tensor, images: torch.Tensor, chunk: int = 1024,
+                 passes: str = "auto") -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        self.body, self.lam, self.images = body, lam.detach(), images
+        self.chunks = [slice(s, min(s + chunk, len(images))) for s in range(0, len(images), chunk)]
+        self.passes = [body_passes(body, self.lam, images[rows], passes) for rows in self.chunks]
+        self.phi = torch.cat([p.phi for p in self.passes]) if self.passes else \
+            images.new_zeros(0, body.out_features)
+        self._g: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        """Feature tangents ``J v`` of every image along ``v [p]``, ``[U, h]``."""
+        return torch.cat([p.tangent(v) for p in self.passes])
+
+    def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+        """``J^T m`` (``m [U, h]``), plus ``d/dlambda <g, J v>`` when ``g [U, h]`` and ``v [p]`` are given, ``[p]``.
+
+        ``g`` is usually the same for every product of a solve: the passes take it once and keep
+        what depends on it.
+        """
+        if g is not None and (self._g is None or not torch.equal(g, self._g)):
+            for rows, p in zip(self.chunks, self.passes):
+                p.cotangent(g[rows])
+            self._g = g.clone()
+        total = self.lam.new_zeros(self.body.num_params)
+        for rows, p in zip(self.chunks, self.passes):
+            total += p.pull(m[rows], v)
+        return total
+
+    def pull_rows(self, cot: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One ``J^T`` per row through the row's own images: ``cot [B, k, h]`` at image rows
+        ``positions [B, k]`` → ``[B, p]``."""
+        def one(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return grad(lambda la: (c * self.body(la, x)).sum())(self.lam)
+
+        return vmap(one)(self.images[positions], cot)

@@ -1,0 +1,243 @@
+"""Bindings: a problem solved at one lambda on a batch of tasks, where lambda meets the per-row
+algebra of :mod:`metaif.meta.rows`.
+
+A binding solves every inner problem once at lambda, then serves :class:`~.rows.Rows` for any
+slice of tasks, context tangents of a direction ``v [p]``, and the pull-back of context
+cotangents to lambda-space. :class:`Bound` cuts the tasks into chunks of bounded memory and sums
+total gradients over them; outer training (:mod:`metaif.meta.train`) and the influence engine use
+the same objects.
+
+* :class:`BodyBinding` (a :class:`~.problem.FeatureHeadProblem`): the context is the features of
+  the task's inputs. Tasks resample the same inputs, so every body pass runs once per *unique*
+  input (:class:`~metaif.curvature.ImageBody`) on cotangents summed over the tasks that use it;
+  per-task work stays in feature space, batched over the tasks of a chunk.
+* :class:`SeamBinding` (any :class:`~.problem.BilevelProblem`, iMAML included): the context is
+  lambda itself; the row objectives are the seam's, vmapped over tasks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import grad, hessian, jvp, vmap
+from tqdm.auto import tqdm
+
+from ..curvature import ImageBody
+from ..linalg import NotConverged, conjugate_gradient
+from .batch import TaskBatch
+from .heads import FeatureHead, bilevel
+from .problem import FeatureHeadProblem
+from .rows import Context, Rows
+
+__all__ = ["PATHS", "BodyBinding", "Bound", "SeamBinding", "meta_gradient", "task_chunks"]
+
+PATHS = ("auto", "seam")
+SEAM_CG_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def task_chunks(n: int, size: int) -> list[torch.Tensor]:
+    """Positions ``0..n-1`` in consecutive chunks of at most ``size``."""
+    return [torch.arange(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class BodyBinding:
+    """Feature-head problems: lambda is the body, theta_i the head. ``image_chunk`` bounds the
+    body passes' memory; ``inner`` names the head solver (:data:`~metaif.curvature.HEAD_SOLVERS`),
+    applied to ``grad^2_theta F_i + inner_damping I``; ``passes`` the body passes; ``theta0``
+    warm-starts the heads ``[B, q]``."""
+
+    def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, image_chunk: int = 1024,
+                 inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
+                 theta0: torch.Tensor | None = None) -> None:
+        self.head = FeatureHead(problem)
+        self.lam, self.batch = lam.detach(), batch
+        self.inner, self.inner_damping = inner, inner_damping
+        self.body = ImageBody(self.head.body, self.lam, batch.inputs.to(lam.dtype), image_chunk, passes)
+        self.phi = self.body.phi
+        with torch.no_grad():
+            self.theta, self.inner_norm = self.head.solve(self.phi[batch.pos_tr], batch.y_tr, batch.w_tr, theta0)
+        self.bases = self.head.pooled_bases(self.theta, self.phi[batch.pos_tr], batch.y_tr, batch.w_tr) \
+            if inner == "ekfac-pooled" else None
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.body)
+
+    def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> Rows:
+        head, b = self.head, self.batch
+        y_tr, y_val = b.y_tr[idx], b.y_val[idx]
+        xi = (self.phi[b.pos_tr[idx]], self.phi[b.pos_val[idx]])
+        w_tr = b.w_tr[idx]
+        solve = head.solver(self.theta[idx], xi[0], y_tr, w_tr, self.inner, self.inner_damping, self.bases)
+
+        def inner_grad(theta, xi, w):
+            return head.inner_grad(theta, xi[0], y_tr, w)
+
+        def outer(theta, xi, w):
+            return head.outer_objective(theta, xi[1], y_val, w)
+
+        return Rows(self.theta[idx], xi, w_tr, b.w_val[idx] if w_val is None else w_val, solve, inner_grad, outer)
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        """Feature tangents of every unique input along ``v``, ``[U, h]``."""
+        return self.body.tangent(v)
+
+    def context_tangent(self, tangent: torch.Tensor, idx: torch.Tensor) -> Context:
+        return tangent[self.batch.pos_tr[idx]], tangent[self.batch.pos_val[idx]]
+
+    def zeros(self) -> torch.Tensor:
+        return torch.zeros_like(self.phi)
+
+    def scatter(self, into: torch.Tensor, cot: Context, idx: torch.Tensor) -> None:
+        """Add row cotangents into the per-input buffer ``[U, h]``."""
+        width = into.shape[1]
+        into.index_add_(0, self.batch.pos_tr[idx].flatten(), cot[0].reshape(-1, width))
+        into.index_add_(0, self.batch.pos_val[idx].flatten(), cot[1].reshape(-1, width))
+
+    def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+        """``J_phi^T m + d/dlambda <g, J_phi v>`` over the unique inputs, ``[p]``."""
+        return self.body.pull(m, g, v)
+
+    def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:
+        """One lambda-gradient per row, ``[B, p]``, through the row's own inputs."""
+        positions = torch.cat([self.batch.pos_tr[idx], self.batch.pos_val[idx]], dim=1)
+        return self.body.pull_rows(torch.cat(cot, dim=1), positions)
+
+
+class SeamBinding:
+    """Any :class:`~.problem.BilevelProblem` on flat vectors: the context is lambda. Inner solves
+    are dense Cholesky of ``grad^2_theta F_i + inner_damping I`` when ``q <= dense_max``, else CG on
+    autograd products; ``theta0 [B, q]`` warm-starts the inner problems."""
+
+    def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, inner_damping: float = 0.0,
+                 dense_max: int = 2000, cg_max_iter: int = 1000, theta0: torch.Tensor | None = None,
+                 progress: bool = False) -> None:
+        # lambda and every tangent get fresh storage: forward AD tangents of the expanded
+        # per-row lambda must share its layout (a view into another buffer, e.g. a column of
+        # the dense solver's identity, would be copied into the stride-0 expansion and fail)
+        self.problem = bilevel(problem)
+        self.lam, self.batch, self.inner_damping = lam.detach().clone(), batch, inner_damping
+        self.x_tr, self.x_val = batch.x_tr.to(lam.dtype), batch.x_val.to(lam.dtype)
+        self.cg_rtol, self.cg_max_iter = SEAM_CG_RTOL[lam.dtype], cg_max_iter
+        tasks = tqdm(range(len(batch)), desc="inner problems", leave=False, disable=not progress)
+        solved = [self.problem.solve_inner(self.lam, self.x_tr[i], batch.y_tr[i], batch.w_tr[i],
+                                           None if theta0 is None else theta0[i]) for i in tasks]
+        self.theta = torch.stack([s[0] for s in solved])
+        self.inner_norm = torch.tensor([s[1] for s in solved])
+        self._inner_grad = vmap(grad(self.problem.inner_objective, argnums=0))
+        self._outer = vmap(self.problem.outer_objective)
+        self.dense = self.theta.shape[1] <= dense_max
+        if self.dense:
+            h = vmap(hessian(self.problem.inner_objective, argnums=0))(
+                self.theta, self.lam.expand(len(batch), -1), self.x_tr, batch.y_tr, batch.w_tr)
+            eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
+            self.chol = torch.linalg.cholesky(0.5 * (h + h.mT) + inner_damping * eye)
+
+    def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> Rows:
+        b = self.batch
+        x_tr, y_tr, x_val, y_val = self.x_tr[idx], b.y_tr[idx], self.x_val[idx], b.y_val[idx]
+        theta, w_tr = self.theta[idx], b.w_tr[idx]
+        lam_rows = self.lam.expand(len(idx), -1)
+
+        def inner_grad(th, xi, w):
+            return self._inner_grad(th, xi[0], x_tr, y_tr, w)
+
+        def outer(th, xi, w):
+            return self._outer(th, xi[0], x_val, y_val, w)
+
+        if self.dense:
+            chol = self.chol[idx]
+
+            def solve(rhs):
+                return torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
+        else:
+            def matvec(vec):  # [B, 1, q]
+                hv = jvp(lambda th: inner_grad(th, (lam_rows,), w_tr), (theta,), (vec[:, 0],))[1]
+                return (hv + self.inner_damping * vec[:, 0]).unsqueeze(1)
+
+            def solve(rhs):
+                res = conjugate_gradient(matvec, rhs.unsqueeze(1), self.cg_rtol, self.cg_max_iter)
+                if not bool(res.converged.all()):
+                    raise NotConverged(f"inner cg missed rtol {self.cg_rtol:g} (relative residual "
+                                       f"{float(res.resid.max()):.2e}); raise inner_damping")
+                return res.x.squeeze(1)
+
+        return Rows(theta, (lam_rows,), w_tr, b.w_val[idx] if w_val is None else w_val, solve, inner_grad, outer)
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        return v.clone()
+
+    def context_tangent(self, tangent: torch.Tensor, idx: torch.Tensor) -> Context:
+        return (tangent.expand(len(idx), -1),)
+
+    def zeros(self) -> torch.Tensor:
+        return torch.zeros_like(self.lam)
+
+    def scatter(self, into: torch.Tensor, cot: Context, idx: torch.Tensor) -> None:
+        into += cot[0].sum(0)
+
+    def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+        """The context is lambda: the pull-back is the identity and has no second-order term."""
+        return m.clone()
+
+    def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:
+        return cot[0]
+
+
+class Bound:
+    """``problem`` solved at ``lam`` on ``batch``, its tasks cut into chunks of ``chunk`` rows.
+
+    ``path`` "auto" uses the unique-input :class:`BodyBinding` for problems that declare a
+    feature-space head and the :class:`SeamBinding` otherwise; "seam" forces the latter.
+    ``inner``, ``inner_damping``, ``passes``, ``image_chunk`` and ``theta0`` are the bindings'.
+    """
+
+    def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, *, path: str = "auto", chunk: int = 256,
+                 image_chunk: int = 1024, inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
+                 theta0: torch.Tensor | None = None, progress: bool = False) -> None:
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        if path == "auto" and isinstance(problem, FeatureHeadProblem):
+            self.binding = BodyBinding(problem, lam, batch, image_chunk, inner, inner_damping, passes, theta0)
+        else:
+            if inner not in ("auto", "cholesky"):
+                raise ValueError(f"inner solver {inner!r} needs the feature-head path; the per-task path solves the "
+                                 f"inner problems exactly ('auto')")
+            self.binding = SeamBinding(problem, lam, batch, inner_damping, theta0=theta0, progress=progress)
+        self.lam, self.batch = lam.detach(), batch
+        self.chunks = task_chunks(len(batch), chunk)
+        chunks = tqdm(self.chunks, desc="inner states", leave=False, disable=not progress)
+        self.rows = [self.binding.rows(idx) for idx in chunks]
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return self.binding.theta
+
+    @property
+    def inner_norm(self) -> torch.Tensor:
+        return self.binding.inner_norm
+
+    def gradient(self, c: torch.Tensor, direct: bool = False) -> torch.Tensor:
+        """``sum_i c_i g_i`` (math.md §3; ``grad_lambda L_i`` at fixed theta when ``direct``), ``[p]``."""
+        buf = self.binding.zeros()
+        for idx, rows in zip(self.chunks, self.rows):
+            ci = c[idx].to(buf)
+            if bool((ci != 0).any()):
+                self.binding.scatter(buf, rows.direct_cotangent(ci) if direct else rows.gradient_cotangent(ci), idx)
+        return self.binding.pull(buf)
+
+    def outer_losses(self) -> torch.Tensor:
+        """``L_i(theta_i, lambda)`` per task ``[m]``."""
+        return torch.cat([rows.outer(rows.theta, rows.xi, rows.w_val) for rows in self.rows]).detach()
+
+
+def meta_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """``sum_i c_i g_i`` (math.md §3) over ``batch``, ``[p]``, and the losses: what outer training
+    and polishing need from a problem without its own ``outer_gradient``. A feature-head problem
+    runs the body once per unique input of the batch (a forward, then one pull-back of the summed
+    feature cotangents)."""
+    bound = Bound(problem, lam, batch)
+    c = task_weights.to(lam)
+    grad = bound.gradient(c)
+    weighted = float((c * bound.outer_losses()).sum())
+    return grad, {"outer_loss": weighted / float(c.sum()), "weighted_loss": weighted,
+                  "inner_grad_norm": float(bound.inner_norm.max())}

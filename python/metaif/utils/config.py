@@ -1,0 +1,66 @@
+"""Frozen dataclass configs whose fields carry their help text once.
+
+``setting(default, "help")`` is a dataclass field with the help in its metadata; ``@config``
+makes the class a frozen dataclass and appends every field's help (and default) to its
+docstring, so ``help(SolverConfig)`` and the CLI's ``--help`` (which reads the same metadata)
+say the same thing. ``check`` raises ``ValueError`` naming the config, the field, what was
+expected and what was received.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+__all__ = ["check", "check_choice", "config", "field_help", "finite", "setting"]
+
+T = TypeVar("T")
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Iterable[str] | None = None,
+            factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field with ``help`` (and optional ``choices``) in its metadata."""
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of field ``name`` of config class ``cls``."""
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return repr(f.default)
+    return f"{f.type}()" if f.default_factory is not dataclasses.MISSING else "required"
+
+
+def config(cls: type[T]) -> type[T]:
+    """Frozen dataclass whose docstring lists each field with its help and default."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    lines = [f"    {f.name}: {f.metadata.get('help', '')} (default {_default_text(f)})"
+             for f in dataclasses.fields(cls) if f.metadata.get("help")]
+    if lines:
+        cls.__doc__ = (cls.__doc__ or cls.__name__).rstrip() + "\n\n    Fields:\n" + "\n".join(lines) + "\n"
+    return cls
+
+
+def check(ok: bool, owner: object, name: str, expected: str, value: Any) -> None:
+    """Raise ``ValueError("Owner.name must be <expected>, got <value>")`` unless ``ok``."""
+    if not ok:
+        label = owner if isinstance(owner, str) else type(owner).__name__
+        raise ValueError(f"{label}.{name} must be {expected}, got {value!r}")
+
+
+def check_choice(owner: object, name: str, value: Any, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    check(value in choices, owner, name, f"one of {', '.join(map(repr, choices))}", value)
+
+
+def finite(value: Any) -> bool:
+    """A real, finite number (bools and complex numbers are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
