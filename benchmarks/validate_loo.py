@@ -39,7 +39,8 @@ def main() -> None:
         problem = ImamlProblem(mlp(64, (3,), "tanh"), ImamlConfig(ways=3, delta=2.0, gamma=args.gamma, inner_tol=1e-12,
                                                                   inner_max_iter=500, cg_rtol=1e-13, cg_max_iter=500))
     else:
-        problem = AnilProblem(mlp(64, (6,), "tanh"), AnilConfig(ways=3, head=args.form, delta=0.3, gamma=args.gamma,
+        loss = {"logistic": "softmax", "ridge": "squared"}[args.form]
+        problem = AnilProblem(mlp(64, (6,), "tanh"), AnilConfig(ways=3, loss=loss, delta=0.3, gamma=args.gamma,
                                                                 inner_tol=1e-12))
     lam = solve_outer(problem, tasks, problem.init_lambda(0, torch.float64), tol=args.tol, max_iter=3000).lam
     d = random_directions(lam.numel(), args.directions, seed=1)

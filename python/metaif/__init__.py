@@ -6,8 +6,10 @@ Importing the package loads the compiled kernels (``metaif._C``), which register
 
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
-from . import _C  # noqa: F401  (registers torch.ops.metaif.*)
-from . import ops
+from . import (
+    _C,  # noqa: F401  (registers torch.ops.metaif.*)
+    ops,
+)
 
 __version__ = "0.1.0"
 __all__ = ["ops", "__version__"]

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import ops, reference
-from .models import conv4
 from .curvature import AutogradPasses, SecondOrderPasses
 from .linalg import woodbury_solve
+from .models import conv4
 from .utils.io import write_json
 
 Fn = Callable[[], object]
@@ -285,7 +285,8 @@ def run(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict:
     peak = sgemm_peak_gflops(cfg.n_repeats)
     report(f"torch {torch.__version__}, {cfg.threads} thread(s), median of {cfg.n_repeats}; "
            f"sgemm peak {peak:.1f} GFLOP/s (torch.mm 1024^3)")
-    header = f"{'op':<22} {'case':<30} {'baseline':<27} {'metaif ms':>10} {'base ms':>10} {'speed-up':>8} {'GFLOP/s':>8} {'%peak':>6}  note"
+    header = (f"{'op':<22} {'case':<30} {'baseline':<27} {'metaif ms':>10} {'base ms':>10} {'speed-up':>8} "
+              f"{'GFLOP/s':>8} {'%peak':>6}  note")
     report(header)
     report("-" * len(header))
     rows = []

@@ -5,11 +5,10 @@ import torch
 from torch import nn
 from torch.func import grad, jvp
 
+from metaif.curvature import AutogradPasses, SecondOrderPasses, body_passes, supports
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig
 from metaif.meta import AnilConfig, AnilProblem
-from metaif.curvature import AutogradPasses, SecondOrderPasses, body_passes, supports
 from metaif.models import FlatModel, conv4, mlp
-
 from tests.helpers import make_taskset
 
 

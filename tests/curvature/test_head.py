@@ -8,7 +8,6 @@ from torch.func import hessian, vmap
 from metaif.curvature import HEAD_SOLVERS, LOSSES, get_loss, head_solver, pooled_kfe_bases
 from metaif.meta import AnilConfig, AnilProblem
 from metaif.models import mlp
-
 from tests.helpers import randn
 
 CLASSES = {"softmax": 3, "squared": 3, "binary": 2}

@@ -7,7 +7,6 @@ import torch
 
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig, SolverError
 from metaif.meta import FeatureHead, Weights, bilevel, total_gradient
-
 from tests.helpers import make_problem, make_taskset, randn, task_tuples
 
 

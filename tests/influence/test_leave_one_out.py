@@ -7,7 +7,6 @@ import torch
 from metaif.experiments.loo import leave_one_out, random_directions, spearman
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig
 from metaif.meta import Weights, solve_outer
-
 from tests.helpers import make_problem, make_taskset
 
 SOLVER = InfluenceConfig(solver=SolverConfig(method="cg", rtol=1e-10, max_iter=1000))

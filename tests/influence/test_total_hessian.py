@@ -5,7 +5,6 @@ import torch
 
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, finite_difference_hvp
 from metaif.meta import bilevel
-
 from tests.helpers import make_problem, task_tuples
 
 CASES = [("logistic", "auto"), ("logistic", "seam"), ("ridge", "auto"), ("ridge", "seam"), ("imaml", "auto")]

@@ -16,8 +16,16 @@ from ..data import corrupt_labels
 from ..meta.run import build
 from ..utils.io import Ledger, write_atomic, write_json
 from . import plots
-from .common import (AnalysisConfig, ExperimentConfig, Trained, accuracy, retrain_without, save_config, score_all,
-                     train_model)
+from .common import (
+    AnalysisConfig,
+    ExperimentConfig,
+    Trained,
+    accuracy,
+    retrain_without,
+    save_config,
+    score_all,
+    train_model,
+)
 
 
 @dataclass(frozen=True)

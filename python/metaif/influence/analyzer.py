@@ -14,11 +14,12 @@ import warnings
 from dataclasses import dataclass, replace
 
 import torch
+from torch.func import vmap
 
 from ..data.tasks import TaskSet
 from ..linalg import DampingRetry, MatvecOperator, MetaifWarning, SolverConfig, SolveResult
 from ..meta.batch import TaskBatch, Weights
-from ..meta.binding import Bound, task_chunks
+from ..meta.binding import Bound, SeamBinding, task_chunks
 from .config import DIRECT, VARIANTS, InfluenceConfig
 
 __all__ = ["InfluenceAnalyzer", "Scores"]
@@ -136,26 +137,48 @@ class InfluenceAnalyzer:
             out.append(self.binding.pull_each(cot, positions[idx]))
         return torch.cat(out) if out else self.lam.new_zeros(0, self.lam.numel())
 
-    def hvp(self, v: torch.Tensor, variant: str | None = None, subset: torch.Tensor | None = None) -> torch.Tensor:
-        """Total-Hessian-vector product ``H v`` (``[p]``) in ``variant`` ("direct": the direct
-        Hessian of eq. 7); ``subset`` of task positions gives the unbiased minibatch estimate
-        (weights scaled by m / |subset|)."""
-        variant = self._variant(variant, allow_direct=True)
-        tangent = self.binding.tangent(v)
-        g_buf, m_buf = self.binding.zeros(), self.binding.zeros()
+    def _weighted_chunks(self, subset: torch.Tensor | None):
+        """``(positions, rows, c)`` of every chunk with a non-zero task weight; with a ``subset`` of
+        task positions the weights of an unbiased minibatch estimate (scaled by m / |subset|)."""
         scale = 1.0 if subset is None else len(self.tasks) / len(subset)
         for idx, rows in zip(self.state.chunks, self.state.rows):
             c = self.c[idx] * scale
             if subset is not None:
                 c = c * torch.isin(idx, subset).to(c)
-            if not bool((c != 0).any()):
-                continue
-            g, m = rows.hvp_cotangents(self.binding.context_tangent(tangent, idx), c, _ROW_HESSIAN[variant])
-            self.binding.scatter(g_buf, g, idx)
-            self.binding.scatter(m_buf, m, idx)
-        out = self.problem.gamma * v + self.binding.pull(m_buf, g_buf, v)
-        if variant == "gamma":
-            out = out + self.gamma_term * v
+            if bool((c != 0).any()):
+                yield idx, rows, c
+
+    def hvp(self, v: torch.Tensor, variant: str | None = None, subset: torch.Tensor | None = None) -> torch.Tensor:
+        """Total-Hessian-vector products ``H v`` of ``v [p]`` or a block ``[k, p]`` in ``variant``
+        ("direct": the direct Hessian of eq. 7); ``subset`` of task positions gives the unbiased
+        minibatch estimate. On the per-task path with dense inner solves a block runs as one
+        vmapped product per chunk."""
+        variant = self._variant(variant, allow_direct=True)
+        if v.dim() == 2:
+            if isinstance(self.binding, SeamBinding) and self.binding.dense:
+                out = self._seam_block_hvp(v, variant, subset)
+            else:
+                return torch.stack([self.hvp(row, variant, subset) for row in v]) if len(v) else v.clone()
+        else:
+            tangent = self.binding.tangent(v)
+            g_buf, m_buf = self.binding.zeros(), self.binding.zeros()
+            for idx, rows, c in self._weighted_chunks(subset):
+                g, m = rows.hvp_cotangents(self.binding.context_tangent(tangent, idx), c, _ROW_HESSIAN[variant])
+                self.binding.scatter(g_buf, g, idx)
+                self.binding.scatter(m_buf, m, idx)
+            out = self.binding.pull(m_buf, g_buf, v)
+        out = out + self.problem.gamma * v
+        return out + self.gamma_term * v if variant == "gamma" else out
+
+    def _seam_block_hvp(self, block: torch.Tensor, variant: str, subset: torch.Tensor | None) -> torch.Tensor:
+        """The row part of ``H v`` for every row of ``block [k, p]`` when the context is lambda (the
+        pull-back is the identity and has no second-order term)."""
+        out = torch.zeros_like(block)
+        for idx, rows, c in self._weighted_chunks(subset):
+            def one(v: torch.Tensor) -> torch.Tensor:
+                return rows.hvp_cotangents((v.expand(len(idx), -1),), c, _ROW_HESSIAN[variant])[1][0].sum(0)
+
+            out = out + vmap(one)(block.clone())
         return out
 
     def operator(self, variant: str | None = None) -> MatvecOperator:
@@ -168,7 +191,8 @@ class InfluenceAnalyzer:
             subset = torch.randperm(len(self.tasks), generator=gen)[:batch_tasks]
             return self.hvp(v, variant, subset)
 
-        return MatvecOperator.per_vector(lambda v: self.hvp(v, variant), self.lam, sampled)
+        return MatvecOperator(lambda v: self.hvp(v, variant), self.lam.numel(), self.lam.dtype, self.lam.device,
+                              lambda v, gen: torch.stack([sampled(row, gen) for row in v]))
 
     def set_solver(self, solver: SolverConfig) -> None:
         """Use another solver configuration (e.g. more damping) for later solves."""

@@ -3,7 +3,8 @@
 ``solve(op, b, SolverConfig(method=...))`` applies ``(A + damping I)^{-1}`` to a block of
 right-hand sides with the config's retry and failure policies; :data:`SOLVERS` lists the
 registered methods (cg, minres, neumann/LiSSA, dense, lowrank). :func:`conjugate_gradient` is
-the batched CG the inner solves use (a :class:`~metaif.ops.CGResult` with the true residual); :func:`woodbury_solve` the exact few-shot factor inverse.
+the batched CG the inner solves use (a :class:`~metaif.ops.CGResult` with the true residual);
+:func:`woodbury_solve` the exact few-shot factor inverse.
 """
 
 from . import cg, dense, lowrank, minres, neumann  # noqa: F401  (register the solvers)
@@ -13,7 +14,7 @@ from .dense import dense_matrix
 from .operator import LinearOperator, MatvecOperator, dense_operator
 from .power import power_iteration
 from .registry import SOLVERS, DampingRetry, Solver, register_solver, solve
-from .result import Diverged, MetaifWarning, NotConverged, NotPositiveDefinite, SolveResult, SolverError
+from .result import Diverged, MetaifWarning, NotConverged, NotPositiveDefinite, SolverError, SolveResult
 from .woodbury import as_damping, woodbury_solve
 
 __all__ = ["SOLVERS", "DampingRetry", "Diverged", "LinearOperator", "MatvecOperator",

@@ -18,7 +18,6 @@ from .anil import AnilConfig, AnilProblem
 from .imaml import ImamlConfig, ImamlProblem
 from .train import TrainConfig, evaluate, meta_train
 
-
 HEAD_LOSSES = {"logistic": "softmax", "ridge": "squared", "binary": "binary"}
 DATASETS = ("digits", "omniglot", "mnist", "miniimagenet")
 FORMS = ("anil", "imaml")

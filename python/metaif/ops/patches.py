@@ -59,7 +59,8 @@ def _gather_t_fake(cols, index, mask, signal):
     op = "gather_patch_matmul_t"
     _check(op, cols, index, mask)
     check_like(op, "cols", cols, "signal", signal)
-    require(signal.shape == index.shape, op, f"signal must have the shape of index {tuple(index.shape)}, got {tuple(signal.shape)}")
+    require(signal.shape == index.shape, op,
+            f"signal must have the shape of index {tuple(index.shape)}, got {tuple(signal.shape)}")
     return cols.new_empty((index.shape[2], cols.shape[2]))
 
 

@@ -1,0 +1,144 @@
+"""Every registered solver against dense solves; honest residuals, divergence and the retry
+policy (float64 unless stated)."""
+
+import warnings
+
+import pytest
+import torch
+
+from metaif.linalg import (
+    SOLVERS,
+    Diverged,
+    MatvecOperator,
+    MetaifWarning,
+    NotConverged,
+    NotPositiveDefinite,
+    SolverConfig,
+    conjugate_gradient,
+    dense_operator,
+    solve,
+)
+from tests.helpers import randn
+
+
+def total_hessian_like(p=60, m=6, gamma=0.05, seed=0):
+    """gamma I + a mean of low-rank task terms, as a total Hessian is; and its terms (for LiSSA)."""
+    gen = torch.Generator().manual_seed(seed)
+    terms = [torch.randn(p, 4, generator=gen, dtype=torch.float64) for _ in range(m)]
+    a = gamma * torch.eye(p, dtype=torch.float64) + sum(t @ t.T for t in terms) / m
+
+    def sampled(v, g):
+        pick = torch.randperm(m, generator=g)[:3]
+        return gamma * v + sum(v @ terms[i] @ terms[i].T for i in pick) / 3
+
+    return a, MatvecOperator(lambda v: v @ a, p, a.dtype, a.device, sampled)
+
+
+def with_spectrum(values, seed=0, dtype=torch.float64):
+    q = torch.linalg.qr(randn((len(values), len(values)), seed))[0]
+    return ((q * torch.as_tensor(values, dtype=torch.float64)) @ q.T).to(dtype)
+
+
+@pytest.mark.parametrize("method", sorted(SOLVERS))
+def test_every_solver_matches_the_dense_solve(method):
+    a, op = total_hessian_like()
+    b = randn((3, 60), 1)
+    expected = torch.linalg.solve(a + 0.1 * torch.eye(60, dtype=torch.float64), b.T).T
+    extra = {"lowrank": {"rank": 60, "floor": 0.05}, "neumann": {"max_iter": 20000}}.get(method, {"max_iter": 500})
+    res = solve(op, b, SolverConfig(method=method, damping=0.1, rtol=1e-12, **extra))
+    assert (res.x - expected).norm() <= 1e-8 * expected.norm()
+    assert res.converged and res.damping == 0.1
+    if res.residual is not None:  # iterative: the reported residual is the true one
+        true = (b - (res.x @ a + 0.1 * res.x)).norm(dim=1) / b.norm(dim=1)
+        torch.testing.assert_close(res.residual, true, rtol=1e-3, atol=1e-15)
+
+
+def test_truncated_lowrank_and_lissa_approximate():
+    a, op = total_hessian_like()
+    b = randn((3, 60), 1)
+    expected = torch.linalg.solve(a + 0.1 * torch.eye(60, dtype=torch.float64), b.T).T
+    err = float((solve(op, b, SolverConfig(method="lowrank", rank=20, damping=0.1)).x - expected).norm() / expected.norm())
+    assert 0 < err < 1
+    with pytest.warns(MetaifWarning, match="neumann stopped"):  # a stochastic estimate: no tight residual
+        lissa = solve(op, b, SolverConfig(method="neumann", damping=0.1, lissa_tasks=3, max_iter=3000,
+                                          on_failure="warn"))
+    assert (lissa.x - expected).norm() < 0.5 * expected.norm()
+
+
+def test_cg_reports_the_true_residual_in_float32():
+    """Condition 1e6 in float32: the recursive residual drifts far below the true one."""
+    misses = 0
+    for seed in range(5):
+        a = with_spectrum(torch.logspace(-6, 0, 80).tolist(), seed, torch.float32)
+        b = randn((1, 80), seed + 10, torch.float32)
+        res = conjugate_gradient(lambda v: v @ a, b[None], 1e-6, 400)
+        true = float((b - res.x[0] @ a).double().norm() / b.double().norm())
+        assert float(res.resid[0, 0]) == pytest.approx(true, rel=1e-3)
+        assert bool(res.converged[0, 0]) == (true <= 1e-6)
+        misses += not bool(res.converged[0, 0])
+    assert misses > 0  # float32 cannot reach 1e-6 here: the result must say so
+    with pytest.raises(NotConverged, match="relative residual"):
+        solve(dense_operator(a), b, SolverConfig(method="cg", rtol=1e-6, max_iter=400))
+    with pytest.warns(MetaifWarning, match="stopped at relative residual"):
+        solve(dense_operator(a), b, SolverConfig(method="cg", rtol=1e-6, max_iter=400, on_failure="warn"))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cg_does_not_claim_convergence_on_a_singular_operator(seed):
+    """b has a component in the null space, so no solution exists: CG either meets the zero
+    curvature and says the operator is not positive definite, or reports its true residual."""
+    a = with_spectrum([0.0] * 5 + torch.linspace(0.5, 2.0, 25).tolist(), seed)
+    b = randn((2, 30), seed + 3)
+    try:
+        res = conjugate_gradient(lambda v: v @ a, b[None], 1e-8, 100)
+    except NotPositiveDefinite:
+        return
+    true = (b - res.x[0] @ a).norm(dim=1) / b.norm(dim=1)
+    torch.testing.assert_close(res.resid[0], true)
+    assert not bool(res.converged.any())
+
+
+def test_minres_solves_symmetric_indefinite_systems():
+    a = with_spectrum([-2.0, -0.5, 0.3, 1.0, 2.0, 3.0, 4.0, 5.0] * 4)
+    b = randn((3, 32), 4)
+    res = solve(dense_operator(a), b, SolverConfig(method="minres", rtol=1e-10, max_iter=200))
+    torch.testing.assert_close(res.x, torch.linalg.solve(a, b.T).T)
+    with pytest.raises(NotPositiveDefinite, match="curvature"):
+        solve(dense_operator(a), b, SolverConfig(method="cg"))
+
+
+@pytest.mark.parametrize("smallest", [-1e-3, -1.0])
+def test_neumann_refuses_an_indefinite_operator(smallest):
+    a = with_spectrum([smallest] + [1.0] * 19)
+    with pytest.raises((Diverged, NotPositiveDefinite)):
+        solve(dense_operator(a), randn((1, 20), 5), SolverConfig(method="neumann", max_iter=5000))
+
+
+def test_the_retry_policy_raises_damping_and_says_so():
+    a = with_spectrum([-0.05] + [1.0] * 19)
+    b = randn((1, 20), 6)
+    with pytest.raises(NotPositiveDefinite):
+        solve(dense_operator(a), b, SolverConfig(method="dense", damping=0.01))
+    with pytest.warns(MetaifWarning, match="Retrying with damping 0.1 \\(was 0.01\\)"):
+        res = solve(dense_operator(a), b, SolverConfig(method="dense", damping=0.01, retries=2))
+    assert res.damping == pytest.approx(0.1)
+    torch.testing.assert_close(res.x, torch.linalg.solve(a + 0.1 * torch.eye(20, dtype=torch.float64), b.T).T)
+
+
+def test_bad_configs_and_inputs_name_what_is_wrong():
+    with pytest.raises(ValueError, match="SolverConfig.method must be one of"):
+        SolverConfig(method="gmres")
+    with pytest.raises(ValueError, match="SolverConfig.damping must be a finite number >= 0, got -1"):
+        SolverConfig(damping=-1)
+    with pytest.raises(ValueError, match="SolverConfig.max_iter must be an integer >= 1, got 0"):
+        SolverConfig(max_iter=0)
+    with pytest.raises(ValueError, match="SolverConfig.rtol"):
+        SolverConfig(rtol=float("nan"))
+    a, op = total_hessian_like()
+    with pytest.raises(ValueError, match=r"right-hand sides must be \[k, 60\]"):
+        solve(op, torch.zeros(60, dtype=torch.float64), SolverConfig())
+    with pytest.raises(ValueError, match="NaN or inf"):
+        solve(op, torch.full((1, 60), float("nan"), dtype=torch.float64), SolverConfig())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert solve(op, torch.zeros(1, 60, dtype=torch.float64), SolverConfig()).x.abs().sum() == 0
