@@ -1,6 +1,7 @@
-// Row-major GEMM on raw pointers through the Fortran BLAS that libtorch_cpu exports (MKL on
-// x86 wheels). Called directly so that thousands of tiny per-task products pay no dispatcher,
-// allocation or shape-check overhead.
+// Row-major GEMM on raw pointers through the Fortran BLAS that libtorch_cpu exports (MKL on x86
+// wheels). Called directly so that thousands of tiny per-task products pay no dispatcher,
+// allocation or shape-check overhead. The routines are looked up when the extension is imported
+// (blas.cpp), so a torch without them gives a clear ImportError instead of an undefined symbol.
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -8,16 +9,23 @@
 #include <cstdint>
 #include <limits>
 
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b,
-            const int* ldb, const double* beta, double* c, const int* ldc);
-}
-
 namespace metaif::blas {
+
+using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
+                         const float*, const int*, const float*, const int*, const float*, float*,
+                         const int*);
+using DgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const double*,
+                         const double*, const int*, const double*, const int*, const double*, double*,
+                         const int*);
+
+struct Routines {
+  SgemmFn sgemm = nullptr;
+  DgemmFn dgemm = nullptr;
+  const char* error = nullptr;  // why they could not be found, or nullptr
+};
+
+// Resolved once, on first use (the extension's import checks error()).
+const Routines& routines();
 
 inline int to_blas_int(int64_t v) {
   TORCH_CHECK(v <= std::numeric_limits<int>::max(),
@@ -28,13 +36,13 @@ inline int to_blas_int(int64_t v) {
 inline void fortran_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
                          const float* alpha, const float* a, const int* lda, const float* b,
                          const int* ldb, const float* beta, float* c, const int* ldc) {
-  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  routines().sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 inline void fortran_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
                          const double* alpha, const double* a, const int* lda, const double* b,
                          const int* ldb, const double* beta, double* c, const int* ldc) {
-  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  routines().dgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 // C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C, all row-major with leading

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "inputs.h"
 #include "operators.h"
 
 namespace metaif {

@@ -2,27 +2,15 @@
 // n = 25 examples each product is a few thousand multiply-adds, far too small for a BLAS call
 // to pay off. The task's features are first copied feature-major with the examples padded to
 // whole vectors, so that the inner loops run over whole SIMD vectors along a contiguous axis,
-// accumulate in registers and need no horizontal reductions. Compiled for
-// AVX-512, AVX2+FMA and baseline x86-64, chosen at load time (GCC target_clones), so that a
-// portable wheel still runs the widest vectors the CPU has.
+// accumulate in registers and need no horizontal reductions (compiled for every SIMD width,
+// simd.h).
 #pragma once
 
 #include <cstdint>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define METAIF_TARGET_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define METAIF_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define METAIF_TARGET_CLONES
-#define METAIF_ALWAYS_INLINE inline
-#endif
+#include "simd.h"
 
 namespace metaif {
-
-constexpr int64_t kSimdPad = 16;
-
-inline int64_t round_up(int64_t v) { return (v + kSimdPad - 1) / kSimdPad * kSimdPad; }
 
 // One task's data for the kernel: the features as they are ([n, d], example-major) and
 // transposed with the examples padded to whole vectors ([d, n_pad], zero padding), so that the
@@ -62,19 +50,6 @@ PaddedHead<T> pad_head(const T* phi, const T* probs, const T* w, int64_t n, int6
   for (int64_t j = 0; j < np; ++j) w_p[j] = j < n ? w[j] : T(0);
   return {n, d, classes, np, round_up(d), damping, phi, phi_t, p_t, w_p};
 }
-
-// 64-byte SIMD vectors (GCC vector extensions; lowered to narrower registers where the clone
-// has them), readable from any element-aligned address.
-template <typename T>
-struct Simd;
-template <>
-struct Simd<float> {
-  typedef float type __attribute__((vector_size(64), aligned(4)));
-};
-template <>
-struct Simd<double> {
-  typedef double type __attribute__((vector_size(64), aligned(8)));
-};
 
 // acc += sum_i a[i] * B[i * stride : +lanes] for i < count, four independent chains so that
 // the multiply-add latency is hidden.

@@ -1,9 +1,11 @@
-// Batched conjugate gradient for dense per-task matrices and for the ce-head operator.
+// Batched conjugate gradient for dense per-task matrices and for the ce-head operator;
+// maxiter -1 means the operator's dimension.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <tuple>
 
+#include "inputs.h"
 #include "operators.h"
 #include "solvers.h"
 
@@ -25,9 +27,10 @@ CgResult run_cg(const char* opname, const at::Tensor& b, double rtol, int64_t ma
     return {x, iters, resid};
   }
   AT_DISPATCH_FLOATING_TYPES(bc.scalar_type(), "cg", [&] {
-    cg_solve<scalar_t>(opname, make_op(scalar_t(0)), tasks, batch, bc.data_ptr<scalar_t>(), rtol,
-                       maxiter, x.data_ptr<scalar_t>(), iters.data_ptr<int64_t>(),
-                       resid.data_ptr<scalar_t>());
+    const auto op = make_op(scalar_t(0));
+    const int64_t cap = maxiter < 0 ? op.dim() : maxiter;  // -1: the operator's dimension
+    cg_solve<scalar_t>(opname, op, tasks, batch, bc.data_ptr<scalar_t>(), rtol, cap,
+                       x.data_ptr<scalar_t>(), iters.data_ptr<int64_t>(), resid.data_ptr<scalar_t>());
   });
   return {x, iters, resid};
 }
@@ -50,6 +53,7 @@ CgResult cg_ce_head_cpu(const at::Tensor& feats, const at::Tensor& probs,
   constexpr const char* kOp = "cg_ce_head";
   const CeHeadInputs in = ce_head_inputs(kOp, feats, probs, weights, b, "b");
   check_solver_args(kOp, damping, rtol, maxiter);
+  check_singular_damping(kOp, damping);
   return run_cg(kOp, b, rtol, maxiter, [&](auto zero) {
     using T = decltype(zero);
     return in.op<T>(damping);

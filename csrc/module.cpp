@@ -1,10 +1,17 @@
 // The metaif._C extension module: an empty Python module whose import runs the static
 // initialisers below, which register every op under torch.ops.metaif. Tensor APIs live on
-// TORCH_LIBRARY (no pybind11), so the module needs no Python-side bindings at all.
+// TORCH_LIBRARY (no pybind11), so the module needs no Python-side bindings at all. The import
+// fails with a clear ImportError when the BLAS routines the CPU kernels call are missing.
 #include <Python.h>
 #include <torch/library.h>
 
+#include "blas.h"
+
 extern "C" PyObject* PyInit__C(void) {
+  if (const char* error = metaif::blas::routines().error) {
+    PyErr_SetString(PyExc_ImportError, error);
+    return nullptr;
+  }
   static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
                                    nullptr, nullptr, nullptr, nullptr};
   return PyModule_Create(&module_def);
@@ -21,9 +28,10 @@ TORCH_LIBRARY(metaif, m) {
   m.def("ce_head_hvp(Tensor feats, Tensor probs, Tensor vecs, float damping, Tensor? weights) "
         "-> Tensor");
   m.def("ggn_hvp(Tensor jac, Tensor probs, Tensor vecs, float damping, Tensor? weights) -> Tensor");
-  m.def("neumann_dense(Tensor a, Tensor b, Tensor scale, int iters, float damping) -> Tensor");
-  m.def("neumann_ce_head(Tensor feats, Tensor probs, Tensor? weights, Tensor b, Tensor scale, "
-        "int iters, float damping) -> Tensor");
+  m.def("neumann_dense(Tensor a, Tensor b, Tensor? scale, int iters, float damping, float? rtol) "
+        "-> Tensor");
+  m.def("neumann_ce_head(Tensor feats, Tensor probs, Tensor? weights, Tensor b, Tensor? scale, "
+        "int iters, float damping, float? rtol) -> Tensor");
   m.def("cg_dense(Tensor a, Tensor b, float damping, float rtol, int maxiter) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("gather_patch_matmul(Tensor cols, Tensor index, Tensor mask, Tensor weight) -> Tensor");

@@ -8,13 +8,10 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <algorithm>
-#include <optional>
 #include <vector>
 
 #include "blas.h"
 #include "ce_head_kernel.h"
-#include "checks.h"
 
 namespace metaif {
 
@@ -137,56 +134,6 @@ void apply_each_task(const Op& op, int64_t tasks, int64_t batch, const T* in, T*
       op.prepare(t, buf.storage.data())
           .apply(in + t * stride, out + t * stride, batch, buf.scratch.data());
   });
-}
-
-// ---- argument checking and construction -------------------------------------------------
-
-// Validated, contiguous inputs of the ce-head operator; keeps the tensors alive.
-struct CeHeadInputs {
-  at::Tensor feats, probs, weights;
-  int64_t tasks, n, d, classes;
-
-  template <typename T>
-  CeHeadOperator<T> op(double damping) const {
-    return {feats.data_ptr<T>(), probs.data_ptr<T>(), weights.data_ptr<T>(), n, d, classes,
-            static_cast<T>(damping)};
-  }
-};
-
-// vecs: [T, B, C, d]
-inline CeHeadInputs ce_head_inputs(const char* opname, const at::Tensor& feats,
-                                   const at::Tensor& probs,
-                                   const std::optional<at::Tensor>& weights,
-                                   const at::Tensor& vecs, const char* vecs_name) {
-  check_rank(opname, feats, "feats", 3, "[T, n, d]");
-  check_floating(opname, feats, "feats");
-  check_cpu(opname, feats, "feats");
-  check_like(opname, feats, "feats", probs, "probs");
-  check_like(opname, feats, "feats", vecs, vecs_name);
-  const int64_t tasks = feats.size(0), n = feats.size(1), d = feats.size(2);
-  check_rank(opname, probs, "probs", 3, "[T, n, C]");
-  check_size(opname, probs, "probs", 0, tasks, "feats.shape[0] (T)");
-  check_size(opname, probs, "probs", 1, n, "feats.shape[1] (n)");
-  const int64_t classes = probs.size(2);
-  check_rank(opname, vecs, vecs_name, 4, "[T, B, C, d]");
-  check_size(opname, vecs, vecs_name, 0, tasks, "feats.shape[0] (T)");
-  check_size(opname, vecs, vecs_name, 2, classes, "probs.shape[2] (C)");
-  check_size(opname, vecs, vecs_name, 3, d, "feats.shape[2] (d)");
-  return {feats.contiguous(), probs.contiguous(),
-          weights_or_uniform(opname, weights, feats, {tasks, n}, "[T, n]"), tasks, n, d, classes};
-}
-
-// b: [T, B, q]
-inline void check_dense_inputs(const char* opname, const at::Tensor& a, const at::Tensor& b) {
-  check_rank(opname, a, "a", 3, "[T, q, q]");
-  check_floating(opname, a, "a");
-  check_cpu(opname, a, "a");
-  check_like(opname, a, "a", b, "b");
-  TORCH_CHECK(a.size(1) == a.size(2), opname, ": a must be square per task, [T, q, q], got ",
-              a.sizes());
-  check_rank(opname, b, "b", 3, "[T, B, q]");
-  check_size(opname, b, "b", 0, a.size(0), "a.shape[0] (T)");
-  check_size(opname, b, "b", 2, a.size(1), "a.shape[1] (q)");
 }
 
 }  // namespace metaif

@@ -6,7 +6,10 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <optional>
 #include <vector>
 
 #include "checks.h"
@@ -15,59 +18,132 @@
 
 namespace metaif {
 
+constexpr int kPowerIterations = 20;
+constexpr double kScaleSafety = 1.1;
+
+// A deterministic start vector in [-1, 1) for task t (a 64-bit LCG), so that scales do not depend
+// on the thread that computes them.
+template <typename T>
+void power_start(int64_t task, T* x, int64_t q) {
+  uint64_t state = 0x9E3779B97F4A7C15ull ^ static_cast<uint64_t>(task + 1) * 0xBF58476D1CE4E5B9ull;
+  for (int64_t i = 0; i < q; ++i) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    x[i] = static_cast<T>(static_cast<double>(state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+  }
+}
+
+// kScaleSafety times the Rayleigh quotient after kPowerIterations power steps of the prepared
+// operator (damping included): an estimate of its top eigenvalue. Raises when it is not positive.
+template <typename T, typename Task>
+double power_scale(const char* opname, const Task& task, int64_t t, int64_t q, T* x, T* y, T* scratch) {
+  power_start<T>(t, x, q);
+  double estimate = 0.0;
+  for (int it = 0; it < kPowerIterations; ++it) {
+    const double norm = std::sqrt(dot(x, x, q));
+    if (!(norm > 0.0)) break;  // the operator annihilated the iterate
+    for (int64_t i = 0; i < q; ++i) x[i] = static_cast<T>(x[i] / norm);
+    task.apply(x, y, 1, scratch);
+    estimate = dot(x, y, q);
+    std::copy(y, y + q, x);
+  }
+  TORCH_CHECK(std::isfinite(estimate) && estimate > 0.0, opname, ": the power iteration estimates the top "
+              "eigenvalue of A + damping*I in task ", t, " as ", estimate, ": the operator is zero or not "
+              "positive definite, and the Neumann series cannot invert it; add damping or pass scale");
+  return kScaleSafety * estimate;
+}
+
 // Scaled Neumann series x = (1/s) sum_{j<=J} (I - A/s)^j b, as the recursion
-// r_0 = b, r_j = b + r_{j-1} - A r_{j-1} / s. Its increments e_j = r_j - r_{j-1} = (I - A/s)^j b
-// shrink monotonically for a symmetric A with spectrum in (0, 2s); growth beyond a noise floor
-// therefore proves divergence and is reported instead of returning a wrong answer.
+// r_0 = b, r_j = b + r_{j-1} - A r_{j-1} / s. The increment e_j = r_j - r_{j-1} = (I - A/s)^j b is
+// the residual of the previous iterate; for a symmetric A with spectrum in (0, 2s) its norm never
+// grows, so growth above the smallest increment seen (beyond rounding) proves an eigenvalue
+// outside (0, 2s) and raises. With rtol >= 0 the true residual ||b - A x|| / ||b|| of the result
+// is recomputed and must not exceed it (an eigenvalue at exactly 0 or 2s neither grows nor
+// converges: only this check sees it). scale == nullptr: per-task power-iteration scales.
 template <typename T, typename Op>
 void neumann_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, const T* b,
-                   const double* scale, int64_t iters, T* x) {
+                   const double* scale, int64_t iters, double rtol, T* x) {
   const int64_t q = op.dim(), stride = batch * q;
+  const double eps = std::numeric_limits<T>::epsilon();
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> r(stride), ar(stride);
-    std::vector<double> b_norm(batch), prev(batch);
-    TaskBuffers<T, Op> buf(op, batch);
+    std::vector<T> r(stride), ar(stride), power(2 * q);
+    std::vector<double> b_norm(batch), smallest(batch);
+    TaskBuffers<T, Op> buf(op, std::max<int64_t>(batch, 1));
     for (int64_t t = begin; t < end; ++t) {
       const auto task = op.prepare(t, buf.storage.data());
       const T* bt = b + t * stride;
-      const T inv_s = static_cast<T>(1.0 / scale[t]);
+      const double s = scale != nullptr
+          ? scale[t] : power_scale<T>(opname, task, t, q, power.data(), power.data() + q, buf.scratch.data());
+      const T inv_s = static_cast<T>(1.0 / s);
+      TORCH_CHECK(std::isfinite(static_cast<double>(inv_s)) && inv_s > T(0), opname, ": 1 / scale is not a "
+                  "finite positive number in task ", t, " (scale ", s, ")");
       std::copy(bt, bt + stride, r.begin());
       for (int64_t c = 0; c < batch; ++c) {
         b_norm[c] = std::sqrt(dot(bt + c * q, bt + c * q, q));
-        TORCH_CHECK(std::isfinite(b_norm[c]), opname, ": b has non-finite values in task ", t,
-                    ", column ", c);
-        prev[c] = b_norm[c];
+        TORCH_CHECK(std::isfinite(b_norm[c]), opname, ": b has non-finite values in task ", t, ", column ", c);
+        smallest[c] = std::numeric_limits<double>::infinity();
       }
       for (int64_t j = 1; j <= iters; ++j) {
         task.apply(r.data(), ar.data(), batch, buf.scratch.data());
         for (int64_t c = 0; c < batch; ++c) {
-          const double e_norm =
-              std::sqrt(neumann_step(bt + c * q, ar.data() + c * q, inv_s, r.data() + c * q, q));
-          TORCH_CHECK(std::isfinite(e_norm), opname, ": the Neumann series produced non-finite "
-                      "values at iteration ", j, " in task ", t, ", column ", c,
-                      "; check the operator for NaN/Inf or raise the scale (", scale[t], ")");
-          TORCH_CHECK(!(e_norm > 1.001 * prev[c] && e_norm > 1e-3 * b_norm[c]), opname,
-                      ": the Neumann series diverges in task ", t, ", column ", c,
-                      " (its terms grew from ", prev[c], " to ", e_norm, " at iteration ", j,
-                      "); every eigenvalue of A + damping*I must lie in (0, 2*scale): raise "
-                      "scale (", scale[t], ") or damping so the operator is positive definite");
-          prev[c] = e_norm;
+          T* rc = r.data() + c * q;
+          const double e_norm = std::sqrt(neumann_step(bt + c * q, ar.data() + c * q, inv_s, rc, q));
+          TORCH_CHECK(std::isfinite(e_norm), opname, ": the Neumann series produced non-finite values at "
+                      "iteration ", j, " in task ", t, ", column ", c, "; check the operator for NaN/Inf or "
+                      "raise the scale (", s, ")");
+          const double noise = 100.0 * eps * std::sqrt(dot(rc, rc, q));
+          TORCH_CHECK(!(e_norm - smallest[c] > 1e-6 * smallest[c] + noise), opname,
+                      ": the Neumann series diverges in task ", t, ", column ", c, " (its terms grew from ",
+                      smallest[c], " to ", e_norm, " by iteration ", j, "); every eigenvalue of A + damping*I "
+                      "must lie in (0, 2*scale): raise scale (", s, ") or damping so the operator is "
+                      "positive definite");
+          smallest[c] = std::min(smallest[c], e_norm);
         }
       }
       T* xt = x + t * stride;
       for (int64_t i = 0; i < stride; ++i) xt[i] = r[i] * inv_s;
+      if (rtol >= 0.0 && batch > 0) {
+        task.apply(xt, ar.data(), batch, buf.scratch.data());
+        for (int64_t c = 0; c < batch; ++c) {
+          double rr = 0.0;
+          for (int64_t i = 0; i < q; ++i) {
+            const double d = static_cast<double>(bt[c * q + i]) - static_cast<double>(ar[c * q + i]);
+            rr += d * d;
+          }
+          const double rel = b_norm[c] > 0.0 ? std::sqrt(rr) / b_norm[c] : 0.0;
+          TORCH_CHECK(rel <= rtol, opname, ": after ", iters, " terms the relative residual in task ", t,
+                      ", column ", c, " is ", rel, " > rtol ", rtol, ": raise iters, or damping (an eigenvalue "
+                      "near 0 or 2*scale converges slowly or not at all)");
+        }
+      }
     }
   });
 }
 
-// Conjugate gradient from x_0 = 0 with per-column convergence ||r|| <= rtol ||b||.
-// iters[t, c] counts the iterations column c took; resid[t, c] = ||r|| / ||b|| at exit.
+// ||b - A x||^2 for one column, from a fresh product (scratch holds the product).
+template <typename T, typename Task>
+double true_residual_sq(const Task& task, const T* b, const T* x, int64_t q, T* product, T* scratch) {
+  task.apply(x, product, 1, scratch);
+  double rr = 0.0;
+  for (int64_t i = 0; i < q; ++i) {
+    const double d = static_cast<double>(b[i]) - static_cast<double>(product[i]);
+    rr += d * d;
+  }
+  return rr;
+}
+
+// Conjugate gradient from x_0 = 0 with per-column convergence ||b - A x|| <= rtol ||b|| on the
+// true residual: a column whose recursive residual claims convergence is checked against b - A x
+// (and continues from it when the claim was false), and every kReplaceEvery iterations the true
+// residual replaces the recursive one. iters[t, c] counts CG iterations; resid[t, c] is the true
+// relative residual of the returned x.
+constexpr int64_t kReplaceEvery = 50;
+
 template <typename T, typename Op>
 void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, const T* b,
               double rtol, int64_t maxiter, T* x, int64_t* iters, T* resid) {
   const int64_t q = op.dim(), stride = batch * q;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> r(stride), p(stride), ap(stride);
+    std::vector<T> r(stride), p(stride), ap(stride), product(q);
     std::vector<double> rs(batch), b_norm(batch);
     std::vector<char> active(batch);
     TaskBuffers<T, Op> buf(op, batch);
@@ -81,28 +157,35 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
       int64_t n_active = 0;
       for (int64_t c = 0; c < batch; ++c) {
         rs[c] = dot(bt + c * q, bt + c * q, q);
-        TORCH_CHECK(std::isfinite(rs[c]), opname, ": b has non-finite values in task ", t,
-                    ", column ", c);
+        TORCH_CHECK(std::isfinite(rs[c]), opname, ": b has non-finite values in task ", t, ", column ", c);
         b_norm[c] = std::sqrt(rs[c]);
-        active[c] = b_norm[c] > 0.0 && std::sqrt(rs[c]) > rtol * b_norm[c];
+        active[c] = b_norm[c] > 0.0;
         n_active += active[c];
         iters[t * batch + c] = 0;
       }
       for (int64_t k = 0; k < maxiter && n_active > 0; ++k) {
         task.apply(p.data(), ap.data(), batch, buf.scratch.data());
+        const bool replace = (k + 1) % kReplaceEvery == 0;
         for (int64_t c = 0; c < batch; ++c) {
           if (!active[c]) continue;
           T* pc = p.data() + c * q;
           T* rc = r.data() + c * q;
           T* xc = xt + c * q;
           const T* apc = ap.data() + c * q;
+          const T* bc = bt + c * q;
           const double curvature = dot(pc, apc, q);
           TORCH_CHECK(std::isfinite(curvature) && curvature > 0.0, opname,
                       ": conjugate gradient met non-positive curvature p.Ap = ", curvature,
                       " at iteration ", k, " in task ", t, ", column ", c,
                       "; the operator is not positive definite: add damping");
-          const double rs_new = cg_step(pc, apc, static_cast<T>(rs[c] / curvature), xc, rc, q);
+          double rs_new = cg_step(pc, apc, static_cast<T>(rs[c] / curvature), xc, rc, q);
           iters[t * batch + c] = k + 1;
+          const bool claims = std::sqrt(rs_new) <= rtol * b_norm[c];
+          if (claims || replace) {  // replace the recursive residual by the true one
+            true_residual_sq(task, bc, xc, q, product.data(), buf.scratch.data());
+            for (int64_t i = 0; i < q; ++i) rc[i] = bc[i] - product[i];
+            rs_new = dot(rc, rc, q);
+          }
           if (std::sqrt(rs_new) <= rtol * b_norm[c]) {
             active[c] = 0;
             --n_active;
@@ -112,8 +195,11 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
           rs[c] = rs_new;
         }
       }
-      for (int64_t c = 0; c < batch; ++c)
+      for (int64_t c = 0; c < batch; ++c) {
+        if (active[c])  // stopped by maxiter: report the true residual of what is returned
+          rs[c] = true_residual_sq(task, bt + c * q, xt + c * q, q, product.data(), buf.scratch.data());
         resid[t * batch + c] = static_cast<T>(b_norm[c] > 0.0 ? std::sqrt(rs[c]) / b_norm[c] : 0.0);
+      }
     }
   });
 }
@@ -121,24 +207,36 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
 inline void check_solver_args(const char* opname, double damping, double rtol, int64_t maxiter) {
   check_finite(opname, damping, "damping");
   check_nonnegative(opname, rtol, "rtol");
-  TORCH_CHECK(maxiter >= 0, opname, ": maxiter must be >= 0, got ", maxiter);
+  TORCH_CHECK(maxiter >= -1, opname, ": maxiter must be >= 0 (or -1: the operator's dimension), got ", maxiter);
 }
 
-// Per-task Neumann scales as doubles, validated positive and finite.
-inline at::Tensor neumann_scales(const char* opname, const at::Tensor& scale, int64_t tasks,
-                                 int64_t iters, double damping) {
+// Per-task Neumann scales as doubles, validated positive and finite (absent: computed per task).
+inline std::optional<at::Tensor> neumann_scales(const char* opname, const std::optional<at::Tensor>& scale,
+                                                int64_t tasks, int64_t iters, double damping,
+                                                const at::Tensor& like) {
   check_finite(opname, damping, "damping");
   TORCH_CHECK(iters >= 0, opname, ": iters must be >= 0, got ", iters);
-  check_rank(opname, scale, "scale", 1, "[T]");
-  check_size(opname, scale, "scale", 0, tasks, "the number of tasks T");
-  check_cpu(opname, scale, "scale");
-  at::Tensor s = scale.to(at::kDouble).contiguous();
+  if (!scale.has_value()) return std::nullopt;
+  check_rank(opname, *scale, "scale", 1, "[T]");
+  check_size(opname, *scale, "scale", 0, tasks, "the number of tasks T");
+  TORCH_CHECK(scale->device() == like.device(), opname, ": scale is on ", scale->device(), " but b is on ",
+              like.device(), "; move them to one device");
+  TORCH_CHECK(scale->is_floating_point(), opname, ": scale must be a floating-point tensor, got ",
+              scale->scalar_type());
+  at::Tensor s = scale->to(at::kDouble).contiguous();
   if (tasks > 0) {
     const bool ok = at::all(at::isfinite(s) & (s > 0)).item<bool>();
     TORCH_CHECK(ok, opname, ": scale must be positive and finite for every task, got min ",
-                s.min().item<double>(), "; estimate it with metaif.ops.estimate_scale");
+                s.min().item<double>(), "; leave it out (None) to estimate it by power iteration");
   }
   return s;
+}
+
+// rtol of the final residual check: absent or negative means no check.
+inline double neumann_rtol(const char* opname, const std::optional<double>& rtol) {
+  if (!rtol.has_value()) return -1.0;
+  check_nonnegative(opname, *rtol, "rtol");
+  return *rtol;
 }
 
 }  // namespace metaif

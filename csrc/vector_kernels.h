@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "ce_head_kernel.h"  // METAIF_TARGET_CLONES, METAIF_ALWAYS_INLINE
+#include "simd.h"
 
 namespace metaif {
 

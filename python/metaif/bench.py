@@ -185,7 +185,7 @@ def solver_cases(cfg: BenchConfig) -> Iterator[Case]:
     del basis
     b_head = torch.randn(tasks, 1, 5, 65)
     b_dense = b_head.reshape(tasks, 1, q)
-    scale = ops.power_iteration_scale(lambda v: ops.ce_head_hvp(feats, probs, v, damping), b_head)
+    scale = reference.power_scale(lambda v: ops.ce_head_hvp(feats, probs, v, damping), b_head)
     label = f"T={tasks} q={q} B=1 {iters} it"
     yield Case("neumann_dense", label, "batched torch loop (bmm)",
                lambda: ops.neumann_dense(dense, b_dense, iters, scale, damping),

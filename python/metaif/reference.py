@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.func import grad, jvp, vmap
 
-from .ops.solvers import CGResult, resolve_scale
+from .ops.solvers import CGResult
 
 __all__ = ["kfe_ihvp", "kfe_ihvp_grouped", "kfe_eigvals", "ce_head_hvp", "ggn_hvp",
            "ce_head_matvec", "neumann", "cg", "neumann_dense", "neumann_ce_head", "cg_dense",
@@ -149,23 +149,45 @@ def cg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, rtol: fl
     return CGResult(x, iters, resid, resid <= rtol)
 
 
+def power_scale(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 20,
+                safety: float = 1.1) -> torch.Tensor:
+    """``[T]`` Neumann scales: ``safety`` times the Rayleigh quotient after ``iters`` power steps from a
+    random start (not the kernels' start vector: an independent estimate)."""
+    x = torch.randn((b.shape[0], 1, *b.shape[2:]), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x.to(b)
+    for _ in range(iters):
+        x = x / x.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+        y = matvec(x)
+        estimate = (x * y).flatten(1).sum(1).double()
+        x = y
+    return safety * estimate
+
+
+def _resolve_scale(scale, matvec, b: torch.Tensor) -> torch.Tensor:
+    if scale is None:
+        return power_scale(matvec, b)
+    if isinstance(scale, (int, float)):
+        return torch.full((b.shape[0],), float(scale), dtype=torch.float64)
+    return scale
+
+
 def _dense_matvec(a: torch.Tensor, damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda v: v @ a.mT + damping * v
 
 
 def neumann_dense(a: torch.Tensor, b: torch.Tensor, iters: int,
-                  scale: torch.Tensor | float | None = None, damping: float = 0.0) -> torch.Tensor:
+                  scale: torch.Tensor | float | None = None, damping: float = 0.0, rtol: float | None = None) -> torch.Tensor:
     matvec = _dense_matvec(a, damping)
-    return neumann(matvec, b, resolve_scale(scale, matvec, b), iters)
+    return neumann(matvec, b, _resolve_scale(scale, matvec, b), iters)
 
 
 def neumann_ce_head(feats: torch.Tensor, probs: torch.Tensor, b: torch.Tensor, iters: int,
-                    scale: torch.Tensor | float | None = None, damping: float = 0.0,
-                    weights: torch.Tensor | None = None) -> torch.Tensor:
+                    scale: torch.Tensor | float | None = None, damping: float = 0.01,
+                    weights: torch.Tensor | None = None, rtol: float | None = None) -> torch.Tensor:
     def matvec(v):
         return ce_head_matvec(feats, probs, v, damping, weights)
 
-    return neumann(matvec, b, resolve_scale(scale, matvec, b), iters)
+    return neumann(matvec, b, _resolve_scale(scale, matvec, b), iters)
 
 
 def cg_dense(a: torch.Tensor, b: torch.Tensor, damping: float = 0.0, rtol: float = 1e-6,
@@ -173,7 +195,7 @@ def cg_dense(a: torch.Tensor, b: torch.Tensor, damping: float = 0.0, rtol: float
     return cg(_dense_matvec(a, damping), b, rtol, a.shape[-1] if maxiter is None else maxiter)
 
 
-def cg_ce_head(feats: torch.Tensor, probs: torch.Tensor, b: torch.Tensor, damping: float = 0.0,
+def cg_ce_head(feats: torch.Tensor, probs: torch.Tensor, b: torch.Tensor, damping: float = 0.01,
                rtol: float = 1e-6, maxiter: int | None = None,
                weights: torch.Tensor | None = None) -> CGResult:
     cap = b.shape[-1] * b.shape[-2] if maxiter is None else maxiter

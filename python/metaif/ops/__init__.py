@@ -6,8 +6,8 @@ Every op has a pure-PyTorch twin with the same signature in :mod:`metaif.referen
 from .hvp import ce_head_hvp, ggn_hvp
 from .kfe import kfe_eigvals, kfe_ihvp, kfe_ihvp_grouped
 from .patches import gather_patch_matmul, gather_patch_matmul_t
-from .solvers import CGResult, cg_ce_head, cg_dense, neumann_ce_head, neumann_dense, power_iteration_scale
+from .solvers import CGResult, cg_ce_head, cg_dense, neumann_ce_head, neumann_dense
 
 __all__ = ["CGResult", "ce_head_hvp", "cg_ce_head", "cg_dense", "gather_patch_matmul", "gather_patch_matmul_t",
            "ggn_hvp", "kfe_eigvals", "kfe_ihvp",
-           "kfe_ihvp_grouped", "neumann_ce_head", "neumann_dense", "power_iteration_scale"]
+           "kfe_ihvp_grouped", "neumann_ce_head", "neumann_dense"]

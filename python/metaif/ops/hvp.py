@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_floating, check_like, check_shape, check_vector_only_grad
+from ._checks import check_floating, check_like, check_number, check_shape, check_vector_only_grad
 
 __all__ = ["ce_head_hvp", "ggn_hvp"]
 
@@ -65,6 +65,7 @@ def check_ce_head(op: str, feats: torch.Tensor, probs: torch.Tensor, weights: to
 @torch.library.register_fake("metaif::ce_head_hvp")
 def _ce_head_hvp_fake(feats, probs, vecs, damping, weights):
     check_ce_head("ce_head_hvp", feats, probs, weights, vecs, "vecs")
+    check_number("ce_head_hvp", "damping", damping)
     return torch.empty_like(vecs, memory_format=torch.contiguous_format)
 
 
@@ -79,7 +80,9 @@ def _ggn_hvp_fake(jac, probs, vecs, damping, weights):
     for name, t in (("probs", probs), ("vecs", vecs)):
         check_like(op, "jac", jac, name, t)
     if weights is not None:
+        check_like(op, "jac", jac, "weights", weights)
         check_shape(op, "weights", weights, (tasks, n), "[T, n]")
+    check_number(op, "damping", damping)
     return torch.empty_like(vecs, memory_format=torch.contiguous_format)
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_floating, check_like, check_shape, check_vector_only_grad, require
+from ._checks import check_floating, check_like, check_number, check_shape, check_vector_only_grad, require
 
 __all__ = ["kfe_ihvp", "kfe_ihvp_grouped", "kfe_eigvals"]
 
@@ -55,7 +55,7 @@ def kfe_eigvals(out_grads: torch.Tensor, acts: torch.Tensor, q_out: torch.Tensor
         weights: ``[n]`` expectation weights; ``None`` means the mean (1/n each).
 
     Returns:
-        ``[d_out, d_in]``. Not differentiable.
+        ``[d_out, d_in]``. Not differentiable: inputs that require grad raise.
     """
     return torch.ops.metaif.kfe_eigvals(out_grads, acts, q_out, q_in, weights)
 
@@ -70,7 +70,7 @@ def _check_kfe(op: str, grads: torch.Tensor, q_out: torch.Tensor, q_in: torch.Te
     check_shape(op, "q_out", q_out, (d_out, d_out), f"[d_out, d_out] = [{d_out}, {d_out}]")
     check_shape(op, "q_in", q_in, (d_in, d_in), f"[d_in, d_in] = [{d_in}, {d_in}]")
     check_shape(op, "eigvals", eigvals, (d_out, d_in), f"[d_out, d_in] = [{d_out}, {d_in}]")
-    require(damping >= 0 and damping != float("inf"), op, f"damping must be finite and >= 0, got {damping}")
+    check_number(op, "damping", damping, 0.0)
 
 
 @torch.library.register_fake("metaif::kfe_ihvp")
@@ -101,8 +101,19 @@ def _kfe_eigvals_fake(out_grads, acts, q_out, q_in, weights):
     check_shape(op, "q_out", q_out, (d_out, d_out), "[d_out, d_out]")
     check_shape(op, "q_in", q_in, (d_in, d_in), "[d_in, d_in]")
     if weights is not None:
+        check_like(op, "out_grads", out_grads, "weights", weights)
         check_shape(op, "weights", weights, (n,), "[n]")
     return out_grads.new_empty((d_out, d_in))
+
+
+def _kfe_eigvals_refuse(ctx, inputs, output):
+    names = ("out_grads", "acts", "q_out", "q_in", "weights")
+    wanted = [name for name, t in zip(names, inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
+    raise RuntimeError(f"kfe_eigvals is not differentiable, but {', '.join(wanted)} requires grad; detach the "
+                       f"inputs (the eigenvalues are curvature statistics, not a function to train through)")
+
+
+torch.library.register_autograd("metaif::kfe_eigvals", lambda ctx, grad: None, setup_context=_kfe_eigvals_refuse)
 
 
 # The K-FAC inverse is a symmetric linear map of grads, so its backward is itself.

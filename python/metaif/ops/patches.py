@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_floating, check_like, check_shape, check_vector_only_grad, require
+from ._checks import check_device, check_floating, check_like, check_shape, check_vector_only_grad, require
 
 __all__ = ["gather_patch_matmul", "gather_patch_matmul_t"]
 
@@ -41,6 +41,7 @@ def _check(op: str, cols, index, mask) -> None:
     check_shape(op, "cols", cols, (None, None, None), "[N, L, K]")
     check_shape(op, "index", index, (cols.shape[0], None, None), f"[N, P, C] with N={cols.shape[0]}")
     require(index.dtype == torch.int64, op, f"index must be int64, got {index.dtype}")
+    check_device(op, "cols", cols, "index", index)
     check_like(op, "cols", cols, "mask", mask)
     require(mask.shape == index.shape, op, f"mask must have the shape of index {tuple(index.shape)}, got {tuple(mask.shape)}")
 

@@ -1,22 +1,32 @@
 """Batched iterative solvers of ``(A_t + damping I) x_t = b_t`` whose whole loop runs in C++.
 
 Two operators are built in: dense per-task matrices ``a [T, q, q]`` and the softmax
-cross-entropy head Hessian of :func:`metaif.ops.ce_head_hvp`. Tasks are solved one after
-another with their operator in cache; each column of ``b`` converges on its own.
+cross-entropy head Hessian of :func:`metaif.ops.ce_head_hvp` (singular without damping, so its
+solvers need ``damping > 0``). Tasks are solved one after another with their operator in cache;
+each column of ``b`` converges on its own.
+
+What is detected:
+
+* CG returns the *true* relative residual ``||b - A x|| / ||b||`` of the ``x`` it returns and a
+  ``converged`` flag (``resid <= rtol``); a column whose recursive residual claims convergence is
+  checked against ``b - A x``; non-positive curvature ``p.Ap <= 0`` raises.
+* The Neumann series raises when its terms grow beyond rounding (an eigenvalue of ``A + damping I``
+  below 0 or above ``2 * scale``: an indefinite operator or a scale too small), on non-finite
+  values, and when the power-iteration estimate of the top eigenvalue is not positive (a zero or
+  indefinite operator). An eigenvalue at exactly 0 or ``2 * scale`` neither grows nor converges:
+  pass ``rtol`` to have the final true residual checked, which then raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
-from ._checks import check_floating, check_like, check_shape, check_vector_only_grad, require
-from .hvp import ce_head_hvp, check_ce_head
+from ._checks import check_floating, check_like, check_number, check_shape, check_vector_only_grad, require
+from .hvp import check_ce_head
 
-__all__ = ["CGResult", "cg_dense", "cg_ce_head", "neumann_dense", "neumann_ce_head",
-           "power_iteration_scale"]
+__all__ = ["CGResult", "cg_ce_head", "cg_dense", "neumann_ce_head", "neumann_dense"]
 
 
 class CGResult(NamedTuple):
@@ -29,70 +39,49 @@ class CGResult(NamedTuple):
     converged: torch.Tensor
 
 
-def power_iteration_scale(matvec: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor,
-                          iters: int = 20, safety: float = 1.1) -> torch.Tensor:
-    """Per-task Neumann scale ``safety * lambda_max`` by power iteration.
-
-    Args:
-        matvec: maps ``[T, 1, *vec]`` to ``[T, 1, *vec]`` (the damped operator).
-        like: ``[T, B, *vec]`` a right-hand side; fixes shape, dtype and device.
-        iters: power iterations; safety: factor on the estimate (a lower bound of lambda_max).
-
-    Returns:
-        ``[T]`` float64, positive.
-    """
-    tasks = like.shape[0]
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn((tasks, 1, *like.shape[2:]), generator=gen, dtype=torch.float64).to(like)
-    estimate = torch.ones(tasks, dtype=torch.float64)
-    for _ in range(iters):
-        norms = x.flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
-        x = x / norms.view(-1, *([1] * (x.dim() - 1)))
-        y = matvec(x)
-        estimate = (x * y).flatten(1).sum(1).double().cpu()
-        x = y
-    return (safety * estimate.abs()).clamp_min(torch.finfo(torch.float64).tiny)
+def _scale(scale: torch.Tensor | float | None, b: torch.Tensor) -> torch.Tensor | None:
+    """``[T]`` scales from a number or a tensor; ``None`` lets the kernel estimate them."""
+    if scale is None or isinstance(scale, torch.Tensor):
+        return scale
+    return torch.full((b.shape[0],), float(scale), dtype=torch.float64, device=b.device)
 
 
-def resolve_scale(scale: torch.Tensor | float | None, matvec: Callable[[torch.Tensor], torch.Tensor],
-                  b: torch.Tensor) -> torch.Tensor:
-    """``[T]`` scales from a float, a tensor, or (``None``) :func:`power_iteration_scale`."""
-    if scale is None:
-        return power_iteration_scale(matvec, b)
-    if isinstance(scale, (int, float)):
-        return torch.full((b.shape[0],), float(scale), dtype=torch.float64)
-    return scale
+def _maxiter(maxiter: int | None, op: str) -> int:
+    if maxiter is None:
+        return -1  # the kernel's default: the operator's dimension
+    if int(maxiter) < 0:
+        raise RuntimeError(f"{op}: maxiter must be >= 0, got {maxiter}")
+    return int(maxiter)
 
 
-def neumann_dense(a: torch.Tensor, b: torch.Tensor, iters: int,
-                  scale: torch.Tensor | float | None = None, damping: float = 0.0) -> torch.Tensor:
+def neumann_dense(a: torch.Tensor, b: torch.Tensor, iters: int, scale: torch.Tensor | float | None = None,
+                  damping: float = 0.0, rtol: float | None = None) -> torch.Tensor:
     """Scaled Neumann series ``x = (1/s) sum_{j<=iters} (I - (A+damping I)/s)^j b`` per task.
 
     Args:
         a: ``[T, q, q]`` symmetric positive definite (after damping) matrices.
         b: ``[T, B, q]`` right-hand sides.
         iters: number of series terms after the first.
-        scale: ``[T]`` (or one float) above half the largest eigenvalue; ``None`` estimates
-            ``1.1 * lambda_max`` by 20 power iterations.
+        scale: ``[T]`` (or one number) above half the largest eigenvalue; ``None`` estimates
+            ``1.1 * lambda_max`` per task by 20 power iterations inside the kernel (traceable).
         damping: added to the diagonal.
+        rtol: when given, the true relative residual of the result must not exceed it (raises).
 
     Returns:
-        ``[T, B, q]``. Raises if the series diverges or meets non-finite values.
-        Differentiable in ``b``.
+        ``[T, B, q]``; raises on divergence, non-finite values or (with ``rtol``) a missed
+        tolerance (see the module docstring). Differentiable in ``b``.
     """
-    s = resolve_scale(scale, lambda v: v @ a.mT + damping * v, b)
-    return torch.ops.metaif.neumann_dense(a, b, s, int(iters), float(damping))
+    return torch.ops.metaif.neumann_dense(a, b, _scale(scale, b), int(iters), float(damping),
+                                          None if rtol is None else float(rtol))
 
 
 def neumann_ce_head(feats: torch.Tensor, probs: torch.Tensor, b: torch.Tensor, iters: int,
-                    scale: torch.Tensor | float | None = None, damping: float = 0.0,
-                    weights: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`neumann_dense` for the ce-head Hessian of :func:`metaif.ops.ce_head_hvp`.
-
-    ``b`` is ``[T, B, C, d]``; returns the same shape.
-    """
-    s = resolve_scale(scale, lambda v: ce_head_hvp(feats, probs, v, damping, weights), b)
-    return torch.ops.metaif.neumann_ce_head(feats, probs, weights, b, s, int(iters), float(damping))
+                    scale: torch.Tensor | float | None = None, damping: float = 0.01,
+                    weights: torch.Tensor | None = None, rtol: float | None = None) -> torch.Tensor:
+    """:func:`neumann_dense` for the ce-head Hessian of :func:`metaif.ops.ce_head_hvp` (``damping > 0``:
+    the Hessian is singular). ``b`` is ``[T, B, C, d]``; returns the same shape."""
+    return torch.ops.metaif.neumann_ce_head(feats, probs, weights, b, _scale(scale, b), int(iters), float(damping),
+                                            None if rtol is None else float(rtol))
 
 
 def cg_dense(a: torch.Tensor, b: torch.Tensor, damping: float = 0.0, rtol: float = 1e-6,
@@ -102,23 +91,37 @@ def cg_dense(a: torch.Tensor, b: torch.Tensor, damping: float = 0.0, rtol: float
     Args:
         a: ``[T, q, q]`` symmetric positive definite after damping (raises otherwise).
         b: ``[T, B, q]``.
-        rtol: stop a column when ``||r|| <= rtol ||b||``.
+        rtol: a column is done when its true residual ``||b - A x|| <= rtol ||b||``.
         maxiter: iteration cap; ``None`` means ``q``.
 
     Returns:
-        :class:`CGResult`; ``x`` is differentiable in ``b`` (implicitly, by a CG solve).
+        :class:`CGResult` with the true residual; ``x`` is differentiable in ``b`` (implicitly, by a
+        CG solve); ``iters``, ``resid`` and ``converged`` are not differentiable.
     """
-    cap = a.shape[-1] if maxiter is None else int(maxiter)
-    x, iters, resid = torch.ops.metaif.cg_dense(a, b, float(damping), float(rtol), cap)
+    x, iters, resid = torch.ops.metaif.cg_dense(a, b, float(damping), float(rtol), _maxiter(maxiter, "cg_dense"))
     return CGResult(x, iters, resid, resid <= rtol)
 
 
-def cg_ce_head(feats: torch.Tensor, probs: torch.Tensor, b: torch.Tensor, damping: float = 0.0,
+def cg_ce_head(feats: torch.Tensor, probs: torch.Tensor, b: torch.Tensor, damping: float = 0.01,
                rtol: float = 1e-6, maxiter: int | None = None,
                weights: torch.Tensor | None = None) -> CGResult:
-    """:func:`cg_dense` for the ce-head Hessian; ``b`` is ``[T, B, C, d]``; ``maxiter`` defaults to C*d."""
-    cap = b.shape[-1] * b.shape[-2] if maxiter is None else int(maxiter)
-    x, iters, resid = torch.ops.metaif.cg_ce_head(feats, probs, weights, b, float(damping), float(rtol), cap)
+    """Conjugate gradient for the ce-head Hessian of :func:`metaif.ops.ce_head_hvp` plus ``damping I``
+    (``damping > 0``: the Hessian is singular).
+
+    Args:
+        feats: ``[T, n, d]`` features (a ones column for the bias).
+        probs: ``[T, n, C]`` softmax probabilities.
+        b: ``[T, B, C, d]`` right-hand sides.
+        damping: ``> 0``.
+        rtol: a column is done when its true residual ``||b - A x|| <= rtol ||b||``.
+        maxiter: iteration cap; ``None`` means ``C d``.
+        weights: ``[T, n]``; ``None`` means the mean (1/n each).
+
+    Returns:
+        :class:`CGResult` (as :func:`cg_dense`), ``x`` shaped like ``b``.
+    """
+    x, iters, resid = torch.ops.metaif.cg_ce_head(feats, probs, weights, b, float(damping), float(rtol),
+                                                  _maxiter(maxiter, "cg_ce_head"))
     return CGResult(x, iters, resid, resid <= rtol)
 
 
@@ -133,9 +136,17 @@ def _check_dense(op: str, a: torch.Tensor, b: torch.Tensor) -> None:
     check_shape(op, "b", b, (tasks, None, q), f"[T, B, q] with T={tasks}, q={q}")
 
 
-def _check_scale(op: str, scale: torch.Tensor, tasks: int, iters: int) -> None:
-    check_shape(op, "scale", scale, (tasks,), f"[T] = [{tasks}]")
+def _check_neumann(op: str, scale: torch.Tensor | None, b: torch.Tensor, tasks: int, iters: int, damping: float,
+                   rtol: float | None) -> None:
+    if scale is not None:
+        check_shape(op, "scale", scale, (tasks,), f"[T] = [{tasks}]")
+        require(scale.device == b.device, op, f"scale is on {scale.device} but b is on {b.device}; move them to one "
+                                              f"device")
+        require(scale.is_floating_point(), op, f"scale must be a floating-point tensor, got {scale.dtype}")
     require(iters >= 0, op, f"iters must be >= 0, got {iters}")
+    check_number(op, "damping", damping)
+    if rtol is not None:
+        check_number(op, "rtol", rtol, 0.0)
 
 
 def _cg_outputs(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -144,38 +155,50 @@ def _cg_outputs(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
             b.new_empty((tasks, batch), dtype=torch.int64), b.new_empty((tasks, batch)))
 
 
+def _check_cg(op: str, damping: float, rtol: float, maxiter: int) -> None:
+    check_number(op, "damping", damping)
+    check_number(op, "rtol", rtol, 0.0)
+    require(maxiter >= -1, op, f"maxiter must be >= 0, got {maxiter}")
+
+
+def _check_singular(op: str, damping: float) -> None:
+    require(damping > 0, op, f"damping must be > 0, got {damping}: the softmax cross-entropy Hessian is singular")
+
+
 @torch.library.register_fake("metaif::neumann_dense")
-def _neumann_dense_fake(a, b, scale, iters, damping):
+def _neumann_dense_fake(a, b, scale, iters, damping, rtol):
     _check_dense("neumann_dense", a, b)
-    _check_scale("neumann_dense", scale, a.shape[0], iters)
+    _check_neumann("neumann_dense", scale, b, a.shape[0], iters, damping, rtol)
     return torch.empty_like(b, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("metaif::neumann_ce_head")
-def _neumann_ce_head_fake(feats, probs, weights, b, scale, iters, damping):
+def _neumann_ce_head_fake(feats, probs, weights, b, scale, iters, damping, rtol):
     check_ce_head("neumann_ce_head", feats, probs, weights, b, "b")
-    _check_scale("neumann_ce_head", scale, feats.shape[0], iters)
+    _check_neumann("neumann_ce_head", scale, b, feats.shape[0], iters, damping, rtol)
+    _check_singular("neumann_ce_head", damping)
     return torch.empty_like(b, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("metaif::cg_dense")
 def _cg_dense_fake(a, b, damping, rtol, maxiter):
     _check_dense("cg_dense", a, b)
-    require(maxiter >= 0, "cg_dense", f"maxiter must be >= 0, got {maxiter}")
+    _check_cg("cg_dense", damping, rtol, maxiter)
     return _cg_outputs(b)
 
 
 @torch.library.register_fake("metaif::cg_ce_head")
 def _cg_ce_head_fake(feats, probs, weights, b, damping, rtol, maxiter):
     check_ce_head("cg_ce_head", feats, probs, weights, b, "b")
-    require(maxiter >= 0, "cg_ce_head", f"maxiter must be >= 0, got {maxiter}")
+    _check_cg("cg_ce_head", damping, rtol, maxiter)
+    _check_singular("cg_ce_head", damping)
     return _cg_outputs(b)
 
 
 # ---- autograd: all four are linear maps of b (CG's by its fixed point, A^-1 b) ----------------
 
 def _neumann_dense_setup(ctx, inputs, output):
-    a, b, scale, iters, damping = inputs
+    a, b, scale, iters, damping, rtol = inputs
     check_vector_only_grad("neumann_dense", "b", a=a)
     ctx.save_for_backward(a, scale)
     ctx.iters, ctx.damping = iters, damping
@@ -183,12 +206,12 @@ def _neumann_dense_setup(ctx, inputs, output):
 
 def _neumann_dense_backward(ctx, grad):
     a, scale = ctx.saved_tensors
-    g = torch.ops.metaif.neumann_dense(a.mT, grad, scale, ctx.iters, ctx.damping)
-    return None, g, None, None, None
+    g = torch.ops.metaif.neumann_dense(a.mT, grad, scale, ctx.iters, ctx.damping, None)
+    return None, g, None, None, None, None
 
 
 def _neumann_ce_head_setup(ctx, inputs, output):
-    feats, probs, weights, b, scale, iters, damping = inputs
+    feats, probs, weights, b, scale, iters, damping, rtol = inputs
     check_vector_only_grad("neumann_ce_head", "b", feats=feats, probs=probs, weights=weights)
     ctx.save_for_backward(feats, probs, weights, scale)
     ctx.iters, ctx.damping = iters, damping
@@ -196,13 +219,14 @@ def _neumann_ce_head_setup(ctx, inputs, output):
 
 def _neumann_ce_head_backward(ctx, grad):
     feats, probs, weights, scale = ctx.saved_tensors
-    g = torch.ops.metaif.neumann_ce_head(feats, probs, weights, grad, scale, ctx.iters, ctx.damping)
-    return None, None, None, g, None, None, None
+    g = torch.ops.metaif.neumann_ce_head(feats, probs, weights, grad, scale, ctx.iters, ctx.damping, None)
+    return None, None, None, g, None, None, None, None
 
 
 def _cg_dense_setup(ctx, inputs, output):
     a, b, damping, rtol, maxiter = inputs
     check_vector_only_grad("cg_dense", "b", a=a)
+    ctx.mark_non_differentiable(output[1], output[2])
     ctx.save_for_backward(a)
     ctx.args = (damping, rtol, maxiter)
 
@@ -215,6 +239,7 @@ def _cg_dense_backward(ctx, grad_x, grad_iters, grad_resid):
 def _cg_ce_head_setup(ctx, inputs, output):
     feats, probs, weights, b, damping, rtol, maxiter = inputs
     check_vector_only_grad("cg_ce_head", "b", feats=feats, probs=probs, weights=weights)
+    ctx.mark_non_differentiable(output[1], output[2])
     ctx.save_for_backward(feats, probs, weights)
     ctx.args = (damping, rtol, maxiter)
 
