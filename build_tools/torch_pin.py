@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-# scikit-learn ships the embedded default data set (digits); pillow decodes Omniglot and
-# mini-ImageNet images.
-BASE_DEPENDENCIES = ["numpy>=1.22", "tqdm>=4.60", "scikit-learn>=1.0", "pillow>=9", "matplotlib>=3.5"]
+# The core (ops, linalg, the influence engine) needs only these; the data sets, plots and the
+# commands that use them come with the "experiments" extra (pyproject.toml).
+BASE_DEPENDENCIES = ["numpy>=1.22", "tqdm>=4.60"]
 
 
 def dynamic_metadata(field: str, settings: Mapping[str, object]) -> list[str]:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sys
+import warnings
 from dataclasses import dataclass, replace
 
 from . import bench
@@ -83,22 +86,28 @@ def add_flags(parser: argparse.ArgumentParser, flags: list[Flag], base: object) 
                             help=f"{field.metadata.get('help', '')} (default: {shown})")
 
 
-def _set(config, path: tuple[str, ...], value):
-    if len(path) == 1:
-        return replace(config, **{path[0]: value})
-    return replace(config, **{path[0]: _set(getattr(config, path[0]), path[1:], value)})
+def _set_all(config, values: dict[tuple[str, ...], object]):
+    """``config`` with every ``path: value`` set, one ``replace`` per config (validation sees the
+    final combination, not a half-updated one)."""
+    direct = {path[0]: value for path, value in values.items() if len(path) == 1}
+    nested: dict[str, dict] = {}
+    for path, value in values.items():
+        if len(path) > 1:
+            nested.setdefault(path[0], {})[path[1:]] = value
+    direct.update({name: _set_all(getattr(config, name), sub) for name, sub in nested.items()})
+    return replace(config, **direct)
 
 
 def apply_flags(args: argparse.Namespace, flags: list[Flag], base):
     """``base`` with every flag the user gave applied (``--seed`` also seeds training)."""
-    config = base
+    values = {}
     for flag in flags:
         value = getattr(args, flag.name.replace("-", "_"), None)
         if value is not None:
-            config = _set(config, flag.path, value)
+            values[flag.path] = value
             if flag.name == "seed":
-                config = _set(config, ("run", "train", "seed"), value)
-    return config
+                values[("run", "train", "seed")] = value
+    return _set_all(base, values) if values else base
 
 
 def _items(text: str | None) -> list[tuple[int, int]]:
@@ -135,12 +144,20 @@ def _base(command: str):
     return DEMO if command == "demo" else ExperimentConfig()
 
 
+EXIT_CODES = """exit codes: 0 done; 1 internal error (a bug: --debug shows the traceback); 2 bad flags or
+settings; 3 missing or damaged data; 4 output folder in use, not writable, or holding results of
+other settings (--force recomputes them); 5 a numerical failure (a solve that did not converge or
+met an indefinite Hessian); 6 a missing optional package; 130 interrupted (rerun to resume)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metaif", description="Data influence in meta-learning.")
+    parser = argparse.ArgumentParser(prog="metaif", description="Data influence in meta-learning.", epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     bench.add_arguments(sub.add_parser("bench", help="benchmark the compiled ops against PyTorch baselines"))
     for command, text in {"train": "meta-train a model and report meta-test accuracy", **COMMANDS}.items():
-        p = sub.add_parser(command, help=text, description=text)
+        p = sub.add_parser(command, help=text, description=text, epilog=EXIT_CODES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         if command == "experiment":
             p.add_argument("name", choices=["table1", "harmful", "effectiveness"])
             p.add_argument("--quick", action="store_true",
@@ -148,7 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="a saved config.json; the flags you give override it")
         p.add_argument("--out", required=command != "demo", default="runs/demo" if command == "demo" else None,
                        help="output folder (an interrupted run resumes from it)")
+        p.add_argument("--force", action="store_true",
+                       help="recompute results in --out that were made with other settings (default: stop)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch threads (default: METAIF_THREADS, else 1; see the README on shared machines)")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
         add_flags(p, _flags_of(command), _base(command))
         if command == "influence":
             p.add_argument("--deltas", action="store_true", help="also save every task's removal prediction (m x p)")
@@ -172,26 +194,77 @@ def config_from_args(args: argparse.Namespace):
     return apply_flags(args, _flags_of(args.command), base)
 
 
+def _positions(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--remove-tasks must be comma-separated task positions, got {text!r}") from None
+
+
 def run_command(args: argparse.Namespace, config) -> int:
+    """Lock ``--out`` and run the command in it."""
     from .experiments import commands
+    from .experiments.common import Workspace
+    from .utils.store import lock_folder
 
-    progress = not args.quiet
-    if args.command == "train":
-        from .meta.run import run
-
-        print(json.dumps(run(config.run, args.out, progress=progress), indent=2))
-        return 0
-    if args.command == "demo":
-        return commands.demo(config, args.out, progress)
-    if args.command == "influence":
-        return commands.influence(config, args.out, args.deltas, progress)
-    if args.command == "score":
-        return commands.score(config, args.out, progress)
+    removal = None
     if args.command == "edit":
-        tasks = [int(t) for t in args.remove_tasks.split(",")] if args.remove_tasks else []
-        return commands.edit(config, args.out, tasks, _items(args.remove_val), _items(args.remove_train),
-                             args.refine, progress)
-    return commands.experiment(config, args.name, args.out, progress)
+        removal = (_positions(args.remove_tasks), _items(args.remove_val), _items(args.remove_train))
+        commands.validate_removal(config, *removal)
+    with lock_folder(args.out) as out:
+        ws = Workspace(out, force=args.force, progress=not args.quiet and sys.stderr.isatty())
+        if args.command == "train":
+            from .meta.run import run
+
+            print(json.dumps(run(config.run, out, progress=ws.progress, force=ws.force), indent=2))
+            return 0
+        if args.command == "demo":
+            return commands.demo(config, ws)
+        if args.command == "influence":
+            return commands.influence(config, ws, args.deltas)
+        if args.command == "score":
+            return commands.score(config, ws)
+        if args.command == "edit":
+            return commands.edit(config, ws, *removal, args.refine)
+        return commands.experiment(config, args.name, ws)
+
+
+def _one_line_warnings() -> None:
+    """metaif's own warnings as ``metaif: warning: ...`` (no source line that looks like a crash)."""
+    from .linalg import MetaifWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, MetaifWarning):
+            print(f"metaif: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+def _error_code(err: BaseException) -> int | None:
+    """The exit code of an error a user can act on, ``None`` for a bug."""
+    from .data import DataError
+    from .linalg import SolverError
+    from .utils.extras import MissingExtra
+    from .utils.store import OutputError
+
+    for kind, code in ((MissingExtra, 6), (DataError, 3), (OutputError, 4), (SolverError, 5),
+                       ((ValueError, TypeError), 2)):
+        if isinstance(err, kind):
+            return code
+    return None
+
+
+def _threads(requested: int | None) -> int:
+    value = requested if requested is not None else int(os.environ.get("METAIF_THREADS", "1"))
+    if value < 1:
+        raise ValueError(f"--threads must be >= 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,11 +272,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench.main_from_args(args)
+    _one_line_warnings()
     try:
         config = config_from_args(args)
+        import torch
+
+        torch.set_num_threads(_threads(args.threads))
     except (ValueError, TypeError) as err:
         parser.error(str(err))
-    return run_command(args, config)
+    try:
+        return run_command(args, config)
+    except KeyboardInterrupt:
+        print(f"metaif: interrupted; run the same command again to resume from {args.out}", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line for the user; the traceback with --debug
+        if args.debug:
+            raise
+        code = _error_code(err)
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if code is None:
+            print(f"metaif: internal error: {type(err).__name__}: {text} (--debug shows the traceback)",
+                  file=sys.stderr)
+            return 1
+        print(f"metaif: error: {text}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def _gathered_rows(cols: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``cols[n, index[n, p, c]]`` as ``[N, P, C, K]``."""
     n, p, c = index.shape
     return torch.gather(cols[:, None].expand(n, p, -1, -1), 2,
-                        index[..., None].expand(-1, -1, -1, cols.shape[2])).view(n, p, c, -1)
+                        index[..., None].expand(-1, -1, -1, cols.shape[2])).view(n, p, c, cols.shape[2])
 
 
 def gather_patch_matmul(cols: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,

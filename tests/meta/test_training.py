@@ -4,8 +4,19 @@ import pytest
 import torch
 
 from metaif.data import TaskConfig, load_digits, sample_tasks, split_classes
-from metaif.meta import AnilConfig, AnilProblem, ImamlConfig, ImamlProblem, TrainConfig, evaluate, meta_train, retrain
+from metaif.meta import (
+    AnilConfig,
+    AnilProblem,
+    ImamlConfig,
+    ImamlProblem,
+    TrainConfig,
+    evaluate,
+    meta_train,
+    retrain,
+    solve_outer,
+)
 from metaif.models import mlp
+from metaif.utils.store import StaleResults
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +40,25 @@ def test_training_is_deterministic_and_resumes(setting, tmp_path):
     resumed = meta_train(problem, train, config, checkpoint=ckpt, progress=False)
     torch.testing.assert_close(resumed.lam, straight.lam, rtol=0, atol=0)
     assert len(resumed.losses) == 6
-    with pytest.raises(ValueError, match="checkpoint of a different run"):
+    assert resumed.wall_time >= 0.5 * straight.wall_time  # the first session's seconds are kept
+    with pytest.raises(StaleResults, match=r"checkpoint of another run \(config.lr: 0.01 -> 0.005\)"):
         meta_train(problem, train, TrainConfig(steps=6, meta_batch=4, lr=5e-3), checkpoint=ckpt, progress=False)
+    with pytest.raises(StaleResults, match="has 6 steps, more than the 4 asked for"):
+        meta_train(problem, train, TrainConfig(steps=4, meta_batch=4, lr=1e-2, checkpoint_every=3), checkpoint=ckpt,
+                   progress=False)
+
+
+def test_polish_resumes_from_its_checkpoint_bit_identically(setting, tmp_path):
+    problem, train, _ = setting
+    lam0 = meta_train(problem, train, TrainConfig(steps=5, meta_batch=4, lr=1e-2), progress=False).lam.double()
+    straight = solve_outer(problem, train, lam0, tol=1e-7, max_iter=12, chunk=4)
+    ckpt = tmp_path / "polish.pt"
+    solve_outer(problem, train, lam0, tol=1e-7, max_iter=8, chunk=4, checkpoint=ckpt)  # "interrupted" after 8
+    resumed = solve_outer(problem, train, lam0, tol=1e-7, max_iter=12, chunk=4, checkpoint=ckpt)
+    assert resumed.iterations == straight.iterations == 12
+    torch.testing.assert_close(resumed.lam, straight.lam, rtol=0, atol=0)
+    with pytest.raises(StaleResults, match="tol"):
+        solve_outer(problem, train, lam0, tol=1e-5, max_iter=12, chunk=4, checkpoint=ckpt)
 
 
 def test_retraining_without_a_task_changes_lambda_deterministically(setting):

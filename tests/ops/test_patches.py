@@ -41,10 +41,12 @@ def test_the_two_ops_are_adjoint_and_match_conv_then_pool():
     torch.testing.assert_close(got, pooled.flatten(2).mT)
 
 
-def test_empty_inputs():
-    cols, index, mask, weight, signal = problem(torch.float64, n=0)
-    assert ops.gather_patch_matmul(cols, index, mask, weight).shape == (0, 5, 6)
-    assert float(ops.gather_patch_matmul_t(cols, index, mask, signal).abs().sum()) == 0.0
+@pytest.mark.parametrize("sizes", [dict(n=0), dict(positions=0)])
+def test_empty_inputs(sizes):
+    cols, index, mask, weight, signal = problem(torch.float64, **sizes)
+    for impl in (ops, reference):
+        assert impl.gather_patch_matmul(cols, index, mask, weight).shape == index.shape
+        assert float(impl.gather_patch_matmul_t(cols, index, mask, signal).abs().sum()) == 0.0
 
 
 def test_opcheck_and_gradients():

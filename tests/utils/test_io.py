@@ -74,3 +74,13 @@ def test_ledger_computes_each_key_once_and_survives_a_restart(tmp_path):
     restarted = io.Ledger(tmp_path / "ledger.json")
     assert restarted.run("a", lambda: calls.append("restart") or 3) == 1
     assert calls == ["a"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        io.write_json(tmp_path / "a.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == mode

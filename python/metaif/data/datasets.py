@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils.extras import optional_import
+
 __all__ = ["ClassDataset", "DataError", "load_digits", "load_mnist", "load_omniglot", "load_miniimagenet",
            "load_dataset"]
 
@@ -54,9 +56,7 @@ class ClassDataset:
 
 def load_digits() -> ClassDataset:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes): needs no files."""
-    from sklearn.datasets import load_digits as sk_digits
-
-    bunch = sk_digits()
+    bunch = optional_import("sklearn.datasets", "the digits data set").load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     return ClassDataset("digits", images, torch.tensor(bunch.target, dtype=torch.int64),
                         tuple(str(i) for i in range(10)))
@@ -111,7 +111,8 @@ def load_mnist(root: str | Path, split: str = "t10k") -> ClassDataset:
 # ---- Omniglot -----------------------------------------------------------------------------------
 
 def _decode_image(data: bytes, source: str, size: int | None, mode: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    pil = optional_import("PIL.Image", "decoding Omniglot and mini-ImageNet images")
+    Image, UnidentifiedImageError = pil, pil.UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:

@@ -17,7 +17,8 @@ import torch
 
 from .datasets import ClassDataset
 
-__all__ = ["TaskConfig", "Pool", "TaskSet", "split_classes", "split_images", "sample_tasks", "corrupt_labels"]
+__all__ = ["TaskConfig", "Pool", "TaskSet", "corrupt_labels", "hold_out", "sample_tasks", "split_classes",
+           "split_images"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,32 @@ def split_images(dataset: ClassDataset, test_fraction: float = 0.5, seed: int = 
         return torch.from_numpy(np.sort(np.concatenate(parts))).long()
 
     return Pool(dataset, classes, as_indices(train)), Pool(dataset, classes, as_indices(test))
+
+
+def hold_out(pool: Pool, fraction: float, ways: int, seed: int = 0) -> tuple[Pool, Pool]:
+    """(kept, held-out) parts of ``pool`` for validation: whole classes when the pool has enough of
+    them for ``ways``-way tasks on both sides, else a ``fraction`` of every class's images."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    classes = list(pool.classes)
+    held = max(ways, round(fraction * len(classes)))
+    if len(classes) - held >= ways:
+        order = _rng(seed, 4).permutation(len(classes))
+        chosen = sorted(classes[i] for i in order[:held])
+        return (Pool(pool.dataset, tuple(c for c in classes if c not in chosen), pool.indices),
+                Pool(pool.dataset, tuple(chosen), pool.indices))
+    rng = _rng(seed, 5)
+    kept, out = [], []
+    for members in pool.class_members().values():
+        members = members[rng.permutation(len(members))]
+        n_out = round(fraction * len(members))
+        out.append(members[:n_out])
+        kept.append(members[n_out:])
+
+    def as_indices(parts: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.sort(np.concatenate(parts))).long()
+
+    return Pool(pool.dataset, pool.classes, as_indices(kept)), Pool(pool.dataset, pool.classes, as_indices(out))
 
 
 @dataclass(frozen=True)

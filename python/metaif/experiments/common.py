@@ -1,10 +1,20 @@
-"""What the experiments share: a trained lambda*, an analyzer with enough damping, removal by
-retraining or editing, and the meta-test accuracy of the result."""
+"""What the experiments and commands share: an output folder that resumes honestly, a trained and
+polished lambda*, an analyzer, removal by retraining or editing, and the meta-test accuracy of the
+result.
+
+Polishing (math.md §15.10): influence functions linearise around a stationary point, so the
+Adam-trained lambda is polished by full-batch L-BFGS. The objective polished is the training
+objective plus a proximal anchor ``rho/2 ||lambda - lambda_trained||^2`` (:func:`~metaif.meta.anchored`),
+which every formula and every re-solve then sees exactly: without it the polish of a few-shot
+problem drives the training tasks to 100% and overfits. ``rho`` is chosen on held-out tasks of
+the meta-train pool (never the meta-test tasks): the largest accuracy wins.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -13,10 +23,12 @@ import torch
 from ..data import sample_tasks
 from ..data.tasks import TaskSet
 from ..influence import InfluenceAnalyzer, InfluenceConfig, Scores, SolverConfig
-from ..meta import TrainConfig, Weights, evaluate, meta_train, solve_outer
-from ..meta.run import RunConfig, build, load_config, pools, run
-from ..utils.config import check, check_choice, config, setting
+from ..linalg import MetaifWarning
+from ..meta import Accuracy, TrainConfig, Weights, anchored, evaluate, meta_train, solve_outer
+from ..meta.run import RunConfig, build, load_config, pools, run, validation_tasks
+from ..utils.config import check, check_choice, config, finite, setting
 from ..utils.io import save_torch, write_json
+from ..utils.store import Stage
 
 
 def _influence_default() -> InfluenceConfig:
@@ -33,8 +45,15 @@ class AnalysisConfig:
     influence: InfluenceConfig = setting(help="the influence engine (variant, solver, inner solves)",
                                          factory=_influence_default)
     score_tasks: int = setting(100, "fresh meta-test tasks that define the test loss f of the scores")
-    polish: int = setting(200, "full-batch L-BFGS iterations that bring the Adam-trained lambda to stationarity, "
-                               "the point influence functions linearise around (0: off)")
+    polish: int = setting(200, "full-batch L-BFGS iterations at most that bring the Adam-trained lambda to "
+                               "stationarity, the point influence functions linearise around (0: off)")
+    polish_tol: float = setting(1e-5, "the polish stops at max |D_lambda L| <= polish_tol")
+    stationarity_tol: float = setting(5e-3, "a warning says when the analysed ||D_lambda L|| is above this")
+    anchor: float | None = setting(None, "rho of the proximal anchor rho/2 ||lambda - lambda_trained||^2 that the "
+                                         "polish adds (None: chosen on held-out tasks from anchor_grid; 0: none)")
+    anchor_grid: tuple[float, ...] = setting((1.0, 0.1, 0.01), "rho candidates, strongest first, each polished "
+                                                               "from the last")
+    validation_tasks: int = setting(100, "held-out meta-train tasks that choose rho")
     retrain: str = setting("lbfgs", "ground-truth retraining, warm-started from lambda*: lbfgs (polish iterations, "
                                     "math.md's ground truth) or adam (retrain_steps steps; for large task sets)",
                            choices=("lbfgs", "adam"))
@@ -43,10 +62,17 @@ class AnalysisConfig:
     def __post_init__(self) -> None:
         check(isinstance(self.influence, InfluenceConfig), self, "influence", "an InfluenceConfig", self.influence)
         check_choice(self, "retrain", self.retrain, ("lbfgs", "adam"))
-        for name in ("score_tasks", "retrain_steps"):
+        for name in ("score_tasks", "retrain_steps", "validation_tasks"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, self, name, "an integer >= 1",
                   getattr(self, name))
         check(isinstance(self.polish, int) and self.polish >= 0, self, "polish", "an integer >= 0", self.polish)
+        for name in ("polish_tol", "stationarity_tol"):
+            check(finite(getattr(self, name)) and getattr(self, name) > 0, self, name, "a finite number > 0",
+                  getattr(self, name))
+        check(self.anchor is None or finite(self.anchor) and self.anchor >= 0, self, "anchor", "None or >= 0",
+              self.anchor)
+        check(len(self.anchor_grid) >= 1 and all(finite(r) and r > 0 for r in self.anchor_grid), self,
+              "anchor_grid", "one or more numbers > 0", self.anchor_grid)
 
 
 @config
@@ -65,38 +91,97 @@ class ExperimentConfig:
               "a share in (0, 1)", self.fraction)
 
 
+@dataclass(frozen=True)
+class Workspace:
+    """An output folder (locked by the caller), whether stale results may be overwritten, and
+    whether long steps show progress."""
+
+    out: Path
+    force: bool = False
+    progress: bool = True
+
+    def sub(self, name: str) -> Workspace:
+        return replace(self, out=self.out / name)
+
+
 @dataclass
 class Trained:
+    """A trained and polished model: ``problem`` is the analysed one (anchored when the polish
+    anchored it), ``lam`` lambda*, ``lam_trained`` Adam's lambda; ``summary`` records training and
+    polish (accuracies with 95% intervals, rho, stationarity, seconds)."""
+
     run: RunConfig
     problem: object
     train: TaskSet
     test: TaskSet
     lam: torch.Tensor
+    lam_trained: torch.Tensor
     summary: dict
 
 
-def train_model(config: RunConfig, analysis: AnalysisConfig, out: Path, train: TaskSet | None = None,
-                progress: bool = True) -> Trained:
-    """Meta-train (resuming from ``out``), polish to stationarity and load lambda*; ``train``
-    replaces the sampled task set (e.g. a corrupted copy)."""
+def train_model(config: RunConfig, analysis: AnalysisConfig, ws: Workspace, train: TaskSet | None = None) -> Trained:
+    """Meta-train (resuming from ``ws.out``), polish to stationarity with the anchor chosen on held-out
+    tasks, and return lambda*; ``train`` replaces the sampled task set (e.g. a corrupted copy)."""
     problem, sampled, test = build(config)
     tasks = sampled if train is None else train
-    summary = run(config, out, progress=progress, tasks=train)
-    polished = Path(out) / "lambda_star.pt"
-    if polished.exists():
-        lam = torch.load(polished, weights_only=True)
-    else:
-        lam = torch.load(Path(out) / "lambda.pt", weights_only=True)
-        if analysis.polish:
-            began = time.perf_counter()
-            lam = solve_outer(problem, tasks, lam, tol=1e-6, max_iter=analysis.polish).lam
-            summary["polish_seconds"] = time.perf_counter() - began
-        save_torch(polished, lam)
-    return Trained(config, problem, tasks, test, lam, summary)
+    summary = dict(run(config, ws.out, progress=ws.progress, tasks=train, force=ws.force))
+    lam_trained = torch.load(ws.out / "lambda.pt", weights_only=True)
+    settings = {"model": summary["task_set"], "steps": config.train.steps, "run": asdict(config),
+                "polish": {k: getattr(analysis, k) for k in ("polish", "polish_tol", "anchor", "anchor_grid",
+                                                             "validation_tasks")}}
+    rhos = [0.0] if analysis.polish == 0 else [analysis.anchor] if analysis.anchor is not None else \
+        list(analysis.anchor_grid)
+    files = ["lambda_star.pt", *(f"polish_rho{rho:g}.pt" for rho in rhos)]
+    stage = Stage(ws.out, "polish", settings, files, ws.force)
+    record = stage.open()
+    if record is None:
+        record = _polish(problem, tasks, config, analysis, lam_trained, rhos, ws)
+        save_torch(ws.out / "lambda_star.pt", record.pop("lam"))
+        record = stage.finish(**record)
+    lam = torch.load(ws.out / "lambda_star.pt", weights_only=True)
+    summary.update({k: v for k, v in record.items() if k not in ("fingerprint", "settings")})
+    return Trained(config, anchored(problem, record["rho"], lam_trained), tasks, test, lam, lam_trained, summary)
 
 
-def analyze(trained: Trained, analysis: AnalysisConfig) -> InfluenceAnalyzer:
-    return InfluenceAnalyzer(trained.problem, trained.lam, trained.train, config=analysis.influence)
+def _polish(problem, tasks: TaskSet, config: RunConfig, analysis: AnalysisConfig, lam_trained: torch.Tensor,
+            rhos: list[float], ws: Workspace) -> dict:
+    """Polish once per rho (strongest anchor first, each from the last) and keep the best on
+    held-out tasks; a polish with no rho to choose skips the held-out evaluation."""
+    choose = len(rhos) > 1
+    held_out = validation_tasks(config, analysis.validation_tasks) if choose else None
+    candidates, start, seconds = [], lam_trained, 0.0
+    for rho in rhos:
+        if analysis.polish == 0:
+            candidates.append({"rho": 0.0, "lam": lam_trained, "iterations": 0, "grad_norm": float("nan")})
+            break
+        result = solve_outer(anchored(problem, rho, lam_trained), tasks, start, tol=analysis.polish_tol,
+                             max_iter=analysis.polish, checkpoint=ws.out / f"polish_rho{rho:g}.pt",
+                             progress=ws.progress, desc=f"polish rho={rho:g}")
+        seconds += result.wall_time
+        entry = {"rho": rho, "lam": result.lam, "iterations": result.iterations, "grad_norm": result.grad_norm}
+        if choose:
+            entry["validation_accuracy"] = asdict(evaluate(problem, result.lam, held_out))
+        candidates.append(entry)
+        start = result.lam
+    best = max(candidates, key=lambda e: e.get("validation_accuracy", {}).get("mean", 0.0))
+    out = {"rho": best["rho"], "lam": best["lam"], "polish_seconds": seconds, "polish_iterations": best["iterations"],
+           "polish_grad_norm": best["grad_norm"],
+           "anchor_candidates": [{k: v for k, v in e.items() if k != "lam"} for e in candidates]}
+    if choose:
+        out["trained_validation_accuracy"] = asdict(evaluate(problem, lam_trained, held_out))
+    return out
+
+
+def analyze(trained: Trained, analysis: AnalysisConfig, progress: bool = True) -> InfluenceAnalyzer:
+    """The analyzer at lambda*; warns (one line) when lambda* is not stationary."""
+    config = replace(analysis.influence, progress=progress and analysis.influence.progress)
+    analyzer = InfluenceAnalyzer(trained.problem, trained.lam, trained.train, config=config)
+    norm = analyzer.diagnostics["total_grad_norm"]
+    if norm > analysis.stationarity_tol:
+        warnings.warn(f"the analysed lambda is not stationary (||D_lambda L|| = {norm:.2e} > {analysis.stationarity_tol:g}):"
+                      f" influence estimates linearise around a point the objective would still move from; raise "
+                      f"--polish", MetaifWarning, stacklevel=2)
+    return analyzer
 
 
 @dataclass
@@ -111,10 +196,10 @@ class Scored:
     seconds: float
 
 
-def score_all(trained: Trained, analysis: AnalysisConfig) -> Scored:
+def score_all(trained: Trained, analysis: AnalysisConfig, progress: bool = True) -> Scored:
     """Build the analyzer and score every task and instance on :func:`score_tasks` (one solve)."""
     began = time.perf_counter()
-    analyzer = analyze(trained, analysis)
+    analyzer = analyze(trained, analysis, progress)
     setup = time.perf_counter() - began
     scores = analyzer.scores(score_tasks(trained, analysis))
     return Scored(analyzer, scores, analyzer.damping_used, setup, time.perf_counter() - began)
@@ -123,24 +208,28 @@ def score_all(trained: Trained, analysis: AnalysisConfig) -> Scored:
 def score_tasks(trained: Trained, analysis: AnalysisConfig) -> TaskSet:
     """Fresh meta-test tasks (not the evaluation ones) that define the scores' test loss."""
     config = replace(trained.test.config, num_tasks=analysis.score_tasks, seed=trained.run.seed + 50_000)
-    return sample_tasks(pools(trained.run)[1], config)
+    return sample_tasks(pools(trained.run)[2], config)
 
 
-def accuracy(trained: Trained, lam: torch.Tensor) -> float:
-    return evaluate(trained.problem, lam, trained.test).mean
+def accuracy(trained: Trained, lam: torch.Tensor) -> Accuracy:
+    """Meta-test accuracy of ``lam`` with its 95% interval."""
+    return evaluate(trained.problem, lam, trained.test)
 
 
-def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=(), train=()):
-    """Warm-started retraining without the given task positions / ``(position, j)`` instances;
-    returns (lambda, wall seconds)."""
+def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=(), train=(),
+                    checkpoint: Path | None = None, progress: bool = False):
+    """Warm-started retraining without the given task positions / ``(position, j)`` instances
+    (resuming from ``checkpoint``); returns (lambda, wall seconds)."""
     weights = Weights.uniform(trained.train, trained.lam.dtype).without_positions(tasks, val, train)
-    began = time.perf_counter()
     if analysis.retrain == "lbfgs":
-        lam = solve_outer(trained.problem, trained.train, trained.lam, weights, tol=1e-6, max_iter=analysis.polish).lam
+        result = solve_outer(trained.problem, trained.train, trained.lam, weights, tol=analysis.polish_tol,
+                             max_iter=max(analysis.polish, 1), checkpoint=checkpoint, progress=progress,
+                             desc="retrain (L-BFGS)")
     else:
         config = replace(trained.run.train, steps=analysis.retrain_steps)
-        lam = meta_train(trained.problem, trained.train, config, lam0=trained.lam, weights=weights, progress=False).lam
-    return lam, time.perf_counter() - began
+        result = meta_train(trained.problem, trained.train, config, lam0=trained.lam, weights=weights,
+                            checkpoint=checkpoint, progress=progress)
+    return result.lam, result.wall_time
 
 
 def save_config(out: Path, config: ExperimentConfig) -> None:
@@ -149,14 +238,21 @@ def save_config(out: Path, config: ExperimentConfig) -> None:
 
 def load_experiment_config(path: str | Path) -> ExperimentConfig:
     """An ``ExperimentConfig`` from a saved ``config.json`` (or a bare ``RunConfig`` JSON)."""
-    raw = json.loads(Path(path).read_text())
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--config {path}: not a readable JSON config ({err})") from None
     if "run" not in raw:
         return ExperimentConfig(run=load_config(path))
-    run = raw.pop("run")
-    train = TrainConfig(**run.pop("train", {}))
-    if "hidden" in run:
-        run["hidden"] = tuple(run["hidden"])
-    return ExperimentConfig(run=RunConfig(**run, train=train), analysis=analysis_from_dict(raw.pop("analysis", {})),
+    run_raw = dict(raw.pop("run"))
+    train = TrainConfig(**run_raw.pop("train", {}))
+    if "hidden" in run_raw:
+        run_raw["hidden"] = tuple(run_raw["hidden"])
+    return ExperimentConfig(run=RunConfig(**run_raw, train=train),
+                            analysis=analysis_from_dict(raw.pop("analysis", {})),
                             seeds=tuple(raw.pop("seeds", (0,))), **raw)
 
 
@@ -165,4 +261,6 @@ def analysis_from_dict(raw: dict) -> AnalysisConfig:
     raw = dict(raw)
     influence = dict(raw.pop("influence", {}))
     solver = SolverConfig(**influence.pop("solver", {}))
+    if "anchor_grid" in raw:
+        raw["anchor_grid"] = tuple(raw["anchor_grid"])
     return AnalysisConfig(influence=InfluenceConfig(**influence, solver=solver), **raw)

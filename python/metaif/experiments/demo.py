@@ -1,11 +1,11 @@
-"""``metaif demo``: meta-train on the embedded digits, score every task and instance, flag the
-most harmful ones, edit the model without them, and write results and plots."""
+"""``metaif demo``: meta-train on the embedded digits, polish to a stationary point that generalises,
+score every task and instance, flag the most harmful ones, edit the model without them, and write
+results and plots."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import asdict
 
 import torch
 
@@ -13,60 +13,72 @@ from ..meta import TrainConfig
 from ..meta.run import RunConfig
 from ..utils.io import write_csv, write_json
 from . import plots
-from .common import AnalysisConfig, ExperimentConfig, accuracy, save_config, score_all, train_model
+from .common import AnalysisConfig, ExperimentConfig, Workspace, accuracy, save_config, score_all, train_model
 
-DEMO = ExperimentConfig(run=RunConfig(train_tasks=300, test_tasks=200, train=TrainConfig(steps=50)),
+# Tasks from all ten digits: meta-validation holds out five classes' tasks (they choose the
+# polish's anchor), meta-test draws from the other half of every class's images.
+DEMO = ExperimentConfig(run=RunConfig(split="image", train_tasks=300, test_tasks=200, train=TrainConfig(steps=50)),
                         analysis=AnalysisConfig(score_tasks=100))
 
 
 def instance_rows(trained, table: torch.Tensor, split: str) -> list[list]:
+    """``[position, task_id, split, index, score]`` for every instance of one split."""
     ids = trained.train.task_ids
-    return [[k, int(ids[k]), split, j, float(table[k, j])] for k in range(table.shape[0]) for j in range(table.shape[1])]
+    return [[k, int(ids[k]), split, j, float(table[k, j])] for k in range(table.shape[0])
+            for j in range(table.shape[1])]
 
 
-def run_demo(config: ExperimentConfig, out: str | Path, progress: bool = True) -> dict:
-    out = Path(out)
-    save_config(out, config)
-    trained = train_model(config.run, config.analysis, out / "model", progress=progress)
-    scored = score_all(trained, config.analysis)
+def run_demo(config: ExperimentConfig, ws: Workspace) -> dict:
+    save_config(ws.out, config)
+    trained = train_model(config.run, config.analysis, ws.sub("model"))
+    scored = score_all(trained, config.analysis, ws.progress)
     analyzer, scores = scored.analyzer, scored.scores
 
     m = len(trained.train)
-    k = max(1, round(config.fraction * m))
-    harmful = scores.tasks.argsort()[:k].tolist()
+    order = scores.tasks.argsort()
+    # the most harmful fraction of the tasks, but only those predicted to be harmful at all
+    harmful = [int(i) for i in order[:max(1, round(config.fraction * m))] if float(scores.tasks[i]) < 0]
     began = time.perf_counter()
-    edited = analyzer.edit(tasks=harmful)
+    edited = analyzer.edit(tasks=harmful) if harmful else trained.lam
     edit_s = time.perf_counter() - began
-    before, after = accuracy(trained, trained.lam), accuracy(trained, edited)
 
     ids = trained.train.task_ids
-    write_csv(out / "task_scores.csv", ["position", "task_id", "score"],
-              [[k_, int(ids[k_]), float(s)] for k_, s in enumerate(scores.tasks)])
+    write_csv(ws.out / "task_scores.csv", ["position", "task_id", "score", "flagged"],
+              [[k_, int(ids[k_]), float(s), k_ in harmful] for k_, s in enumerate(scores.tasks)])
     rows = instance_rows(trained, scores.train, "train") + instance_rows(trained, scores.val, "val")
-    write_csv(out / "instance_scores.csv", ["position", "task_id", "split", "index", "score"], rows)
-    plots.histogram(out / "task_scores.png", scores.tasks, "predicted test-loss change on removal (negative = harmful)",
-                    "task influence scores")
-    plots.histogram(out / "train_instance_scores.png", scores.train.flatten(), "predicted test-loss change on removal",
-                    "training-instance influence scores")
+    write_csv(ws.out / "instance_scores.csv", ["position", "task_id", "split", "index", "score"], rows)
+    cutoff = float(scores.tasks[harmful[-1]]) if harmful else None
+    plots.histogram(ws.out / "task_scores.png", {"tasks": scores.tasks.tolist()},
+                    "predicted test-loss change on removal", "task influence scores", cutoff,
+                    f"{len(harmful)} most harmful, removed by the edit")
+    plots.histogram(ws.out / "instance_scores.png", {"training instances": scores.train.flatten().tolist(),
+                                                     "validation instances": scores.val.flatten().tolist()},
+                    "predicted test-loss change on removal", "instance influence scores")
     worst = sorted(rows, key=lambda r: r[4])[:10]
-    result = {"meta_test_accuracy": before, "edited_accuracy": after, "removed_tasks": [int(ids[i]) for i in harmful],
+    summary = trained.summary
+    result = {"trained_accuracy": summary["meta_test_accuracy"], "analysed_accuracy": asdict(accuracy(trained, trained.lam)),
+              "edited_accuracy": asdict(accuracy(trained, edited)), "anchor_rho": summary["rho"],
+              "stationarity": analyzer.diagnostics["total_grad_norm"], "removed_tasks": [int(ids[i]) for i in harmful],
               "most_harmful_instances": [{"task_id": r[1], "split": r[2], "index": r[3], "score": r[4]} for r in worst],
-              "influence_seconds": scored.seconds, "edit_seconds": edit_s,
-              "train_seconds": trained.summary["train_seconds"], "damping": scored.damping, "diagnostics": analyzer.diagnostics}
-    write_json(out / "results.json", result)
+              "train_seconds": summary["train_seconds"], "polish_seconds": summary["polish_seconds"],
+              "influence_seconds": scored.seconds, "edit_seconds": edit_s, "damping": scored.damping,
+              "diagnostics": analyzer.diagnostics, "anchor_candidates": summary["anchor_candidates"]}
+    write_json(ws.out / "results.json", result)
     return result
 
 
+def _acc(record: dict) -> str:
+    return f"{record['mean']:.4f} ± {record['ci95']:.4f}"
+
+
 def summary(result: dict) -> str:
-    lines = [f"meta-test accuracy: {result['meta_test_accuracy']:.4f} (trained in {result['train_seconds']:.1f} s)",
-             f"influence of every task and instance: {result['influence_seconds']:.1f} s "
-             f"(damping {result['damping']:g}, ||D L(lambda*)|| = {result['diagnostics']['total_grad_norm']:.2e})",
-             f"most harmful tasks removed by editing ({len(result['removed_tasks'])}): {result['removed_tasks'][:10]}",
-             f"accuracy after the edit: {result['edited_accuracy']:.4f} (edit: {result['edit_seconds']:.2f} s)",
-             "most harmful instances: " + ", ".join(f"task {r['task_id']} {r['split']}[{r['index']}]"
-                                                   for r in result["most_harmful_instances"][:5])]
-    return "\n".join(lines)
-
-
-def demo_config(**overrides) -> ExperimentConfig:
-    return replace(DEMO, **overrides)
+    """The demo's report, a line per finding."""
+    return "\n".join([
+        f"meta-test accuracy: trained {_acc(result['trained_accuracy'])} (in {result['train_seconds']:.1f} s), "
+        f"analysed (polished, rho {result['anchor_rho']:g}) {_acc(result['analysed_accuracy'])} "
+        f"(in {result['polish_seconds']:.1f} s, ||D L|| = {result['stationarity']:.1e})",
+        f"influence of every task and instance: {result['influence_seconds']:.1f} s (damping {result['damping']:g})",
+        f"most harmful tasks removed by editing ({len(result['removed_tasks'])}): {result['removed_tasks'][:10]}",
+        f"accuracy after the edit: {_acc(result['edited_accuracy'])} (edit: {result['edit_seconds']:.2f} s)",
+        "most harmful instances: " + ", ".join(f"task {r['task_id']} {r['split']}[{r['index']}]"
+                                               for r in result["most_harmful_instances"][:5])])

@@ -1,19 +1,26 @@
-"""Headless matplotlib figures, written atomically as PNG."""
+"""Headless matplotlib figures, written atomically as PNG (matplotlib comes with the
+``experiments`` extra)."""
 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
-import matplotlib
+from ..utils.extras import optional_import
+from ..utils.io import write_atomic
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+HARMFUL = "negative = harmful"
 
-from ..utils.io import write_atomic  # noqa: E402
+
+def _pyplot():
+    matplotlib = optional_import("matplotlib", "plots")
+    matplotlib.use("Agg")
+    return optional_import("matplotlib.pyplot", "plots")
 
 
 def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=120)
@@ -21,9 +28,15 @@ def _save(fig, path: Path) -> Path:
     return write_atomic(path, buffer.getvalue())
 
 
+def _power_of_ten(values: list[float]) -> int:
+    """The exponent that brings the largest magnitude into [1, 10) (0 for all-zero data)."""
+    largest = max((abs(v) for v in values), default=0.0)
+    return int(math.floor(math.log10(largest))) if largest > 0 else 0
+
+
 def curves(path: Path, x, series: dict[str, list[float]], xlabel: str, ylabel: str, title: str) -> Path:
     """One line per named series over the shared ``x``."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = _pyplot().subplots(figsize=(5, 3.6))
     for name, ys in series.items():
         ax.plot(x, ys, marker="o", label=name)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
@@ -33,7 +46,7 @@ def curves(path: Path, x, series: dict[str, list[float]], xlabel: str, ylabel: s
 
 
 def bars(path: Path, labels: list[str], values: list[float], errors: list[float], ylabel: str, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(labels)), 3.6))
+    fig, ax = _pyplot().subplots(figsize=(max(4, 0.9 * len(labels)), 3.6))
     ax.bar(range(len(labels)), values, yerr=errors, capsize=3, color="tab:blue")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set(ylabel=ylabel, title=title)
@@ -41,17 +54,32 @@ def bars(path: Path, labels: list[str], values: list[float], errors: list[float]
     return _save(fig, path)
 
 
-def histogram(path: Path, values, xlabel: str, title: str, marked=None) -> Path:
-    """Histogram of scores; ``marked`` (a boolean mask) is drawn as a second, stacked group."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    values = list(map(float, values))
-    if marked is None:
-        ax.hist(values, bins=40)
-    else:
-        clean = [v for v, m in zip(values, marked) if not m]
-        bad = [v for v, m in zip(values, marked) if m]
-        ax.hist([clean, bad], bins=40, stacked=True, label=["clean", "corrupted"])
-        ax.legend()
-    ax.axvline(0.0, color="k", lw=0.8)
-    ax.set(xlabel=xlabel, ylabel="count", title=title)
+def histogram(path: Path, groups: dict[str, list[float]], xlabel: str, title: str,
+              cutoff: float | None = None, flagged: str = "flagged") -> Path:
+    """One panel per named group of scores (own bins, in units of a shared power of ten named in
+    the axis label, so tick labels stay short); ``cutoff`` draws the line at or below which items
+    are flagged and shades that side. The x label says that negative is harmful."""
+    plt = _pyplot()
+    names = list(groups)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
+    exponent = _power_of_ten([float(v) for name in names for v in groups[name]])
+    scale = 10.0 ** -exponent
+    unit = f" [×1e{exponent}]" if exponent else ""
+    for ax, name in zip(axes[0], names):
+        values = [float(v) * scale for v in groups[name]]
+        ax.hist(values, bins=40, color="tab:blue")
+        if cutoff is not None:
+            ax.axvspan(min(values + [cutoff * scale]), cutoff * scale, color="tab:red", alpha=0.15, lw=0)
+            ax.axvline(cutoff * scale, color="tab:red", lw=1.2, ls="--", label=flagged)
+            ax.legend(fontsize=8)
+        ax.axvline(0.0, color="k", lw=0.8)
+        ax.xaxis.set_major_locator(_max_ticks(6))
+        ax.set(xlabel=f"{xlabel}{unit}\n({HARMFUL})", ylabel="count",
+               title=f"{title}: {name}" if len(names) > 1 else title)
     return _save(fig, path)
+
+
+def _max_ticks(count: int):
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(count)

@@ -20,6 +20,7 @@ from ..data.tasks import TaskSet
 from ..linalg import DampingRetry, MatvecOperator, MetaifWarning, SolverConfig, SolveResult
 from ..meta.batch import TaskBatch, Weights
 from ..meta.binding import Bound, SeamBinding, task_chunks
+from ..meta.problem import outer_l2
 from .config import DIRECT, VARIANTS, InfluenceConfig
 
 __all__ = ["InfluenceAnalyzer", "Scores"]
@@ -97,7 +98,7 @@ class InfluenceAnalyzer:
         self.last_solve: SolveResult | None = None
         self.gamma_term = float(sum((self.c[idx] * r.outer_theta_grad().abs().sum(-1)).sum()
                                     for idx, r in zip(self.state.chunks, self.state.rows)))
-        stationarity = self.gradient(self.c) + problem.gamma * self.lam
+        stationarity = self.gradient(self.c) + outer_l2(problem, self.lam)[1]
         self.diagnostics = {"inner_grad_norm_max": float(self.binding.inner_norm.max()),
                             "total_grad_norm": float(stationarity.norm()), "gamma_term": self.gamma_term,
                             "num_tasks": len(tasks), "p": self.lam.numel()}
@@ -371,7 +372,7 @@ class InfluenceAnalyzer:
             for _ in range(refine):
                 state = self._bind(lam, removed, theta0=theta)
                 theta = state.theta
-                grad = state.gradient(removed.c.to(lam)) + self.problem.gamma * lam
+                grad = state.gradient(removed.c.to(lam)) + outer_l2(self.problem, lam)[1]
                 lam = lam - self.solve(grad[None], variant)[0]
         return lam
 

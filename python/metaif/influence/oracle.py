@@ -7,11 +7,12 @@ from __future__ import annotations
 import torch
 
 from ..meta.implicit import total_gradient
+from ..meta.problem import outer_l2
 
 
 def total_gradient_sum(problem, lam: torch.Tensor, tasks: list[tuple], task_weights: torch.Tensor) -> torch.Tensor:
-    """``D_lambda L(lambda) = sum_i c_i g_i + gamma lambda`` with every inner problem re-solved."""
-    total = problem.gamma * lam
+    """``D_lambda L(lambda) = sum_i c_i g_i + gamma (lambda - anchor)`` with every inner problem re-solved."""
+    total = outer_l2(problem, lam)[1]
     for c, data in zip(task_weights, tasks):
         total = total + c * total_gradient(problem, lam, *data)
     return total

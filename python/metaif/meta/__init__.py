@@ -8,10 +8,10 @@ from .binding import Bound, meta_gradient
 from .heads import FeatureHead, bilevel
 from .imaml import ImamlConfig, ImamlProblem
 from .implicit import total_gradient
-from .problem import BilevelProblem, FeatureHeadProblem, HeadCurvature, TrainableProblem
+from .problem import BilevelProblem, FeatureHeadProblem, HeadCurvature, TrainableProblem, anchored, outer_l2
 from .train import Accuracy, TrainConfig, TrainResult, evaluate, meta_train, retrain, solve_outer
 
 __all__ = ["Accuracy", "AnilConfig", "AnilProblem", "BilevelProblem", "Bound", "FeatureHead", "FeatureHeadProblem",
            "HeadCurvature", "ImamlConfig", "ImamlProblem", "TaskBatch", "TrainConfig", "TrainResult",
-           "TrainableProblem", "Weights", "bilevel", "evaluate", "meta_gradient", "meta_train", "retrain",
+           "TrainableProblem", "Weights", "anchored", "bilevel", "evaluate", "meta_gradient", "meta_train", "outer_l2", "retrain",
            "solve_outer", "total_gradient"]

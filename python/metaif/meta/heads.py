@@ -135,7 +135,7 @@ class _SeamView:
     """A :class:`FeatureHeadProblem` as a :class:`BilevelProblem` (the seam methods of :class:`FeatureHead`)."""
 
     def __init__(self, head: FeatureHead) -> None:
-        self.head, self.gamma = head, head.gamma
+        self.head, self.gamma, self.anchor = head, head.gamma, getattr(head.problem, "anchor", None)
         self.inner_objective = head.inner_objective_seam
         self.outer_objective = head.outer_objective_seam
         self.solve_inner = head.solve_inner

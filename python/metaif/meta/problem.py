@@ -11,6 +11,10 @@ engine looks at what a problem declares, never at its class:
 * :class:`HeadCurvature`: the head is linear with a GLM loss, so its Hessian has the exact
   few-shot factor (Woodbury) and an EK-FAC form.
 
+The outer objective adds ``gamma/2 ||lam - anchor||^2`` (math.md §1 with an optional centre:
+``anchor`` is an attribute of the problem, absent or ``None`` for 0); :func:`outer_l2` is the one
+place that evaluates it, and its Hessian is ``gamma I`` either way.
+
 Shapes: ``theta [q]``, ``lam [p]``, one task's inputs ``x [n, ...]``, targets ``y [n]`` (labels)
 or ``[n, ...]`` (real values), weights ``w [n]``; feature-space forms take B tasks at once,
 ``theta [B, q]``, features ``phi [B, n, h]``. Objectives must be pure torch (``torch.func``
@@ -19,11 +23,12 @@ transforms them; no ``.item()`` or data-dependent control flow).
 
 from __future__ import annotations
 
+import copy
 from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["BilevelProblem", "FeatureHeadProblem", "HeadCurvature", "TrainableProblem"]
+__all__ = ["BilevelProblem", "FeatureHeadProblem", "HeadCurvature", "TrainableProblem", "anchored", "outer_l2"]
 
 
 @runtime_checkable
@@ -92,3 +97,28 @@ class TrainableProblem(Protocol):
 
     def predict(self, lam: torch.Tensor, batch) -> torch.Tensor:
         """Validation outputs ``[B, v, K]`` after adapting each task on its train split."""
+
+
+def outer_l2(problem, lam: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """``gamma/2 ||lam - anchor||^2`` and its gradient ``gamma (lam - anchor)`` (``[p]``)."""
+    anchor = getattr(problem, "anchor", None)
+    diff = lam if anchor is None else lam - anchor.to(lam)
+    return 0.5 * problem.gamma * float(diff.pow(2).sum()), problem.gamma * diff
+
+
+def anchored(problem, rho: float, lam0: torch.Tensor):
+    """A shallow copy of ``problem`` whose outer L2 also pulls toward ``lam0``:
+    ``gamma/2 ||lam - a||^2 + rho/2 ||lam - lam0||^2 = (gamma + rho)/2 ||lam - c||^2 + const`` with
+    ``c = (gamma a + rho lam0) / (gamma + rho)``: an exact proximal anchor, seen by every formula
+    and every re-solve through ``gamma`` and ``anchor``."""
+    if not rho >= 0:
+        raise ValueError(f"rho must be >= 0, got {rho}")
+    if rho == 0:
+        return problem
+    out = copy.copy(problem)
+    old = getattr(problem, "anchor", None)
+    previous = torch.zeros_like(lam0) if old is None else old.to(lam0)
+    total = problem.gamma + rho
+    out.gamma = total
+    out.anchor = ((problem.gamma * previous + rho * lam0.detach()) / total).clone()
+    return out

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-
-from ..data import TaskConfig, TaskSet, load_dataset, sample_tasks, split_classes, split_images
+from ..data import TaskConfig, TaskSet, hold_out, load_dataset, sample_tasks, split_classes, split_images
 from ..models import conv4, mlp
 from ..utils.config import check, check_choice, config, finite, setting
 from ..utils.io import save_torch, write_json
+from ..utils.store import Stage
 from .anil import AnilConfig, AnilProblem
 from .imaml import ImamlConfig, ImamlProblem
 from .train import TrainConfig, evaluate, meta_train
@@ -62,23 +60,29 @@ class RunConfig:
         check(finite(self.delta) and self.delta > 0, self, "delta", "a finite number > 0", self.delta)
         check(finite(self.gamma) and self.gamma >= 0, self, "gamma", "a finite number >= 0", self.gamma)
         check(isinstance(self.train, TrainConfig), self, "train", "a TrainConfig", self.train)
+        check(self.dataset == "digits" or bool(self.root), self, "root",
+              f"the folder with the {self.dataset} files (--root)", self.root)
 
 
 def pools(config: RunConfig):
-    """The (meta-train, meta-test) pools of ``config``'s data set and split (loaded once per
-    process: experiments sample score and test tasks from them after training)."""
-    return _pools(config.dataset, config.root, config.split, config.seed)
+    """The (meta-train, meta-validation, meta-test) pools of ``config``'s data set and split (loaded
+    once per process: experiments sample score, validation and test tasks from them after
+    training). Validation holds out a fifth of the meta-train classes, or of every class's images
+    where there are too few classes (:func:`~metaif.data.hold_out`)."""
+    return _pools(config.dataset, config.root, config.split, config.seed, config.ways)
 
 
 @lru_cache(maxsize=2)
-def _pools(dataset: str, root: str | None, split: str, seed: int):
+def _pools(dataset: str, root: str | None, split: str, seed: int, ways: int):
     splitter = split_classes if split == "class" else split_images
-    return splitter(load_dataset(dataset, root), 0.5, seed=seed)
+    train, test = splitter(load_dataset(dataset, root), 0.5, seed=seed)
+    train, validation = hold_out(train, 0.2, ways, seed=seed)
+    return train, validation, test
 
 
 def build(config: RunConfig):
     """(problem, meta-train task set, meta-test task set) for ``config``."""
-    train_pool, test_pool = pools(config)
+    train_pool, _, test_pool = pools(config)
     data = train_pool.dataset
     spec = dict(ways=config.ways, shots=config.shots, queries=config.queries)
     train = sample_tasks(train_pool, TaskConfig(**spec, num_tasks=config.train_tasks, seed=config.seed))
@@ -94,28 +98,45 @@ def build(config: RunConfig):
     return problem, train, test
 
 
-def run(config: RunConfig, out: str | Path, progress: bool = True, tasks: TaskSet | None = None) -> dict:
+def validation_tasks(config: RunConfig, count: int) -> TaskSet:
+    """Tasks of the meta-validation pool (held out from meta-training, never the meta-test pool):
+    what settings are chosen on."""
+    spec = dict(ways=config.ways, shots=config.shots, queries=config.queries)
+    return sample_tasks(pools(config)[1], TaskConfig(**spec, num_tasks=count, seed=config.seed + 20_000))
+
+
+def run(config: RunConfig, out: str | Path, progress: bool = True, tasks: TaskSet | None = None,
+        force: bool = False) -> dict:
     """Train (resuming from ``out/checkpoint.pt``), evaluate against the untrained baseline, and
     write ``config.json``, ``lambda.pt`` and ``results.json`` to ``out``; ``tasks`` replaces the
-    sampled meta-train set (e.g. a label-corrupted copy)."""
+    sampled meta-train set (e.g. a label-corrupted copy).
+
+    The trained model is a :class:`~metaif.utils.store.Stage`: a finished run with the same settings
+    is returned as recorded (not re-timed), a larger ``steps`` extends it, and other settings raise
+    :class:`~metaif.utils.store.StaleResults` unless ``force`` (which trains again).
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", asdict(config))
-    torch.manual_seed(config.seed)
     problem, train, test = build(config)
     train = train if tasks is None else tasks
-    began = time.perf_counter()
+    settings = {"run": {**asdict(config), "train": {k: v for k, v in asdict(config.train).items()
+                                                     if k not in ("steps", "checkpoint_every")}},
+                "tasks": train.fingerprint()}
+    stage = Stage(out, "train", settings, ["checkpoint.pt", "lambda.pt", "results.json", "config.json"], force)
+    record = stage.open()
+    if record is not None and record["steps"] == config.train.steps:
+        return record["summary"]
+    write_json(out / "config.json", asdict(config))
     result = meta_train(problem, train, config.train, checkpoint=out / "checkpoint.pt", progress=progress)
-    wall = time.perf_counter() - began
     baseline = evaluate(problem, problem.init_lambda(config.train.seed), test)
     trained = evaluate(problem, result.lam, test)
     save_torch(out / "lambda.pt", result.lam)
     summary = {"form": config.form, "dataset": config.dataset, "meta_test_accuracy": asdict(trained),
-               "baseline_accuracy": asdict(baseline), "train_seconds": wall,
-               "seconds_per_1000_tasks": wall / max(1, config.train.steps * max(1, config.train.meta_batch)) * 1000,
-               "final_outer_loss": result.losses[-1] if result.losses else None,
+               "baseline_accuracy": asdict(baseline), "train_seconds": result.wall_time,
+               "seconds_per_1000_tasks": result.wall_time / max(1, config.train.steps * max(1, config.train.meta_batch))
+               * 1000, "final_outer_loss": result.losses[-1] if result.losses else None,
                "inner_grad_norm": result.inner_grad_norm, "task_set": train.fingerprint()}
     write_json(out / "results.json", summary)
+    stage.finish(steps=config.train.steps, summary=summary)
     return summary
 
 

@@ -18,9 +18,10 @@ from tqdm.auto import tqdm
 from ..data.tasks import TaskSet
 from ..utils.config import check, check_choice, config, finite, setting
 from ..utils.io import save_torch
+from ..utils.store import StaleResults, differences, fingerprint
 from .batch import TaskBatch, Weights
 from .binding import meta_gradient
-from .problem import TrainableProblem
+from .problem import TrainableProblem, outer_l2
 
 __all__ = ["DTYPES", "Accuracy", "TrainConfig", "TrainResult", "evaluate", "meta_train", "outer_gradient",
            "retrain", "solve_outer"]
@@ -57,21 +58,36 @@ def outer_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: t
 
 @dataclass
 class TrainResult:
-    """The trained ``lam [p]``, outer losses per step, the last inner ``max ||grad_theta F_i||``,
-    training wall time (s) and, for retraining with test tasks, the meta-test accuracy."""
+    """The trained ``lam [p]``, the outer losses per step (or per L-BFGS evaluation), the last
+    inner ``max ||grad_theta F_i||``, the wall time in seconds summed over resumed sessions, the
+    L-BFGS iterations and final ``||D_lambda L||`` (solve_outer), and, for retraining with test
+    tasks, the meta-test accuracy."""
 
     lam: torch.Tensor
     losses: list[float] = field(default_factory=list)
     inner_grad_norm: float = 0.0
     wall_time: float = 0.0
+    iterations: int = 0
+    grad_norm: float = float("nan")
     accuracy: Accuracy | None = None
+
+
+def _tensor_digest(t: torch.Tensor | None) -> str | None:
+    return None if t is None else fingerprint(t.detach().cpu().double().numpy().tobytes().hex())
+
+
+def _check_identity(path: Path, state: dict, identity: dict) -> None:
+    if state.get("identity") != identity:
+        changed = "; ".join(differences(state.get("identity"), identity)[:6])
+        raise StaleResults(f"{path}: a checkpoint of another run ({changed}); delete it, or rerun with --force")
 
 
 def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, lam0: torch.Tensor | None = None,
                weights: Weights | None = None, checkpoint: str | Path | None = None,
                progress: bool = True) -> TrainResult:
-    """Train lambda from ``lam0`` (default: the problem's seeded init); resumes from ``checkpoint``
-    when it holds a run of the same configuration and task set."""
+    """Train lambda from ``lam0`` (default: the problem's seeded init) by Adam on the total
+    gradient plus the outer L2's; resumes from ``checkpoint`` when it holds a run of the same
+    configuration and task set (a larger ``steps`` extends it)."""
     dtype = DTYPES[config.dtype]
     weights = weights or Weights.uniform(tasks, dtype)
     lam = (problem.init_lambda(config.seed, dtype) if lam0 is None else lam0.detach().to(dtype)).clone()
@@ -79,21 +95,24 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
     opt = torch.optim.Adam([lam], lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     # Everything that fixes the trajectory except the number of steps, so a run can be extended.
-    identity = {"config": {k: v for k, v in asdict(config).items() if k != "steps"},
+    identity = {"config": {k: v for k, v in asdict(config).items() if k not in ("steps", "checkpoint_every")},
                 "tasks": tasks.fingerprint(), "form": getattr(problem, "form", type(problem).__name__),
-                "weights": float(weights.c.sum() + weights.w_tr.sum() + weights.w_val.sum())}
-    result, start = TrainResult(lam.detach()), 0
+                "gamma": problem.gamma, "anchor": _tensor_digest(getattr(problem, "anchor", None)),
+                "lam0": _tensor_digest(lam0), "weights": fingerprint([weights.c.tolist(), weights.w_tr.tolist(),
+                                                                    weights.w_val.tolist()])}
+    result, start, spent = TrainResult(lam.detach()), 0, 0.0
     path = Path(checkpoint) if checkpoint else None
     if path is not None and path.exists():
         state = torch.load(path, weights_only=False)
-        if state["identity"] != identity:
-            raise ValueError(f"{path}: checkpoint of a different run ({state['identity']}); "
-                             f"use another path or delete it")
+        _check_identity(path, state, identity)
+        if state["step"] > config.steps:
+            raise StaleResults(f"{path}: the checkpoint has {state['step']} steps, more than the {config.steps} asked "
+                               f"for; rerun with --force to train again, or ask for at least {state['step']}")
         with torch.no_grad():
             lam.copy_(state["lam"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
-        start, result.losses = state["step"], state["losses"]
+        start, result.losses, spent = state["step"], state["losses"], state.get("seconds", 0.0)
     active = torch.nonzero(weights.c > 0).flatten()
     batch_size = len(active) if config.meta_batch == 0 else min(config.meta_batch, len(active))
     began = time.perf_counter()
@@ -104,42 +123,88 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
         scale = len(active) / batch_size  # unbiased estimate of sum over all active tasks
         grad, info = outer_gradient(problem, lam.detach(), batch, weights.c[rows] * scale)
         opt.zero_grad()
-        lam.grad = grad + problem.gamma * lam.detach()
+        lam.grad = grad + outer_l2(problem, lam.detach())[1]
         opt.step()
         result.losses.append(info["outer_loss"])
         result.inner_grad_norm = info["inner_grad_norm"]
         bar.set_postfix(loss=f"{info['outer_loss']:.4f}")
         if path is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
             save_torch(path, {"identity": identity, "lam": lam.detach(), "opt": opt.state_dict(),
-                          "gen": gen.get_state(), "step": step + 1, "losses": result.losses})
-    result.lam, result.wall_time = lam.detach().clone(), time.perf_counter() - began
+                              "gen": gen.get_state(), "step": step + 1, "losses": result.losses,
+                              "seconds": spent + time.perf_counter() - began})
+    result.lam, result.wall_time = lam.detach().clone(), spent + time.perf_counter() - began
+    result.iterations = config.steps
     return result
 
 
 def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, weights: Weights | None = None,
-                tol: float = 1e-9, max_iter: int = 1000) -> TrainResult:
-    """Full-batch L-BFGS (strong Wolfe) on ``sum_i c_i L_i + gamma/2 ||lambda||^2`` from ``lam0``
-    until ``||D_lambda L|| <= tol``: the stationary lambda* that influence functions linearise
-    around, and the warm-started re-solve that is their ground truth (math.md §1)."""
+                tol: float = 1e-9, max_iter: int = 1000, checkpoint: str | Path | None = None,
+                progress: bool = False, desc: str = "polish (L-BFGS)", chunk: int = 10) -> TrainResult:
+    """Full-batch L-BFGS (strong Wolfe) on ``sum_i c_i L_i + gamma/2 ||lambda - anchor||^2`` from
+    ``lam0`` until ``max_j |D_lambda L_j| <= tol``, ``max_iter`` iterations, or a chunk of iterations
+    that no longer lowers the objective beyond its rounding (float32 stalls there): the stationary
+    lambda* that influence functions linearise around, and the warm-started re-solve that is their
+    ground truth (math.md §1).
+
+    Every ``chunk`` iterations the iterate and the L-BFGS memory go to ``checkpoint`` (a run with
+    the same settings resumes from it); ``progress`` shows iterations, loss, ``||D_lambda L||`` and
+    time.
+    """
     dtype = lam0.dtype
     weights = weights or Weights.uniform(tasks, dtype)
     active = torch.nonzero(weights.c > 0).flatten()
     batch = TaskBatch.from_taskset(tasks, active, dtype, weights.w_tr[active], weights.w_val[active])
     lam = lam0.detach().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([lam], lr=1.0, max_iter=max_iter, history_size=50, tolerance_grad=tol,
+    opt = torch.optim.LBFGS([lam], lr=1.0, max_iter=chunk, history_size=50, tolerance_grad=tol,
                             tolerance_change=0.0, line_search_fn="strong_wolfe")
-    result = TrainResult(lam.detach())
+    identity = {"tasks": tasks.fingerprint(), "lam0": _tensor_digest(lam0), "tol": tol, "gamma": problem.gamma,
+                "anchor": _tensor_digest(getattr(problem, "anchor", None)), "form": getattr(problem, "form", None),
+                "weights": fingerprint([weights.c.tolist(), weights.w_tr.tolist(), weights.w_val.tolist()])}
+    result, spent = TrainResult(lam.detach()), 0.0
+    path = Path(checkpoint) if checkpoint else None
+    if path is not None and path.exists():
+        state = torch.load(path, weights_only=False)
+        _check_identity(path, state, identity)
+        with torch.no_grad():
+            lam.copy_(state["lam"])
+        opt.load_state_dict(state["opt"])
+        result.losses, result.iterations, spent = state["losses"], state["iterations"], state["seconds"]
 
     def closure():
         grad, info = outer_gradient(problem, lam.detach(), batch, weights.c[active])
-        lam.grad = grad + problem.gamma * lam.detach()
-        result.losses.append(info["weighted_loss"] + 0.5 * problem.gamma * float(lam.detach().pow(2).sum()))
+        value, l2_grad = outer_l2(problem, lam.detach())
+        lam.grad = grad + l2_grad
+        result.losses.append(info["weighted_loss"] + value)
         result.inner_grad_norm = info["inner_grad_norm"]
+        result.grad_norm = float(lam.grad.norm())
         return torch.tensor(result.losses[-1], dtype=dtype)
 
     began = time.perf_counter()
-    opt.step(closure)
-    result.lam, result.wall_time = lam.detach().clone(), time.perf_counter() - began
+    bar = tqdm(total=max_iter, initial=min(result.iterations, max_iter), desc=desc, disable=not progress, leave=False)
+    rounding = 16 * torch.finfo(dtype).eps
+    while result.iterations < max_iter:
+        before_loss = result.losses[-1] if result.losses else None
+        opt.param_groups[0]["max_iter"] = min(chunk, max_iter - result.iterations)
+        opt.param_groups[0]["max_eval"] = 25 * chunk  # line searches may take several evaluations
+        before = opt.state[lam].get("n_iter", 0)
+        opt.step(closure)
+        done = opt.state[lam].get("n_iter", 0) - before
+        result.iterations += done
+        bar.update(done)
+        bar.set_postfix(loss=f"{result.losses[-1]:.5g}", grad=f"{result.grad_norm:.2e}",
+                        s=f"{spent + time.perf_counter() - began:.0f}")
+        if path is not None:
+            save_torch(path, {"identity": identity, "lam": lam.detach(), "opt": opt.state_dict(),
+                              "losses": result.losses, "iterations": result.iterations,
+                              "seconds": spent + time.perf_counter() - began})
+        if done < opt.param_groups[0]["max_iter"]:  # converged (or stalled: no descent direction left)
+            break
+        if before_loss is not None and before_loss - result.losses[-1] <= rounding * abs(result.losses[-1]):
+            break  # a whole chunk gained nothing measurable
+    bar.close()
+    if not result.losses:  # resumed at max_iter: evaluate once for the record
+        closure()
+    result.lam, result.wall_time = lam.detach().clone(), spent + time.perf_counter() - began
     return result
 
 
