@@ -21,11 +21,11 @@ namespace metaif {
 constexpr int kPowerIterations = 20;
 constexpr double kScaleSafety = 1.1;
 
-// A deterministic start vector in [-1, 1) for task t (a 64-bit LCG), so that scales do not depend
-// on the thread that computes them.
+// One deterministic start vector in [-1, 1) (a 64-bit LCG) for every task, so that a task's scale
+// depends on its operator only: not on the thread, nor on the task's position in the batch.
 template <typename T>
-void power_start(int64_t task, T* x, int64_t q) {
-  uint64_t state = 0x9E3779B97F4A7C15ull ^ static_cast<uint64_t>(task + 1) * 0xBF58476D1CE4E5B9ull;
+void power_start(T* x, int64_t q) {
+  uint64_t state = 0x9E3779B97F4A7C15ull;
   for (int64_t i = 0; i < q; ++i) {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
     x[i] = static_cast<T>(static_cast<double>(state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
@@ -36,7 +36,7 @@ void power_start(int64_t task, T* x, int64_t q) {
 // operator (damping included): an estimate of its top eigenvalue. Raises when it is not positive.
 template <typename T, typename Task>
 double power_scale(const char* opname, const Task& task, int64_t t, int64_t q, T* x, T* y, T* scratch) {
-  power_start<T>(t, x, q);
+  power_start<T>(x, q);
   double estimate = 0.0;
   for (int it = 0; it < kPowerIterations; ++it) {
     const double norm = std::sqrt(dot(x, x, q));
@@ -132,10 +132,12 @@ double true_residual_sq(const Task& task, const T* b, const T* x, int64_t q, T* 
 }
 
 // Conjugate gradient from x_0 = 0 with per-column convergence ||b - A x|| <= rtol ||b|| on the
-// true residual: a column whose recursive residual claims convergence is checked against b - A x
-// (and continues from it when the claim was false), and every kReplaceEvery iterations the true
-// residual replaces the recursive one. iters[t, c] counts CG iterations; resid[t, c] is the true
-// relative residual of the returned x.
+// true residual. A column whose recursive residual claims convergence is checked against b - A x;
+// a false claim (the recursion drifted, e.g. below float32's reach) restarts the column from the
+// true residual, and a column whose true residual stops falling between false claims stops there
+// (it cannot reach rtol in this precision). Every kReplaceEvery iterations the true residual also
+// replaces the recursive one. iters[t, c] counts CG iterations; resid[t, c] is the true relative
+// residual of the returned x.
 constexpr int64_t kReplaceEvery = 50;
 
 template <typename T, typename Op>
@@ -144,7 +146,7 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
   const int64_t q = op.dim(), stride = batch * q;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> r(stride), p(stride), ap(stride), product(q);
-    std::vector<double> rs(batch), b_norm(batch);
+    std::vector<double> rs(batch), b_norm(batch), last_false(batch);
     std::vector<char> active(batch);
     TaskBuffers<T, Op> buf(op, batch);
     for (int64_t t = begin; t < end; ++t) {
@@ -162,6 +164,7 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
         active[c] = b_norm[c] > 0.0;
         n_active += active[c];
         iters[t * batch + c] = 0;
+        last_false[c] = std::numeric_limits<double>::infinity();
       }
       for (int64_t k = 0; k < maxiter && n_active > 0; ++k) {
         task.apply(p.data(), ap.data(), batch, buf.scratch.data());
@@ -178,19 +181,27 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
                       ": conjugate gradient met non-positive curvature p.Ap = ", curvature,
                       " at iteration ", k, " in task ", t, ", column ", c,
                       "; the operator is not positive definite: add damping");
-          double rs_new = cg_step(pc, apc, static_cast<T>(rs[c] / curvature), xc, rc, q);
+          const double rs_rec = cg_step(pc, apc, static_cast<T>(rs[c] / curvature), xc, rc, q);
           iters[t * batch + c] = k + 1;
-          const bool claims = std::sqrt(rs_new) <= rtol * b_norm[c];
+          const double target = rtol * b_norm[c];
+          const bool claims = std::sqrt(rs_rec) <= target;
+          double rs_new = rs_rec, beta = rs_rec / rs[c];
+          bool stop = claims;
           if (claims || replace) {  // replace the recursive residual by the true one
             true_residual_sq(task, bc, xc, q, product.data(), buf.scratch.data());
             for (int64_t i = 0; i < q; ++i) rc[i] = bc[i] - product[i];
             rs_new = dot(rc, rc, q);
+            if (claims && std::sqrt(rs_new) > target) {  // a false claim: restart, or stop if stagnating
+              stop = rs_new >= 0.96 * last_false[c];
+              last_false[c] = rs_new;
+              beta = 0.0;
+            }
           }
-          if (std::sqrt(rs_new) <= rtol * b_norm[c]) {
+          if (stop) {
             active[c] = 0;
             --n_active;
           } else {
-            cg_direction(rc, static_cast<T>(rs_new / rs[c]), pc, q);
+            cg_direction(rc, static_cast<T>(beta), pc, q);
           }
           rs[c] = rs_new;
         }

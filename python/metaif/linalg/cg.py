@@ -2,9 +2,12 @@
 
 The recursively updated residual of CG drifts from ``b - A x`` in floating point (and on a
 singular operator it can claim convergence that never happened). Here every column that claims
-convergence is checked against its true residual, recomputed from ``x``; the true residual also
+convergence is checked against its true residual, recomputed from ``x``; a false claim restarts
+the column from the true residual, and a column whose true residual stops falling between false
+claims stops there (the tolerance is out of this precision's reach). The true residual also
 replaces the recursive one every ``replace_every`` iterations (residual replacement), and the
-reported residual is always a true one.
+reported residual is always a true one. The compiled ``cg_dense`` / ``cg_ce_head`` kernels follow
+the same rules.
 """
 
 from __future__ import annotations
@@ -50,8 +53,8 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     rs = _dot(r, r)
     target = rtol * rs.sqrt()
     active = rs > 0
+    last_false = torch.full_like(rs, float("inf"))
     iterations = torch.zeros(tasks, batch, dtype=torch.int64, device=b.device)
-    since_replace = 0
     for k in range(max_iter):
         if not bool(active.any()):
             break
@@ -67,19 +70,20 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         r = r - scaled(alpha) * ap
         iterations += active.long()
         rs_new = _dot(r, r)
-        since_replace += 1
-        done = active & (rs_new.sqrt() <= target)
-        replace = since_replace >= replace_every
-        if replace or bool(done.any()):
-            checked = active if replace else done
+        beta = torch.where(active, rs_new / rs.where(active, torch.ones_like(rs)), 0.0)
+        claims = active & (rs_new.sqrt() <= target)
+        stop = claims
+        checked = claims | (active if (k + 1) % replace_every == 0 else torch.zeros_like(active))
+        if bool(checked.any()):  # replace the recursive residual by the true one
             true_r = b - apply(x, checked.any(0))
             r = torch.where(checked.view(shape), true_r, r)
             rs_new = torch.where(checked, _dot(true_r, true_r), rs_new)
-            since_replace = 0 if replace else since_replace
-            done = active & (rs_new.sqrt() <= target)
-        going = active & ~done
-        beta = torch.where(going, rs_new / rs.where(active, torch.ones_like(rs)), 0.0)
-        p = torch.where(going.view(shape), r + scaled(beta) * p, p)
+            false_claim = claims & (rs_new.sqrt() > target)
+            stop = (claims & ~false_claim) | (false_claim & (rs_new >= 0.96 * last_false))
+            last_false = torch.where(false_claim, rs_new, last_false)
+            beta = torch.where(false_claim, 0.0, beta)  # restart from the true residual
+        going = active & ~stop
+        p = torch.where(going.view(shape), r + scaled(torch.where(going, beta, 0.0)) * p, p)
         rs = torch.where(active, rs_new, rs)
         active = going
     if bool(active.any()):  # stopped by max_iter: report the true residual of what we return

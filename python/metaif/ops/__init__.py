@@ -3,6 +3,7 @@
 Every op has a pure-PyTorch twin with the same signature in :mod:`metaif.reference`.
 """
 
+from . import batching  # noqa: F401  (vmap rules)
 from .hvp import ce_head_hvp, ggn_hvp
 from .kfe import kfe_eigvals, kfe_ihvp, kfe_ihvp_grouped
 from .patches import gather_patch_matmul, gather_patch_matmul_t
