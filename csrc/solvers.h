@@ -132,13 +132,14 @@ double true_residual_sq(const Task& task, const T* b, const T* x, int64_t q, T* 
 }
 
 // Conjugate gradient from x_0 = 0 with per-column convergence ||b - A x|| <= rtol ||b|| on the
-// true residual. A column whose recursive residual claims convergence is checked against b - A x;
-// a false claim (the recursion drifted, e.g. below float32's reach) restarts the column from the
-// true residual, and a column whose true residual stops falling between false claims stops there
-// (it cannot reach rtol in this precision). Every kReplaceEvery iterations the true residual also
-// replaces the recursive one. iters[t, c] counts CG iterations; resid[t, c] is the true relative
-// residual of the returned x.
+// true residual. A column whose recursive residual claims convergence is checked against b - A x
+// and, when the claim was false (the recursion drifted), continues from the true residual
+// (residual replacement, as also every kReplaceEvery iterations); a column whose true residual no
+// longer falls by 1% over kStalls false claims stops there (rtol is out of this precision's
+// reach). iters[t, c] counts CG iterations; resid[t, c] is the true relative residual of the
+// returned x.
 constexpr int64_t kReplaceEvery = 50;
+constexpr int kStalls = 3;
 
 template <typename T, typename Op>
 void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, const T* b,
@@ -146,7 +147,8 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
   const int64_t q = op.dim(), stride = batch * q;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> r(stride), p(stride), ap(stride), product(q);
-    std::vector<double> rs(batch), b_norm(batch), last_false(batch);
+    std::vector<double> rs(batch), b_norm(batch), best_false(batch);
+    std::vector<int> stalls(batch);
     std::vector<char> active(batch);
     TaskBuffers<T, Op> buf(op, batch);
     for (int64_t t = begin; t < end; ++t) {
@@ -164,7 +166,8 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
         active[c] = b_norm[c] > 0.0;
         n_active += active[c];
         iters[t * batch + c] = 0;
-        last_false[c] = std::numeric_limits<double>::infinity();
+        best_false[c] = std::numeric_limits<double>::infinity();
+        stalls[c] = 0;
       }
       for (int64_t k = 0; k < maxiter && n_active > 0; ++k) {
         task.apply(p.data(), ap.data(), batch, buf.scratch.data());
@@ -185,16 +188,19 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
           iters[t * batch + c] = k + 1;
           const double target = rtol * b_norm[c];
           const bool claims = std::sqrt(rs_rec) <= target;
-          double rs_new = rs_rec, beta = rs_rec / rs[c];
+          const double beta = rs_rec / rs[c];
+          double rs_new = rs_rec;
           bool stop = claims;
           if (claims || replace) {  // replace the recursive residual by the true one
             true_residual_sq(task, bc, xc, q, product.data(), buf.scratch.data());
             for (int64_t i = 0; i < q; ++i) rc[i] = bc[i] - product[i];
             rs_new = dot(rc, rc, q);
-            if (claims && std::sqrt(rs_new) > target) {  // a false claim: restart, or stop if stagnating
-              stop = rs_new >= 0.96 * last_false[c];
-              last_false[c] = rs_new;
-              beta = 0.0;
+            if (claims && std::sqrt(rs_new) > target) {  // a false claim: go on, unless stagnating
+              if (rs_new < 0.98 * best_false[c]) {
+                best_false[c] = rs_new;
+                stalls[c] = 0;
+              }
+              stop = ++stalls[c] > kStalls;
             }
           }
           if (stop) {

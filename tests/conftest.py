@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# One thread per process, set before torch loads (subprocesses inherit it): the problems are
+# small, and spin-waiting OpenMP threads of parallel test processes would fight over the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import metaif  # noqa: F401  (loads torch.ops.metaif)
 

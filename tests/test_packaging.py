@@ -1,4 +1,5 @@
-"""The wheel installs and works in a fresh virtual environment that has only torch."""
+"""The wheel installs and works in a fresh virtual environment that has only torch: the core needs
+torch, numpy and tqdm; the data sets and plots say which extra they need."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ q_out = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))[0]
 q_in = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))[0]
 e = torch.rand(3, 4, dtype=torch.float64)
 torch.testing.assert_close(ops.kfe_ihvp(g, q_out, q_in, e, 0.1), reference.kfe_ihvp(g, q_out, q_in, e, 0.1))
+import metaif.influence, metaif.meta  # the engine imports without the experiments extra
+from metaif.data import load_digits
+from metaif.utils.extras import MissingExtra
+try:
+    load_digits()
+except MissingExtra as err:
+    assert "pip install 'metaif[experiments]'" in str(err), err
+else:
+    raise AssertionError("digits loaded without scikit-learn?")
 print("wheel ok", metaif.__file__)
 """
 
@@ -39,6 +49,10 @@ def test_wheel_installs_in_fresh_venv(tmp_path):
     major, minor = torch.__version__.split("+")[0].split(".")[:2]
     pin = f"Requires-Dist: torch<{major}.{int(minor) + 1},>={major}.{minor}"
     assert pin in metadata, metadata
+    core = sorted(line.split()[1].split("<")[0].split(">")[0] for line in metadata.splitlines()
+                  if line.startswith("Requires-Dist:") and "extra ==" not in line)
+    assert core == ["numpy", "torch", "tqdm"], core
+    assert 'Requires-Dist: scikit-learn>=1.0; extra == "experiments"' in metadata, metadata
 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv)

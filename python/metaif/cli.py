@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import warnings
 from dataclasses import dataclass, replace
@@ -283,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_command(args, config)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this into a traceback
         print(f"metaif: interrupted; run the same command again to resume from {args.out}", file=sys.stderr)
         return 130
     except Exception as err:  # one line for the user; the traceback with --debug

@@ -2,12 +2,11 @@
 
 The recursively updated residual of CG drifts from ``b - A x`` in floating point (and on a
 singular operator it can claim convergence that never happened). Here every column that claims
-convergence is checked against its true residual, recomputed from ``x``; a false claim restarts
-the column from the true residual, and a column whose true residual stops falling between false
-claims stops there (the tolerance is out of this precision's reach). The true residual also
-replaces the recursive one every ``replace_every`` iterations (residual replacement), and the
-reported residual is always a true one. The compiled ``cg_dense`` / ``cg_ce_head`` kernels follow
-the same rules.
+convergence is checked against its true residual, recomputed from ``x``, and after a false claim
+continues from it (residual replacement, as also every ``replace_every`` iterations); a column
+whose true residual no longer falls by 1% over three false claims stops there (the tolerance is
+out of this precision's reach). The reported residual is always a true one. The compiled
+``cg_dense`` / ``cg_ce_head`` kernels follow the same rules.
 """
 
 from __future__ import annotations
@@ -53,7 +52,8 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     rs = _dot(r, r)
     target = rtol * rs.sqrt()
     active = rs > 0
-    last_false = torch.full_like(rs, float("inf"))
+    best_false = torch.full_like(rs, float("inf"))
+    stalls = torch.zeros_like(rs, dtype=torch.int64)
     iterations = torch.zeros(tasks, batch, dtype=torch.int64, device=b.device)
     for k in range(max_iter):
         if not bool(active.any()):
@@ -79,9 +79,10 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
             r = torch.where(checked.view(shape), true_r, r)
             rs_new = torch.where(checked, _dot(true_r, true_r), rs_new)
             false_claim = claims & (rs_new.sqrt() > target)
-            stop = (claims & ~false_claim) | (false_claim & (rs_new >= 0.96 * last_false))
-            last_false = torch.where(false_claim, rs_new, last_false)
-            beta = torch.where(false_claim, 0.0, beta)  # restart from the true residual
+            improved = false_claim & (rs_new < 0.98 * best_false)
+            best_false = torch.where(improved, rs_new, best_false)
+            stalls = torch.where(improved, 0, stalls) + false_claim.long()
+            stop = (claims & ~false_claim) | (false_claim & (stalls > 3))
         going = active & ~stop
         p = torch.where(going.view(shape), r + scaled(torch.where(going, beta, 0.0)) * p, p)
         rs = torch.where(active, rs_new, rs)
