@@ -32,7 +32,8 @@ class Flag:
 
 RUN_FLAGS = [Flag(name, ("run", name.replace("-", "_"))) for name in (
     "dataset", "root", "split", "form", "head", "model", "hidden", "channels", "activation", "ways", "shots",
-    "queries", "train-tasks", "test-tasks", "delta", "gamma", "seed")] + \
+    "queries", "train-tasks", "test-tasks", "delta", "gamma", "inner-steps", "inner-lr", "meta-sgd", "first-order",
+    "seed")] + \
     [Flag(name, ("run", "train", name.replace("-", "_"))) for name in ("steps", "meta-batch", "lr")]
 ANALYSIS_FLAGS = [
     Flag("variant", ("analysis", "influence", "variant")),
@@ -82,6 +83,10 @@ def add_flags(parser: argparse.ArgumentParser, flags: list[Flag], base: object) 
         field = _field(ExperimentConfig, flag.path)
         default = _default(base, flag.path)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        if str(field.type) == "bool":  # a switch: absent leaves the config's value
+            parser.add_argument(f"--{flag.name}", action="store_const", const=True, default=None,
+                                help=f"{field.metadata.get('help', '')} (default: {'on' if default else 'off'})")
+            continue
         parser.add_argument(f"--{flag.name}", type=_parser_type(field), choices=field.metadata.get("choices"),
                             default=None, metavar=None if field.metadata.get("choices") else flag.name.upper(),
                             help=f"{field.metadata.get('help', '')} (default: {shown})")

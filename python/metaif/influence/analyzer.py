@@ -19,7 +19,7 @@ from torch.func import vmap
 from ..data.tasks import TaskSet
 from ..linalg import DampingRetry, MatvecOperator, MetaifWarning, SolverConfig, SolveResult
 from ..meta.batch import TaskBatch, Weights
-from ..meta.binding import Bound, SeamBinding, task_chunks
+from ..meta.binding import Bound, task_chunks
 from ..meta.problem import outer_l2
 from .config import DIRECT, VARIANTS, InfluenceConfig
 
@@ -152,11 +152,11 @@ class InfluenceAnalyzer:
     def hvp(self, v: torch.Tensor, variant: str | None = None, subset: torch.Tensor | None = None) -> torch.Tensor:
         """Total-Hessian-vector products ``H v`` of ``v [p]`` or a block ``[k, p]`` in ``variant``
         ("direct": the direct Hessian of eq. 7); ``subset`` of task positions gives the unbiased
-        minibatch estimate. On the per-task path with dense inner solves a block runs as one
-        vmapped product per chunk."""
+        minibatch estimate. Where the context is lambda (the per-task path with dense inner solves,
+        explicit inner maps) a block runs as one vmapped product per chunk."""
         variant = self._variant(variant, allow_direct=True)
         if v.dim() == 2:
-            if isinstance(self.binding, SeamBinding) and self.binding.dense:
+            if getattr(self.binding, "blockwise", False):
                 out = self._seam_block_hvp(v, variant, subset)
             else:
                 return torch.stack([self.hvp(row, variant, subset) for row in v]) if len(v) else v.clone()
@@ -309,22 +309,23 @@ class InfluenceAnalyzer:
         return -w[:, None] * self.solve(self.train_gradients(items), variant)
 
     def inner_influence(self, items) -> torch.Tensor:
-        """inner-IF ``d theta_k / d eps = -H_k^{-1} grad_theta l(z)`` (math.md §8), ``[k, q]``."""
+        """inner-IF ``d theta_k / d eps`` of up-weighting training point j of task k (math.md §8:
+        ``-H_k^{-1} grad_theta l(z)``; §14(c)'s tangent recursion for an unrolled map), ``[k, q]``."""
         width = self.tasks.y_train.shape[1]
         items = _items(items, "train items", len(self.tasks), width)
         rows = self.binding.rows(items[:, 0])
-        onehot = torch.nn.functional.one_hot(items[:, 1], width).to(self.lam)
-        return -rows.solve(rows.data_grad(rows.theta, rows.xi, onehot))
+        return rows.inner_tangent(torch.nn.functional.one_hot(items[:, 1], width).to(self.lam))
 
     def loss_difference(self, items) -> torch.Tensor:
         """math.md §9: predicted change of task k's validation loss when training point j leaves
-        its inner problem (lambda fixed), ``P = w_kj u_k^T grad_theta l(z_kj)``, ``[k]``."""
+        its inner problem (lambda fixed), ``-w_kj grad_theta L_k^T d theta_k / d eps`` (for an argmin
+        ``P = w_kj u_k^T grad_theta l(z_kj)``), ``[k]``."""
         width = self.tasks.y_train.shape[1]
         items = _items(items, "train items", len(self.tasks), width)
         rows = self.binding.rows(items[:, 0])
-        onehot = torch.nn.functional.one_hot(items[:, 1], width).to(self.lam)
+        tangent = rows.inner_tangent(torch.nn.functional.one_hot(items[:, 1], width).to(self.lam))
         w = self.weights.w_tr[items[:, 0], items[:, 1]].to(self.lam)
-        return w * (rows.u * rows.data_grad(rows.theta, rows.xi, onehot)).sum(-1)
+        return -w * (rows.outer_theta_grad() * tangent).sum(-1)
 
     # ---- editing and scores --------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Bilevel meta-learning: the seam (:mod:`.problem`), the built-in forms of math.md §14, the
+"""Bilevel meta-learning: the seam (:mod:`.problem`), the built-in forms of math.md §14 (ANIL,
+iMAML, classic MAML), the
 derivatives of their inner maps bound at a lambda (:mod:`.binding`, :mod:`.rows`), outer training,
 polishing and retraining."""
 
@@ -8,10 +9,11 @@ from .binding import Bound, meta_gradient
 from .heads import FeatureHead, bilevel
 from .imaml import ImamlConfig, ImamlProblem
 from .implicit import total_gradient
-from .problem import BilevelProblem, FeatureHeadProblem, HeadCurvature, TrainableProblem, anchored, outer_l2
+from .problem import BilevelProblem, FeatureHeadProblem, HeadCurvature, TrainableProblem, UnrolledProblem, anchored, outer_l2
 from .train import Accuracy, TrainConfig, TrainResult, evaluate, meta_train, retrain, solve_outer
+from .unrolled import MamlConfig, MamlProblem
 
 __all__ = ["Accuracy", "AnilConfig", "AnilProblem", "BilevelProblem", "Bound", "FeatureHead", "FeatureHeadProblem",
-           "HeadCurvature", "ImamlConfig", "ImamlProblem", "TaskBatch", "TrainConfig", "TrainResult",
-           "TrainableProblem", "Weights", "anchored", "bilevel", "evaluate", "meta_gradient", "meta_train", "outer_l2", "retrain",
-           "solve_outer", "total_gradient"]
+           "HeadCurvature", "ImamlConfig", "ImamlProblem", "MamlConfig", "MamlProblem", "TaskBatch", "TrainConfig",
+           "TrainResult", "TrainableProblem", "UnrolledProblem", "Weights", "anchored", "bilevel", "evaluate",
+           "meta_gradient", "meta_train", "outer_l2", "retrain", "solve_outer", "total_gradient"]

@@ -13,6 +13,8 @@ the same objects.
   per-task work stays in feature space, batched over the tasks of a chunk.
 * :class:`SeamBinding` (any :class:`~.problem.BilevelProblem`, iMAML included): the context is
   lambda itself; the row objectives are the seam's, vmapped over tasks.
+* :class:`UnrolledBinding` (an :class:`~.problem.UnrolledProblem`, classic MAML): the context is
+  lambda; the rows differentiate the explicit map (:class:`~.unrolled.UnrolledRows`).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from ..curvature import ImageBody
 from ..linalg import NotConverged, conjugate_gradient
 from .batch import TaskBatch
 from .heads import FeatureHead, bilevel
-from .problem import FeatureHeadProblem
+from .problem import FeatureHeadProblem, UnrolledProblem
 from .rows import Context, Rows
+from .unrolled import UnrolledRows
 
-__all__ = ["PATHS", "BodyBinding", "Bound", "SeamBinding", "meta_gradient", "task_chunks"]
+__all__ = ["PATHS", "BodyBinding", "Bound", "LambdaContext", "SeamBinding", "UnrolledBinding", "meta_gradient",
+           "task_chunks"]
 
 PATHS = ("auto", "seam")
 SEAM_CG_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -103,7 +107,33 @@ class BodyBinding:
         return self.body.pull_rows(torch.cat(cot, dim=1), positions)
 
 
-class SeamBinding:
+class LambdaContext:
+    """The context of a row is lambda itself (broadcast per row): tangents are the direction, the
+    pull-back is the identity with no second-order term, and a block of directions can be vmapped
+    through the rows (``blockwise``)."""
+
+    blockwise = True
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        return v.clone()
+
+    def context_tangent(self, tangent: torch.Tensor, idx: torch.Tensor) -> Context:
+        return (tangent.expand(len(idx), -1),)
+
+    def zeros(self) -> torch.Tensor:
+        return torch.zeros_like(self.lam)
+
+    def scatter(self, into: torch.Tensor, cot: Context, idx: torch.Tensor) -> None:
+        into += cot[0].sum(0)
+
+    def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+        return m.clone()
+
+    def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:
+        return cot[0]
+
+
+class SeamBinding(LambdaContext):
     """Any :class:`~.problem.BilevelProblem` on flat vectors: the context is lambda. Inner solves
     are dense Cholesky of ``grad^2_theta F_i + inner_damping I`` when ``q <= dense_max``, else CG on
     autograd products; ``theta0 [B, q]`` warm-starts the inner problems."""
@@ -126,6 +156,7 @@ class SeamBinding:
         self._inner_grad = vmap(grad(self.problem.inner_objective, argnums=0))
         self._outer = vmap(self.problem.outer_objective)
         self.dense = self.theta.shape[1] <= dense_max
+        self.blockwise = self.dense  # CG inner solves have data-dependent loops: no vmap over directions
         if self.dense:
             h = vmap(hessian(self.problem.inner_objective, argnums=0))(
                 self.theta, self.lam.expand(len(batch), -1), self.x_tr, batch.y_tr, batch.w_tr)
@@ -163,31 +194,38 @@ class SeamBinding:
 
         return Rows(theta, (lam_rows,), w_tr, b.w_val[idx] if w_val is None else w_val, solve, inner_grad, outer)
 
-    def tangent(self, v: torch.Tensor) -> torch.Tensor:
-        return v.clone()
 
-    def context_tangent(self, tangent: torch.Tensor, idx: torch.Tensor) -> Context:
-        return (tangent.expand(len(idx), -1),)
 
-    def zeros(self) -> torch.Tensor:
-        return torch.zeros_like(self.lam)
+class UnrolledBinding(LambdaContext):
+    """An :class:`~.problem.UnrolledProblem`: every task's theta is its explicit map at lambda,
+    computed ``chunk`` tasks at a time; ``inner_norm`` reports ``||grad_theta F_i||`` at theta (an
+    explicit map need not be stationary)."""
 
-    def scatter(self, into: torch.Tensor, cot: Context, idx: torch.Tensor) -> None:
-        into += cot[0].sum(0)
+    def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, chunk: int = 32) -> None:
+        self.problem, self.lam, self.batch = problem, lam.detach().clone(), batch
+        self.x_tr, self.x_val = batch.x_tr.to(lam.dtype), batch.x_val.to(lam.dtype)
+        self.theta = None
+        thetas, norms = [], []
+        for idx in task_chunks(len(batch), chunk):
+            rows = self.rows(idx)
+            thetas.append(rows.theta.detach())
+            norms.append(rows.map(grad(problem.inner_objective), rows.theta, rows.xi[0], self.x_tr[idx],
+                                  batch.y_tr[idx], batch.w_tr[idx]).norm(dim=-1))
+        self.theta, self.inner_norm = torch.cat(thetas), torch.cat(norms).detach()
 
-    def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
-        """The context is lambda: the pull-back is the identity and has no second-order term."""
-        return m.clone()
-
-    def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:
-        return cot[0]
+    def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> UnrolledRows:
+        b = self.batch
+        return UnrolledRows(self.problem, self.lam.expand(len(idx), -1), self.x_tr[idx], b.y_tr[idx], b.w_tr[idx],
+                            self.x_val[idx], b.y_val[idx], b.w_val[idx] if w_val is None else w_val,
+                            None if self.theta is None else self.theta[idx])
 
 
 class Bound:
     """``problem`` solved at ``lam`` on ``batch``, its tasks cut into chunks of ``chunk`` rows.
 
     ``path`` "auto" uses the unique-input :class:`BodyBinding` for problems that declare a
-    feature-space head and the :class:`SeamBinding` otherwise; "seam" forces the latter.
+    feature-space head, the :class:`UnrolledBinding` for explicit inner maps and the
+    :class:`SeamBinding` otherwise; "seam" forces the latter for feature-head problems.
     ``inner``, ``inner_damping``, ``passes``, ``image_chunk`` and ``theta0`` are the bindings'.
     """
 
@@ -196,7 +234,10 @@ class Bound:
                  theta0: torch.Tensor | None = None, progress: bool = False) -> None:
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-        if path == "auto" and isinstance(problem, FeatureHeadProblem):
+        if isinstance(problem, UnrolledProblem):
+            self.binding = UnrolledBinding(problem, lam, batch, min(chunk, 32))
+            chunk = min(chunk, 32)  # the unrolled steps keep K copies of every activation per task
+        elif path == "auto" and isinstance(problem, FeatureHeadProblem):
             self.binding = BodyBinding(problem, lam, batch, image_chunk, inner, inner_damping, passes, theta0)
         else:
             if inner not in ("auto", "cholesky"):

@@ -12,11 +12,16 @@ import torch
 from torch.func import grad, hessian
 
 from .heads import bilevel
+from .problem import UnrolledProblem
 
 
 def total_gradient(problem, lam: torch.Tensor, x_tr: torch.Tensor, y_tr: torch.Tensor, w_tr: torch.Tensor,
                    x_val: torch.Tensor, y_val: torch.Tensor, w_val: torch.Tensor) -> torch.Tensor:
-    """``g_i = grad_lambda L_i - C_i^T H_i^{-1} grad_theta L_i`` at ``theta_i(lambda)`` for one task, ``[p]``."""
+    """``g_i = grad_lambda L_i - C_i^T H_i^{-1} grad_theta L_i`` at ``theta_i(lambda)`` for one task, ``[p]``
+    (for an explicit inner map, the gradient straight through it)."""
+    if isinstance(problem, UnrolledProblem):
+        return grad(lambda la: problem.outer_objective(problem.adapt(la, x_tr, y_tr, w_tr), la, x_val, y_val,
+                                                       w_val))(lam)
     problem = bilevel(problem)
     theta, _ = problem.solve_inner(lam, x_tr, y_tr, w_tr)
 

@@ -1,8 +1,12 @@
 """The seam: every method the meta layer and the influence engine may call on a problem.
 
 A problem is any object that satisfies :class:`BilevelProblem` (objectives of one task on flat
-vectors and the task's inner solution, math.md §1). Declaring more unlocks faster paths; the
-engine looks at what a problem declares, never at its class:
+vectors and the task's inner solution as an argmin, math.md §1) or :class:`UnrolledProblem` (an
+explicit, differentiable inner map, math.md §14(c)). The seam needs different things of the two:
+an argmin is differentiated implicitly (its solution must be stationary, and the engine needs the
+inner objective's derivatives), an explicit map is differentiated straight through its steps (the
+engine needs only ``adapt`` to be differentiable in lambda and in the weights). Declaring more
+unlocks faster paths; the engine looks at what a problem declares, never at its class:
 
 * :class:`FeatureHeadProblem`: lambda is a shared body's parameters and theta_i a head on the
   body's features (math.md §14(b)). Every body pass then runs once per unique image and the
@@ -28,7 +32,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["BilevelProblem", "FeatureHeadProblem", "HeadCurvature", "TrainableProblem", "anchored", "outer_l2"]
+__all__ = ["BilevelProblem", "FeatureHeadProblem", "HeadCurvature", "TrainableProblem", "UnrolledProblem", "anchored",
+           "outer_l2"]
 
 
 @runtime_checkable
@@ -48,6 +53,25 @@ class BilevelProblem(Protocol):
     def solve_inner(self, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
                     theta0: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         """``theta_i [q]`` (warm-started from ``theta0`` when given) and its ``||grad_theta F_i||``."""
+
+
+@runtime_checkable
+class UnrolledProblem(Protocol):
+    """An explicit inner map (math.md §14(c)): ``theta_i(lam, w) = adapt(lam, x, y, w)``,
+    differentiable (``torch.func``) in ``lam`` and in the weights ``w``; classic MAML."""
+
+    gamma: float
+
+    def adapt(self, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``theta_i [q]`` from ``lam`` on one task's train split."""
+
+    def inner_objective(self, theta: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                        w: torch.Tensor) -> torch.Tensor:
+        """The train loss the map descends (for reports; the map is what counts)."""
+
+    def outer_objective(self, theta: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                        w: torch.Tensor) -> torch.Tensor:
+        """``L_i(theta, lam)``, a scalar."""
 
 
 @runtime_checkable

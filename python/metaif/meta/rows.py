@@ -60,6 +60,11 @@ class Rows:
         ``[B, q]``: F is linear in the weights, so the regulariser is F's value at zero weights."""
         return self.inner_grad(theta, xi, w) - self.inner_grad(theta, xi, torch.zeros_like(w))
 
+    def inner_tangent(self, w_dot: torch.Tensor) -> torch.Tensor:
+        """``d theta / d w`` along training-weight changes ``w_dot [B, n]``: the inner-IF
+        ``-H^{-1} sum_j w_dot_j grad_theta l(z_j)`` (math.md §8), ``[B, q]``."""
+        return -self.solve(self.data_grad(self.theta, self.xi, w_dot))
+
     def cross(self, xi_dot: Context) -> torch.Tensor:
         """``C_i xi_dot``: the change of grad_theta F along the context, ``[B, q]``."""
         return jvp(lambda xi: self.inner_grad(self.theta, xi, self.w_tr), (self.xi,), (xi_dot,))[1]

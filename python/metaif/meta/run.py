@@ -7,18 +7,20 @@ from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
+from ..curvature import get_loss
 from ..data import TaskConfig, TaskSet, hold_out, load_dataset, sample_tasks, split_classes, split_images
-from ..models import conv4, mlp
+from ..models import FlatModel, conv4, mlp
 from ..utils.config import check, check_choice, config, finite, setting
 from ..utils.io import save_torch, write_json
 from ..utils.store import Stage
 from .anil import AnilConfig, AnilProblem
 from .imaml import ImamlConfig, ImamlProblem
 from .train import TrainConfig, evaluate, meta_train
+from .unrolled import MamlConfig, MamlProblem, default_model
 
 HEAD_LOSSES = {"logistic": "softmax", "ridge": "squared", "binary": "binary"}
 DATASETS = ("digits", "omniglot", "mnist", "miniimagenet")
-FORMS = ("anil", "imaml")
+FORMS = ("anil", "imaml", "maml")
 MODELS = ("mlp", "conv4")
 
 
@@ -30,8 +32,8 @@ class RunConfig:
     root: str | None = setting(None, "folder with the data set's files (not needed for digits)")
     split: str = setting("class", "meta-train/test split: class (disjoint classes) or image (disjoint images of "
                                   "every class, the paper's MNIST setting)", choices=("class", "image"))
-    form: str = setting("anil", "bilevel form: anil (shared body, per-task head) or imaml (proximal inner problem)",
-                        choices=FORMS)
+    form: str = setting("anil", "bilevel form: anil (shared body, per-task head), imaml (proximal inner problem) or "
+                                "maml (K unrolled gradient steps)", choices=FORMS)
     head: str = setting("logistic", "loss of the task outputs: logistic (softmax), ridge (squared), binary",
                         choices=tuple(HEAD_LOSSES))
     model: str = setting("mlp", "body: mlp or conv4", choices=MODELS)
@@ -44,6 +46,11 @@ class RunConfig:
     train_tasks: int = setting(1000, "meta-training tasks")
     test_tasks: int = setting(500, "meta-test tasks (accuracy)")
     delta: float = setting(1.0, "inner L2 weight (the head's for anil, the proximal weight for imaml)")
+    inner_steps: int = setting(5, "maml: K, the inner gradient steps")
+    inner_lr: float = setting(0.4, "maml: alpha, the inner step size (the initial one with meta_sgd)")
+    meta_sgd: bool = setting(False, "maml: learn per-parameter inner step sizes (Meta-SGD)")
+    first_order: bool = setting(False, "maml: train with first-order MAML (the analysis polishes with the exact "
+                                       "gradient first)")
     gamma: float = setting(1e-4, "outer L2 weight on lambda")
     train: TrainConfig = setting(help="outer training (Adam)", factory=TrainConfig)
     seed: int = setting(0, "seed of the split and the task draws")
@@ -60,6 +67,10 @@ class RunConfig:
         check(finite(self.delta) and self.delta > 0, self, "delta", "a finite number > 0", self.delta)
         check(finite(self.gamma) and self.gamma >= 0, self, "gamma", "a finite number >= 0", self.gamma)
         check(isinstance(self.train, TrainConfig), self, "train", "a TrainConfig", self.train)
+        check(isinstance(self.inner_steps, int) and self.inner_steps >= 0, self, "inner_steps", "an integer >= 0",
+              self.inner_steps)
+        check(finite(self.inner_lr) and self.inner_lr > 0, self, "inner_lr", "a finite number > 0", self.inner_lr)
+        check(not (self.first_order and self.meta_sgd), self, "first_order", "off with meta_sgd", self.first_order)
         check(self.dataset == "digits" or bool(self.root), self, "root",
               f"the folder with the {self.dataset} files (--root)", self.root)
 
@@ -90,12 +101,27 @@ def build(config: RunConfig):
     channels, size = data.images.shape[1], data.images.shape[-1]
     body = (conv4(channels, config.channels, size) if config.model == "conv4"
             else mlp(channels * size * size, config.hidden, config.activation))
+    return FORM_BUILDERS[config.form](body, config), train, test
+
+
+def _anil(body: FlatModel, config: RunConfig) -> AnilProblem:
     loss = HEAD_LOSSES[config.head]
-    if config.form == "anil":
-        problem = AnilProblem(body, AnilConfig(ways=config.ways, loss=loss, delta=config.delta, gamma=config.gamma))
-    else:
-        problem = ImamlProblem(body, ImamlConfig(ways=config.ways, loss=loss, delta=config.delta, gamma=config.gamma))
-    return problem, train, test
+    return AnilProblem(body, AnilConfig(ways=config.ways, loss=loss, delta=config.delta, gamma=config.gamma))
+
+
+def _imaml(body: FlatModel, config: RunConfig) -> ImamlProblem:
+    loss = HEAD_LOSSES[config.head]
+    return ImamlProblem(body, ImamlConfig(ways=config.ways, loss=loss, delta=config.delta, gamma=config.gamma))
+
+
+def _maml(body: FlatModel, config: RunConfig) -> MamlProblem:
+    maml = MamlConfig(ways=config.ways, loss=HEAD_LOSSES[config.head], inner_steps=config.inner_steps,
+                      inner_lr=config.inner_lr, meta_sgd=config.meta_sgd, first_order=config.first_order,
+                      gamma=config.gamma)
+    return MamlProblem(default_model(body, get_loss(maml.loss).outputs(config.ways)), maml)
+
+
+FORM_BUILDERS = {"anil": _anil, "imaml": _imaml, "maml": _maml}
 
 
 def validation_tasks(config: RunConfig, count: int) -> TaskSet:

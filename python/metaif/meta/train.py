@@ -56,6 +56,13 @@ def outer_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: t
     return own(lam, batch, task_weights) if own is not None else meta_gradient(problem, lam, batch, task_weights)
 
 
+def training_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor):
+    """What outer training steps on: the problem's ``training_gradient`` where it has one (an
+    approximation such as first-order MAML), else :func:`outer_gradient`."""
+    own = getattr(problem, "training_gradient", None)
+    return own(lam, batch, task_weights) if own is not None else outer_gradient(problem, lam, batch, task_weights)
+
+
 @dataclass
 class TrainResult:
     """The trained ``lam [p]``, the outer losses per step (or per L-BFGS evaluation), the last
@@ -121,7 +128,7 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
         rows = active if batch_size == len(active) else active[torch.randperm(len(active), generator=gen)[:batch_size]]
         batch = TaskBatch.from_taskset(tasks, rows, dtype, weights.w_tr[rows], weights.w_val[rows])
         scale = len(active) / batch_size  # unbiased estimate of sum over all active tasks
-        grad, info = outer_gradient(problem, lam.detach(), batch, weights.c[rows] * scale)
+        grad, info = training_gradient(problem, lam.detach(), batch, weights.c[rows] * scale)
         opt.zero_grad()
         lam.grad = grad + outer_l2(problem, lam.detach())[1]
         opt.step()

@@ -41,6 +41,14 @@ class FlatModel:
                 parts.append((torch.rand(shape, generator=gen) * 2 - 1) * bound)
         return torch.cat([p.flatten() for p in parts]).to(dtype)
 
+    def flatten(self, module: nn.Module | None = None) -> torch.Tensor:
+        """The current parameters of ``module`` (default: this model's own) as one flat vector ``[P]``,
+        in the order :meth:`unflatten` reads: a trained ``nn.Module``'s lambda."""
+        params = dict((module or self.module).named_parameters())
+        if list(params) != self.names:
+            raise ValueError(f"the module's parameters {list(params)} are not this model's {self.names}")
+        return torch.cat([p.detach().flatten() for p in params.values()])
+
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         if flat.shape != (self.num_params,):
             raise ValueError(f"flat parameters must have shape [{self.num_params}], got {tuple(flat.shape)}")
