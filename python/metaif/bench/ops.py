@@ -1,115 +1,17 @@
-"""Benchmarks: each compiled op against its pure-PyTorch baseline, side by side, same inputs.
-
-    python -m metaif.bench [--quick] [--threads 1] [--repeats N] [--only SUBSTR] [--json FILE]
-
-Single-threaded by default (the machine is shared), median of repeats; prints one table row
-per case with both timings, the speed-up and, for GEMM-bound kernels, the achieved GFLOP/s
-next to the measured single-thread sgemm peak. Outputs are checked for agreement first.
-"""
+"""Each compiled op against its pure-PyTorch baseline, side by side, same inputs."""
 
 from __future__ import annotations
 
-import argparse
-import platform
-import statistics
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 
 import torch
 
-from . import ops, reference
-from .curvature import AutogradPasses, SecondOrderPasses
-from .linalg import woodbury_solve
-from .models import conv4
-from .utils.io import write_json
+from .. import ops, reference
+from ..curvature import AutogradPasses, SecondOrderPasses
+from ..linalg import woodbury_solve
+from ..models import conv4
+from .core import BenchConfig, Case
 
-Fn = Callable[[], object]
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """What to run: ``quick`` shrinks the slowest cases so the whole run takes under 2 minutes."""
-
-    quick: bool = False
-    threads: int = 1
-    repeats: int | None = None
-    only: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.repeats is not None and self.repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
-
-    @property
-    def n_repeats(self) -> int:
-        return self.repeats or (3 if self.quick else 7)
-
-
-@dataclass
-class Case:
-    op: str
-    case: str
-    baseline: str
-    ours: Fn
-    base: Fn
-    flops: float | None = None  # per call, for GFLOP/s
-    note: str = ""
-    norm_check: bool = False  # agreement as ||ours - base|| <= 2e-3 ||base|| (float32 sums of many terms)
-
-
-@dataclass
-class Row:
-    op: str
-    case: str
-    baseline: str
-    metaif_ms: float
-    baseline_ms: float
-    speedup: float
-    gflops: float | None
-    peak_pct: float | None
-    note: str
-
-
-def median_ms(fn: Fn, repeats: int) -> float:
-    """Median wall time of ``fn`` in milliseconds after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
-def sgemm_peak_gflops(repeats: int, size: int = 1024) -> float:
-    """Best single-precision GEMM rate of torch.mm at ``size``^3: the yardstick for GEMM-bound kernels."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(max(repeats, 5)):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / (best * 1e9)
-
-
-def _first(out: object) -> torch.Tensor | list:
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _agree(case: Case) -> None:
-    ours, base = _first(case.ours()), _first(case.base())
-    if case.norm_check:
-        rel = float((ours - base).norm() / base.norm())
-        if not rel <= 2e-3:
-            raise AssertionError(f"{case.op} {case.case}: relative difference {rel:.2e} > 2e-3")
-        return
-    torch.testing.assert_close(ours, base, rtol=2e-3, atol=2e-3, msg=lambda m: f"{case.op} {case.case}: {m}")
-
-
-# ---- cases -------------------------------------------------------------------------------------
 
 def _orthogonal(d: int) -> torch.Tensor:
     return torch.linalg.qr(torch.randn(d, d))[0]
@@ -273,63 +175,4 @@ solver_cases.ops = ("neumann_dense", "neumann_ce_head", "cg_dense", "cg_ce_head"
 woodbury_cases.ops = ("woodbury_solve",)
 patch_cases.ops = ("gather_patch_matmul", "gather_patch_matmul_t")
 body_pass_cases.ops = ("body_hvp",)
-CASE_GROUPS = (kfe_cases, kfe_eigvals_cases, hvp_cases, solver_cases, woodbury_cases, patch_cases, body_pass_cases)
-
-
-# ---- driver ------------------------------------------------------------------------------------
-
-def run(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict:
-    """Run every selected case; return ``{"machine": ..., "rows": [...]}``."""
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(0)
-    peak = sgemm_peak_gflops(cfg.n_repeats)
-    report(f"torch {torch.__version__}, {cfg.threads} thread(s), median of {cfg.n_repeats}; "
-           f"sgemm peak {peak:.1f} GFLOP/s (torch.mm 1024^3)")
-    header = (f"{'op':<22} {'case':<30} {'baseline':<27} {'metaif ms':>10} {'base ms':>10} {'speed-up':>8} "
-              f"{'GFLOP/s':>8} {'%peak':>6}  note")
-    report(header)
-    report("-" * len(header))
-    rows = []
-    for group in CASE_GROUPS:
-        if cfg.only and not any(cfg.only in op for op in group.ops):
-            continue
-        for case in group(cfg):
-            if cfg.only and cfg.only not in case.op:
-                continue
-            _agree(case)
-            ours, base = median_ms(case.ours, cfg.n_repeats), median_ms(case.base, cfg.n_repeats)
-            gflops = case.flops / (ours * 1e6) if case.flops else None
-            row = Row(case.op, case.case, case.baseline, ours, base, base / ours, gflops,
-                      100 * gflops / peak if gflops else None, case.note)
-            rows.append(row)
-            rate = f"{gflops:8.1f} {row.peak_pct:5.0f}%" if gflops else f"{'':8} {'':6}"
-            report(f"{row.op:<22} {row.case:<30} {row.baseline:<27} {ours:10.2f} {base:10.2f} "
-                   f"{row.speedup:7.2f}x {rate}  {row.note}")
-    return {"machine": {"torch": torch.__version__, "threads": cfg.threads, "cpu": platform.processor() or platform.machine(),
-                        "sgemm_peak_gflops": peak},
-            "config": asdict(cfg), "rows": [asdict(r) for r in rows]}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="smaller slow cases; under 2 minutes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 3 quick, 7 full)")
-    parser.add_argument("--only", default=None, help="run only ops whose name contains this")
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
-
-
-def main_from_args(args: argparse.Namespace) -> int:
-    results = run(BenchConfig(quick=args.quick, threads=args.threads, repeats=args.repeats, only=args.only))
-    if args.json:
-        print(f"wrote {write_json(args.json, results)}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m metaif.bench", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    return main_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+OP_GROUPS = (kfe_cases, kfe_eigvals_cases, hvp_cases, solver_cases, woodbury_cases, patch_cases, body_pass_cases)
