@@ -32,8 +32,8 @@ class Flag:
 
 RUN_FLAGS = [Flag(name, ("run", name.replace("-", "_"))) for name in (
     "dataset", "root", "split", "form", "head", "model", "hidden", "channels", "activation", "ways", "shots",
-    "queries", "train-tasks", "test-tasks", "delta", "gamma", "inner-steps", "inner-lr", "meta-sgd", "first-order",
-    "seed")] + \
+    "queries", "train-tasks", "class-combinations", "test-tasks", "delta", "gamma", "inner-steps", "inner-lr",
+    "meta-sgd", "first-order", "seed")] + \
     [Flag(name, ("run", "train", name.replace("-", "_"))) for name in ("steps", "meta-batch", "lr")]
 ANALYSIS_FLAGS = [
     Flag("variant", ("analysis", "influence", "variant")),
@@ -50,6 +50,7 @@ ANALYSIS_FLAGS = [
 RETRAIN_FLAGS = [Flag("retrain", ("analysis", "retrain")), Flag("retrain-steps", ("analysis", "retrain_steps"))]
 FRACTION_FLAG = Flag("fraction", ("fraction",))
 SEEDS_FLAG = Flag("seeds", ("seeds",))
+PROTOCOLS_FLAG = Flag("protocols", ("protocols",))
 
 
 def _field(config_type: type, path: tuple[str, ...]) -> dataclasses.Field:
@@ -72,6 +73,8 @@ def _parser_type(field: dataclasses.Field):
         return lambda text: tuple(int(x) for x in text.split(","))
     if kind.startswith("tuple[float"):
         return lambda text: tuple(float(x) for x in text.split(","))
+    if kind.startswith("tuple[str"):
+        return lambda text: tuple(text.split(","))
     return {"int": int, "float": float, "float|None": float}.get(kind, str)
 
 
@@ -139,7 +142,7 @@ def _flags_of(command: str) -> list[Flag]:
     if command == "demo":
         flags = flags + [FRACTION_FLAG]
     if command == "experiment":
-        flags = flags + RETRAIN_FLAGS + [FRACTION_FLAG, SEEDS_FLAG]
+        flags = flags + RETRAIN_FLAGS + [FRACTION_FLAG, SEEDS_FLAG, PROTOCOLS_FLAG]
     return flags
 
 

@@ -1,5 +1,7 @@
 """Task sets are deterministic, have stable identities, and record corruption."""
 
+from itertools import combinations
+
 import pytest
 import torch
 
@@ -63,3 +65,11 @@ def test_too_few_classes_is_a_clear_error(digits):
     pool, _ = split_classes(digits, 0.5, seed=0)
     with pytest.raises(ValueError, match="5-way tasks need|10-way tasks need"):
         sample_tasks(pool, TaskConfig(ways=10, shots=1, queries=1, num_tasks=1))
+
+
+def test_class_combinations_enumerate_every_choice_once():
+    pool, _ = split_images(load_digits(), 0.5, seed=0)
+    tasks = sample_tasks(pool, TaskConfig(ways=5, shots=1, queries=2, num_tasks=252, class_combinations=True))
+    assert [tuple(c) for c in tasks.classes.tolist()] == list(combinations(range(10), 5))
+    with pytest.raises(ValueError, match="need more than the 252 combinations"):
+        sample_tasks(pool, TaskConfig(ways=5, num_tasks=253, class_combinations=True))

@@ -10,6 +10,7 @@ same thing in every run. Images are stored once and gathered by index.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -23,13 +24,16 @@ __all__ = ["TaskConfig", "Pool", "TaskSet", "corrupt_labels", "hold_out", "sampl
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """N-way (``ways``) K-shot (``shots``) tasks with ``queries`` validation points per class."""
+    """N-way (``ways``) K-shot (``shots``) tasks with ``queries`` validation points per class;
+    ``class_combinations``: task i uses the i-th combination of ``ways`` classes (in
+    ``itertools.combinations`` order, e.g. all 252 for 5 of 10 MNIST digits) instead of drawing them."""
 
     ways: int = 5
     shots: int = 1
     queries: int = 15
     num_tasks: int = 1000
     seed: int = 0
+    class_combinations: bool = False
 
     def __post_init__(self) -> None:
         for name in ("ways", "shots", "queries", "num_tasks"):
@@ -215,12 +219,18 @@ def sample_tasks(pool: Pool, config: TaskConfig, source: str | None = None) -> T
         raise ValueError(f"only {len(eligible)} classes of the pool have >= {need} images "
                          f"(shots + queries); {config.ways}-way tasks need {config.ways}")
     m, n, k, q = config.num_tasks, config.ways, config.shots, config.queries
+    combos = None
+    if config.class_combinations:
+        combos = list(itertools.islice(itertools.combinations(range(len(eligible)), n), m))
+        if len(combos) < m:
+            raise ValueError(f"{m} tasks of distinct {n}-class combinations need more than the {len(combos)} "
+                             f"combinations of the pool's {len(eligible)} classes")
     train_index = np.empty((m, n * k), dtype=np.int64)
     val_index = np.empty((m, n * q), dtype=np.int64)
     classes = np.empty((m, n), dtype=np.int64)
     for i in range(m):
         rng = _rng(config.seed, 1000, i)
-        chosen = rng.choice(len(eligible), size=n, replace=False)
+        chosen = combos[i] if combos is not None else rng.choice(len(eligible), size=n, replace=False)
         for label, pos in enumerate(chosen):
             c = eligible[pos]
             picks = rng.choice(members[c], size=need, replace=False)

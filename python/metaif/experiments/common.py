@@ -83,8 +83,12 @@ class ExperimentConfig:
     analysis: AnalysisConfig = setting(help="influence settings", factory=AnalysisConfig)
     seeds: tuple[int, ...] = setting((0,), "seeds of the repeated runs (table1)")
     fraction: float = setting(0.05, "share of the tasks / instances removed (table1, demo), in (0, 1)")
+    protocols: tuple[str, ...] = setting(("harmful",), "table1: what is removed, harmful (the most negative influence "
+                                                       "scores) and/or random (the paper's protocol)")
 
     def __post_init__(self) -> None:
+        check(len(self.protocols) >= 1 and set(self.protocols) <= {"harmful", "random"}, self, "protocols",
+              "one or both of harmful, random", self.protocols)
         check(len(self.seeds) >= 1 and all(isinstance(s, int) and s >= 0 for s in self.seeds), self, "seeds",
               "one or more integers >= 0", self.seeds)
         check(isinstance(self.fraction, (int, float)) and 0 < self.fraction < 1, self, "fraction",
@@ -253,7 +257,8 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
         run_raw["hidden"] = tuple(run_raw["hidden"])
     return ExperimentConfig(run=RunConfig(**run_raw, train=train),
                             analysis=analysis_from_dict(raw.pop("analysis", {})),
-                            seeds=tuple(raw.pop("seeds", (0,))), **raw)
+                            seeds=tuple(raw.pop("seeds", (0,))), protocols=tuple(raw.pop("protocols", ("harmful",))),
+                            **raw)
 
 
 def analysis_from_dict(raw: dict) -> AnalysisConfig:

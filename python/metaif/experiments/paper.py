@@ -24,9 +24,11 @@ from .common import (
     Trained,
     Workspace,
     accuracy,
+    analyze,
     retrain_without,
     save_config,
     score_all,
+    score_tasks,
     train_model,
 )
 
@@ -79,75 +81,110 @@ def _retrained(trained: Trained, analysis: AnalysisConfig, ws: Workspace, key: s
 TABLE1_METHODS = [("task", "Retrain"), ("task", "Direct IF"), ("task", "task-IF"),
                   ("instance", "Retrain (train)"), ("instance", "instance-IF (train)"),
                   ("instance", "Retrain (val)"), ("instance", "instance-IF (val)")]
+PROTOCOLS = ("harmful", "random")
+
+
+def _removal_sets(protocol: str, fraction: float, seed: int, scores=None, shapes=None) -> dict:
+    """Task positions and ``(position, index)`` training / validation instances to remove: the
+    ``fraction`` with the most negative influence scores ("harmful"), or drawn at random with
+    ``seed`` ("random", the paper's protocol)."""
+    m, n, v = shapes
+    counts = [max(1, round(fraction * size)) for size in (m, m * n, m * v)]
+    if protocol == "harmful":
+        return {"tasks": scores.tasks.argsort()[:counts[0]].tolist(), "train": _flat_top(scores.train, counts[1]),
+                "val": _flat_top(scores.val, counts[2])}
+    gen = torch.Generator().manual_seed(10_000 + seed)
+
+    def pick(total: int, count: int, width: int):
+        flat = torch.randperm(total, generator=gen)[:count].tolist()
+        return flat if width == 1 else [(i // width, i % width) for i in flat]
+
+    return {"tasks": pick(m, counts[0], 1), "train": pick(m * n, counts[1], n), "val": pick(m * v, counts[2], v)}
 
 
 def table1(config: ExperimentConfig, ws: Workspace) -> dict:
-    """Remove the ``fraction`` most harmful tasks (by task-IF scores) / training instances /
-    validation instances; meta-test accuracy and runtime of retraining vs the IF edits. An edit's
-    runtime counts the analyzer's set-up (inner solves at lambda*), the solves it needs and the
-    edit; the scores that chose the removal set are counted for the IF methods, not for Direct IF
-    or retraining."""
+    """For each seed and removal protocol (``config.protocols``: the ``fraction`` most harmful
+    tasks / training instances / validation instances by their influence scores, or a random
+    ``fraction`` as the paper removes), the meta-test accuracy and runtime of warm-started
+    retraining against the IF edits. An edit's runtime counts the analyzer's set-up (inner solves
+    at lambda*), the solves it needs and the edit; the harmful protocol's IF rows also count the
+    scores that chose what to remove (Direct IF and retraining do not)."""
     out = ws.out
     save_config(out, config)
     ledger = _ledger(ws, {"experiment": "table1", "config": asdict(config)})
+    keys = [f"{protocol}/{level}/{name}" for protocol in config.protocols for level, name in TABLE1_METHODS]
     for seed in tqdm(config.seeds, desc="table1 seeds", disable=not ws.progress):
         run = _seeded(config, seed)
         trained = train_model(run, config.analysis, ws.sub(f"seed{seed}").sub("model"))
-        ledger.run(f"{seed}/base", lambda: {"accuracy": accuracy(trained, trained.lam).mean})
-        if all(f"{seed}/{level}/{name}" in ledger.data for level, name in TABLE1_METHODS):
+        ledger.run(f"{seed}/base", lambda: {"accuracy": accuracy(trained, trained.lam).mean,
+                                            "rho": trained.summary.get("rho")})
+        if all(f"{seed}/{key}" in ledger.data for key in keys):
             continue
-        scored = score_all(trained, config.analysis, ws.progress)
-        analyzer, scores = scored.analyzer, scored.scores
-        setup_s, analysis_s = scored.setup_seconds, scored.seconds
-        m = len(trained.train)
-        tasks = scores.tasks.argsort()[:max(1, round(config.fraction * m))].tolist()
-        train_items = _flat_top(scores.train, max(1, round(config.fraction * scores.train.numel())))
-        val_items = _flat_top(scores.val, max(1, round(config.fraction * scores.val.numel())))
+        began = time.perf_counter()
+        analyzer = analyze(trained, config.analysis, ws.progress)
+        setup_s = time.perf_counter() - began
+        shapes = (len(trained.train), trained.train.y_train.shape[1], trained.train.y_val.shape[1])
+        for protocol in config.protocols:
+            if all(f"{seed}/{protocol}/{level}/{name}" in ledger.data for level, name in TABLE1_METHODS):
+                continue
+            scores, counted = None, setup_s
+            if protocol == "harmful":
+                began = time.perf_counter()
+                scores = analyzer.scores(score_tasks(trained, config.analysis))
+                counted = setup_s + time.perf_counter() - began
+            removal = _removal_sets(protocol, config.fraction, seed, scores, shapes)
 
-        def edited(counted: float, **removal):
-            """An edit's accuracy; its runtime adds the ``counted`` analysis seconds."""
-            began = time.perf_counter()
-            lam = analyzer.edit(**removal)
-            return {"accuracy": accuracy(trained, lam).mean, "seconds": counted + time.perf_counter() - began}
+            def edited(counted: float, **items):
+                """An edit's accuracy; its runtime adds the ``counted`` analysis seconds."""
+                began = time.perf_counter()
+                lam = analyzer.edit(**items)
+                return {"accuracy": accuracy(trained, lam).mean, "seconds": counted + time.perf_counter() - began,
+                        "damping": analyzer.damping_used}
 
-        def retrained(key, **removal):
-            lam, seconds = _retrained(trained, config.analysis, ws, f"{seed}/{key}", **removal)
-            return {"accuracy": accuracy(trained, lam).mean, "seconds": seconds}
+            def retrained(key, **items):
+                lam, seconds = _retrained(trained, config.analysis, ws, f"{seed}/{protocol}/{key}", **items)
+                return {"accuracy": accuracy(trained, lam).mean, "seconds": seconds}
 
-        jobs = {"task/Retrain": lambda: retrained("task", tasks=tasks),
-                "task/Direct IF": lambda: edited(setup_s, tasks=tasks, method="direct"),
-                "task/task-IF": lambda: edited(analysis_s, tasks=tasks),
-                "instance/Retrain (train)": lambda: retrained("train", train=train_items),
-                "instance/instance-IF (train)": lambda: edited(analysis_s, train=train_items),
-                "instance/Retrain (val)": lambda: retrained("val", val=val_items),
-                "instance/instance-IF (val)": lambda: edited(analysis_s, val=val_items)}
-        for key, job in jobs.items():
-            ledger.run(f"{seed}/{key}", job)
+            jobs = {"task/Retrain": lambda: retrained("task", tasks=removal["tasks"]),
+                    "task/Direct IF": lambda: edited(setup_s, tasks=removal["tasks"], method="direct"),
+                    "task/task-IF": lambda: edited(counted, tasks=removal["tasks"]),
+                    "instance/Retrain (train)": lambda: retrained("train", train=removal["train"]),
+                    "instance/instance-IF (train)": lambda: edited(counted, train=removal["train"]),
+                    "instance/Retrain (val)": lambda: retrained("val", val=removal["val"]),
+                    "instance/instance-IF (val)": lambda: edited(counted, val=removal["val"])}
+            for key, job in jobs.items():
+                ledger.run(f"{seed}/{protocol}/{key}", job)
 
-    rows = {}
-    for level, name in TABLE1_METHODS:
-        acc = [ledger.data[f"{s}/{level}/{name}"]["accuracy"] for s in config.seeds]
-        sec = [ledger.data[f"{s}/{level}/{name}"]["seconds"] for s in config.seeds]
-        rows[f"{level}/{name}"] = {"accuracy": _mean_std(acc), "seconds": _mean_std(sec)}
+    protocols = {}
+    for protocol in config.protocols:
+        rows = {}
+        for level, name in TABLE1_METHODS:
+            entries = [ledger.data[f"{s}/{protocol}/{level}/{name}"] for s in config.seeds]
+            rows[f"{level}/{name}"] = {"accuracy": _mean_std([e["accuracy"] for e in entries]),
+                                       "seconds": _mean_std([e["seconds"] for e in entries])}
+        protocols[protocol] = rows
     base = _mean_std([ledger.data[f"{s}/base"]["accuracy"] for s in config.seeds])
     result = {"dataset": config.run.dataset, "seeds": list(config.seeds), "fraction_removed": config.fraction,
-              "trained_accuracy": base, "methods": rows}
+              "trained_accuracy": base, "protocols": protocols}
     write_json(out / "table1.json", result)
     write_atomic(out / "table1.md", table1_markdown(result))
-    names = [k.split("/", 1)[1] for k in rows]
-    plots.bars(out / "table1.png", names, [r["accuracy"][0] for r in rows.values()],
-               [r["accuracy"][1] for r in rows.values()], "meta-test accuracy",
-               f"{config.run.dataset}: accuracy after removal ({config.fraction:.0%})")
+    for protocol, rows in protocols.items():
+        names = [k.split("/", 1)[1] for k in rows]
+        plots.bars(out / f"table1_{protocol}.png", names, [r["accuracy"][0] for r in rows.values()],
+                   [r["accuracy"][1] for r in rows.values()], "meta-test accuracy",
+                   f"{config.run.dataset}: accuracy after removing {config.fraction:.0%} ({protocol})")
     return result
 
 
 def table1_markdown(result: dict) -> str:
-    head = "| level | method | meta-test accuracy | runtime (s) |\n|---|---|---|---|\n"
-    body = "".join(f"| {key.split('/')[0]} | {key.split('/', 1)[1]} | {r['accuracy'][0]:.4f} ± {r['accuracy'][1]:.4f} "
-                   f"| {r['seconds'][0]:.2f} ± {r['seconds'][1]:.2f} |\n" for key, r in result["methods"].items())
     acc, std = result["trained_accuracy"]
-    return (f"### {result['dataset']} (removing {result['fraction_removed']:.0%}, seeds {result['seeds']}; "
-            f"trained model {acc:.4f} ± {std:.4f})\n\n" + head + body)
+    out = [f"### {result['dataset']} (removing {result['fraction_removed']:.0%}, seeds {result['seeds']}; "
+           f"trained model {acc:.4f} ± {std:.4f})\n"]
+    for protocol, rows in result["protocols"].items():
+        out.append(f"\n{protocol} removal\n\n| level | method | meta-test accuracy | runtime (s) |\n|---|---|---|---|\n")
+        out += [f"| {key.split('/')[0]} | {key.split('/', 1)[1]} | {r['accuracy'][0]:.4f} ± {r['accuracy'][1]:.4f} "
+                f"| {r['seconds'][0]:.2f} ± {r['seconds'][1]:.2f} |\n" for key, r in rows.items()]
+    return "".join(out)
 
 
 # ---- removal curves (Figures 1–3) -------------------------------------------------------------

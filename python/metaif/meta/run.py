@@ -44,6 +44,9 @@ class RunConfig:
     shots: int = setting(1, "training examples per class (K-shot)")
     queries: int = setting(15, "validation examples per class")
     train_tasks: int = setting(1000, "meta-training tasks")
+    class_combinations: bool = setting(False, "meta-training task i uses the i-th combination of ways classes (the "
+                                              "paper's 252 MNIST tasks: every 5 of the 10 digits) instead of drawing "
+                                              "classes")
     test_tasks: int = setting(500, "meta-test tasks (accuracy)")
     delta: float = setting(1.0, "inner L2 weight (the head's for anil, the proximal weight for imaml)")
     inner_steps: int = setting(5, "maml: K, the inner gradient steps")
@@ -96,7 +99,8 @@ def build(config: RunConfig):
     train_pool, _, test_pool = pools(config)
     data = train_pool.dataset
     spec = dict(ways=config.ways, shots=config.shots, queries=config.queries)
-    train = sample_tasks(train_pool, TaskConfig(**spec, num_tasks=config.train_tasks, seed=config.seed))
+    train = sample_tasks(train_pool, TaskConfig(**spec, num_tasks=config.train_tasks, seed=config.seed,
+                                                class_combinations=config.class_combinations))
     test = sample_tasks(test_pool, TaskConfig(**spec, num_tasks=config.test_tasks, seed=config.seed + 10_000))
     channels, size = data.images.shape[1], data.images.shape[-1]
     body = (conv4(channels, config.channels, size) if config.model == "conv4"
