@@ -44,6 +44,7 @@ ANALYSIS_FLAGS = [
     Flag("rtol", ("analysis", "influence", "solver", "rtol")),
     Flag("max-iter", ("analysis", "influence", "solver", "max_iter")),
     Flag("rank", ("analysis", "influence", "solver", "rank")),
+    Flag("precondition", ("analysis", "influence", "solver", "precondition")),
     Flag("retries", ("analysis", "influence", "solver", "retries")),
     Flag("score-tasks", ("analysis", "score_tasks")),
     Flag("polish", ("analysis", "polish"))]

@@ -142,3 +142,18 @@ def test_bad_configs_and_inputs_name_what_is_wrong():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert solve(op, torch.zeros(1, 60, dtype=torch.float64), SolverConfig()).x.abs().sum() == 0
+
+
+def test_a_spectral_preconditioner_cuts_cg_iterations_and_keeps_the_answer():
+    """A spectrum with a few large outliers, as Hessians have: deflating them leaves the bulk."""
+    q = torch.linalg.qr(randn((300, 300), 11))[0]
+    values = torch.cat([torch.logspace(1, 3, 15, dtype=torch.float64), torch.linspace(0.05, 1.0, 285,
+                                                                                      dtype=torch.float64)])
+    a = (q * values) @ q.T
+    b = randn((2, 300), 12)
+    expected = torch.linalg.solve(a, b.T).T
+    plain = solve(dense_operator(a), b, SolverConfig(rtol=1e-8, max_iter=1000))
+    deflated = solve(dense_operator(a), b, SolverConfig(rtol=1e-8, max_iter=1000, precondition=20))
+    assert (deflated.x - expected).norm() <= 1e-7 * expected.norm() and deflated.converged
+    assert int(deflated.iterations.max()) + 20 < int(plain.iterations.max()) / 2
+    assert deflated.info["precondition_products"] == 20

@@ -93,14 +93,17 @@ def split_images(dataset: ClassDataset, test_fraction: float = 0.5, seed: int = 
     return Pool(dataset, classes, as_indices(train)), Pool(dataset, classes, as_indices(test))
 
 
-def hold_out(pool: Pool, fraction: float, ways: int, seed: int = 0) -> tuple[Pool, Pool]:
-    """(kept, held-out) parts of ``pool`` for validation: whole classes when the pool has enough of
-    them for ``ways``-way tasks on both sides, else a ``fraction`` of every class's images."""
+def hold_out(pool: Pool, fraction: float, ways: int, seed: int = 0, by: str = "classes") -> tuple[Pool, Pool]:
+    """(kept, held-out) parts of ``pool`` for validation: whole classes (``by="classes"``, when the
+    pool has enough of them for ``ways``-way tasks on both sides), else a ``fraction`` of every
+    class's images."""
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    if by not in ("classes", "images"):
+        raise ValueError(f"by must be 'classes' or 'images', got {by!r}")
     classes = list(pool.classes)
     held = max(ways, round(fraction * len(classes)))
-    if len(classes) - held >= ways:
+    if by == "classes" and len(classes) - held >= ways:
         order = _rng(seed, 4).permutation(len(classes))
         chosen = sorted(classes[i] for i in order[:held])
         return (Pool(pool.dataset, tuple(c for c in classes if c not in chosen), pool.indices),

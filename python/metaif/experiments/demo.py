@@ -15,8 +15,8 @@ from ..utils.io import write_csv, write_json
 from . import plots
 from .common import AnalysisConfig, ExperimentConfig, Workspace, accuracy, save_config, score_all, train_model
 
-# Tasks from all ten digits: meta-validation holds out five classes' tasks (they choose the
-# polish's anchor), meta-test draws from the other half of every class's images.
+# Tasks from all ten digits; meta-test draws from the other half of every class's images, and
+# meta-validation (which chooses the polish's anchor) holds out a fifth of the first half.
 DEMO = ExperimentConfig(run=RunConfig(split="image", train_tasks=300, test_tasks=200, train=TrainConfig(steps=50)),
                         analysis=AnalysisConfig(score_tasks=100))
 

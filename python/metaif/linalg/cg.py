@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from ..ops import CGResult
+from .lanczos import lanczos
 from .registry import Solver, register_solver
 from .result import NotPositiveDefinite, SolveResult
 
@@ -27,13 +28,15 @@ def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, rtol: float,
-                       max_iter: int, replace_every: int = 50) -> CGResult:
+                       max_iter: int, replace_every: int = 50,
+                       precond: Callable[[torch.Tensor], torch.Tensor] | None = None) -> CGResult:
     """Solve ``A_t x = b[t, c]`` for a batch of operators ``A_t`` (``matvec: [T, B, *s] -> [T, B, *s]``),
     each column converging on its own to ``||b - A x|| <= rtol ||b||`` (true residual).
 
     With ``T == 1`` the products run on the active columns only (``matvec`` must then accept any
-    number of columns). Raises :class:`NotPositiveDefinite` on non-positive curvature ``p.Ap``.
-    Reductions are float64; ``resid`` is float64.
+    number of columns). ``precond`` applies an SPD approximation of ``A^{-1}`` (preconditioned CG).
+    Raises :class:`NotPositiveDefinite` on non-positive curvature ``p.Ap``. Reductions are
+    float64; ``resid`` is float64.
     """
     tasks, batch = b.shape[:2]
     shape = (tasks, batch) + (1,) * (b.dim() - 2)
@@ -48,8 +51,13 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     def scaled(coef: torch.Tensor) -> torch.Tensor:
         return coef.to(b.dtype).view(shape)
 
-    x, r, p = torch.zeros_like(b), b.clone(), b.clone()
-    rs = _dot(r, r)
+    def prec(v: torch.Tensor) -> torch.Tensor:
+        return v if precond is None else precond(v)
+
+    x, r = torch.zeros_like(b), b.clone()
+    z = prec(r)
+    p = z.clone()
+    rs, rz = _dot(r, r), _dot(r, z)
     target = rtol * rs.sqrt()
     active = rs > 0
     best_false = torch.full_like(rs, float("inf"))
@@ -65,12 +73,14 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
             t, c = (int(i) for i in torch.nonzero(bad)[0])
             raise NotPositiveDefinite(f"conjugate gradient met curvature p.Ap = {float(curvature[t, c]):.3g} <= 0 at "
                                       f"iteration {k} (task {t}, column {c}): the operator is not positive definite.")
-        alpha = torch.where(active, rs / curvature.where(active, torch.ones_like(curvature)), 0.0)
+        alpha = torch.where(active, rz / curvature.where(active, torch.ones_like(curvature)), 0.0)
         x = x + scaled(alpha) * p
         r = r - scaled(alpha) * ap
         iterations += active.long()
         rs_new = _dot(r, r)
-        beta = torch.where(active, rs_new / rs.where(active, torch.ones_like(rs)), 0.0)
+        z = prec(r)
+        rz_new = _dot(r, z)
+        beta = torch.where(active, rz_new / rz.where(active, torch.ones_like(rz)), 0.0)
         claims = active & (rs_new.sqrt() <= target)
         stop = claims
         checked = claims | (active if (k + 1) % replace_every == 0 else torch.zeros_like(active))
@@ -78,14 +88,16 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
             true_r = b - apply(x, checked.any(0))
             r = torch.where(checked.view(shape), true_r, r)
             rs_new = torch.where(checked, _dot(true_r, true_r), rs_new)
+            z = prec(r)
+            rz_new = torch.where(checked, _dot(r, z), rz_new)
             false_claim = claims & (rs_new.sqrt() > target)
             improved = false_claim & (rs_new < 0.98 * best_false)
             best_false = torch.where(improved, rs_new, best_false)
             stalls = torch.where(improved, 0, stalls) + false_claim.long()
             stop = (claims & ~false_claim) | (false_claim & (stalls > 3))
         going = active & ~stop
-        p = torch.where(going.view(shape), r + scaled(torch.where(going, beta, 0.0)) * p, p)
-        rs = torch.where(active, rs_new, rs)
+        p = torch.where(going.view(shape), z + scaled(torch.where(going, beta, 0.0)) * p, p)
+        rs, rz = torch.where(active, rs_new, rs), torch.where(active, rz_new, rz)
         active = going
     if bool(active.any()):  # stopped by max_iter: report the true residual of what we return
         true_r = b - apply(x, active.any(0))
@@ -101,6 +113,37 @@ class CGSolver(Solver):
 
     name = "cg"
 
+    def __init__(self, op, config) -> None:
+        super().__init__(op, config)
+        self.precond = SpectralPreconditioner(self.matvec, op, config.precondition, config.seed) \
+            if config.precondition else None
+
     def solve(self, b: torch.Tensor) -> SolveResult:
-        res = conjugate_gradient(lambda v: self.matvec(v[0])[None], b[None], self.config.rtol, self.config.max_iter)
-        return SolveResult(res.x[0], self.name, self.damping, bool(res.converged.all()), res.resid[0], res.iters[0])
+        precond = None if self.precond is None else (lambda v: self.precond(v[0])[None])
+        res = conjugate_gradient(lambda v: self.matvec(v[0])[None], b[None], self.config.rtol, self.config.max_iter,
+                                 precond=precond)
+        info = {} if self.precond is None else {"precondition_rank": self.precond.rank,
+                                                "precondition_products": self.precond.products}
+        return SolveResult(res.x[0], self.name, self.damping, bool(res.converged.all()), res.resid[0], res.iters[0],
+                           info)
+
+
+class SpectralPreconditioner:
+    """``M^{-1} = V diag(1/theta) V^T + (I - V V^T) / sigma`` from ``rank`` Lanczos Ritz pairs
+    ``(theta, V)`` of the damped operator, ``sigma`` the smallest Ritz value: the captured extremes
+    of the spectrum map to about 1 and the rest is scaled as a whole, so CG's iterations follow
+    the remaining spread. Built once (``rank`` products) and reused by every solve."""
+
+    def __init__(self, matvec, op, rank: int, seed: int = 0) -> None:
+        values, self.vectors = lanczos(matvec, op.size, torch.empty(0, dtype=op.dtype, device=op.device), rank, seed)
+        if not float(values[0]) > 0:
+            raise NotPositiveDefinite(f"cg preconditioner: Ritz value {float(values[0]):.3g} <= 0; the damped operator "
+                                      f"is not positive definite.")
+        self.rank, self.products = len(values), len(values)
+        self.sigma = float(values[0])
+        self.shift = (1.0 / values - 1.0 / self.sigma).to(dtype=op.dtype, device=op.device)
+
+    def __call__(self, r: torch.Tensor) -> torch.Tensor:
+        """``M^{-1} r`` for ``r [k, size]``."""
+        coef = r @ self.vectors
+        return r / self.sigma + (coef * self.shift) @ self.vectors.mT

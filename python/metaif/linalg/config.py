@@ -19,6 +19,8 @@ class SolverConfig:
     rtol: float = setting(1e-6, "relative true residual ||b - A x|| / ||b|| an iterative solve must reach")
     max_iter: int = setting(200, "operator products per column (cg, minres, neumann)")
     rank: int = setting(40, "Lanczos steps of the lowrank solver")
+    precondition: int = setting(0, "cg: rank of a spectral preconditioner (that many Lanczos products up front, "
+                                   "reused by every solve of the operator; 0: none)")
     floor: float | None = setting(None, "lowrank: eigenvalue given to the complement of the Ritz "
                                         "vectors' span before damping (None: the complement is dropped)")
     lissa_tasks: int = setting(0, "neumann: tasks per minibatch product (LiSSA); 0 uses all tasks")
@@ -37,6 +39,8 @@ class SolverConfig:
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 1, self, name, "an integer >= 1", value)
         check(self.floor is None or finite(self.floor) and self.floor > 0, self, "floor", "None or > 0", self.floor)
+        check(isinstance(self.precondition, int) and self.precondition >= 0, self, "precondition", "an integer >= 0",
+              self.precondition)
         check(isinstance(self.lissa_tasks, int) and self.lissa_tasks >= 0, self, "lissa_tasks", "an integer >= 0",
               self.lissa_tasks)
         check(isinstance(self.retries, int) and self.retries >= 0, self, "retries", "an integer >= 0", self.retries)

@@ -81,8 +81,9 @@ class RunConfig:
 def pools(config: RunConfig):
     """The (meta-train, meta-validation, meta-test) pools of ``config``'s data set and split (loaded
     once per process: experiments sample score, validation and test tasks from them after
-    training). Validation holds out a fifth of the meta-train classes, or of every class's images
-    where there are too few classes (:func:`~metaif.data.hold_out`)."""
+    training). Validation holds out what meta-testing is new on: a fifth of the meta-train classes
+    for a class split (of every class's images where there are too few classes), a fifth of
+    every class's images for an image split (:func:`~metaif.data.hold_out`)."""
     return _pools(config.dataset, config.root, config.split, config.seed, config.ways)
 
 
@@ -90,7 +91,7 @@ def pools(config: RunConfig):
 def _pools(dataset: str, root: str | None, split: str, seed: int, ways: int):
     splitter = split_classes if split == "class" else split_images
     train, test = splitter(load_dataset(dataset, root), 0.5, seed=seed)
-    train, validation = hold_out(train, 0.2, ways, seed=seed)
+    train, validation = hold_out(train, 0.2, ways, seed=seed, by="classes" if split == "class" else "images")
     return train, validation, test
 
 
