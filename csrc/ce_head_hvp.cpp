@@ -1,17 +1,18 @@
 // Exact Hessian-vector products of the weighted softmax cross-entropy w.r.t. a linear head,
-// batched over tasks and vectors: out[t, b] = (H_t + damping I) vecs[t, b].
+// batched over tasks and vectors: out[t, b] = (H_t + damping I) vecs[t, b]. CPU: csrc/operators.h;
+// CUDA: cuda/ce_head_hvp.cu (a block per task and vector).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "cuda_support.h"
 #include "inputs.h"
 #include "operators.h"
 
 namespace metaif {
 namespace {
 
-at::Tensor ce_head_hvp_cpu(const at::Tensor& feats, const at::Tensor& probs,
-                           const at::Tensor& vecs, double damping,
-                           const std::optional<at::Tensor>& weights) {
+at::Tensor ce_head_hvp(const at::Tensor& feats, const at::Tensor& probs, const at::Tensor& vecs, double damping,
+                       const std::optional<at::Tensor>& weights) {
   constexpr const char* kOp = "ce_head_hvp";
   const CeHeadInputs in = ce_head_inputs(kOp, feats, probs, weights, vecs, "vecs");
   check_finite(kOp, damping, "damping");
@@ -19,14 +20,29 @@ at::Tensor ce_head_hvp_cpu(const at::Tensor& feats, const at::Tensor& probs,
   at::Tensor out = at::empty(v.sizes(), v.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), kOp, [&] {
-    apply_each_task<scalar_t>(in.op<scalar_t>(damping), in.tasks, v.size(1),
-                              v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+#if defined(METAIF_WITH_CUDA)
+    if (v.is_cuda()) {
+      const c10::cuda::CUDAGuard guard(v.device());
+      const auto family = in.family<scalar_t>(damping);
+      const auto storage = cuda::BlockStorage::plan(family.task(0).scratch_size(), sizeof(scalar_t));
+      const at::Tensor workspace = block_workspace(storage, in.tasks * v.size(1), v);
+      const cuda::Columns<scalar_t> cols{in.tasks, v.size(1), v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                         data_or_null<scalar_t>(workspace), nullptr};
+      return check_launch(cuda::ce_head_hvp<scalar_t>(family, cols, current_stream()));
+    }
+#endif
+    apply_each_task<scalar_t>(in.op<scalar_t>(damping), in.tasks, v.size(1), v.data_ptr<scalar_t>(),
+                              out.data_ptr<scalar_t>());
   });
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("ce_head_hvp", &ce_head_hvp_cpu); }
+TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("ce_head_hvp", &ce_head_hvp); }
+
+#if defined(METAIF_WITH_CUDA)
+TORCH_LIBRARY_IMPL(metaif, CUDA, m) { m.impl("ce_head_hvp", &ce_head_hvp); }
+#endif
 
 }  // namespace metaif

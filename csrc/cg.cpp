@@ -1,10 +1,12 @@
-// Batched conjugate gradient for dense per-task matrices and for the ce-head operator;
-// maxiter -1 means the operator's dimension.
+// Batched conjugate gradient for dense per-task matrices and for the ce-head operator, on the CPU
+// (csrc/solvers.h) and on CUDA (cuda/cg.cu: a block per task and column, every iteration in one
+// launch); maxiter -1 means the operator's dimension.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <tuple>
 
+#include "cuda_support.h"
 #include "inputs.h"
 #include "operators.h"
 #include "solvers.h"
@@ -14,57 +16,89 @@ namespace {
 
 using CgResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-template <typename MakeOp>
-CgResult run_cg(const char* opname, const at::Tensor& b, double rtol, int64_t maxiter,
+struct CgOutputs {
+  at::Tensor x, iters, resid;
+};
+
+#if defined(METAIF_WITH_CUDA)
+template <typename T, typename Family>
+void cg_cuda(const char* op, const Family& family, const at::Tensor& b, double rtol, int64_t maxiter, CgOutputs& out) {
+  const c10::cuda::CUDAGuard guard(b.device());
+  const int64_t tasks = b.size(0), batch = b.size(1);
+  const auto task = family.task(0);
+  const auto storage = cuda::BlockStorage::plan(team::cg_storage(task.dim(), task.scratch_size()), sizeof(T));
+  const at::Tensor workspace = block_workspace(storage, tasks * batch, b);
+  const DeviceStatus status(b);
+  const cuda::Columns<T> cols{tasks, batch, b.data_ptr<T>(), out.x.data_ptr<T>(), data_or_null<T>(workspace),
+                              status.get()};
+  check_launch(cuda::cg<T>(family, cols, rtol, maxiter, out.iters.data_ptr<int64_t>(), out.resid.data_ptr<T>(),
+                           current_stream()));
+  status.check(op);
+}
+#endif
+
+// make_family(zero) gives the operator for the team kernels, make_op(zero) for the CPU kernel
+// (zero: a scalar_t that selects the type).
+template <typename MakeFamily, typename MakeOp>
+CgResult run_cg(const char* opname, const at::Tensor& b, double rtol, int64_t maxiter, const MakeFamily& make_family,
                 const MakeOp& make_op) {
   const at::Tensor bc = b.contiguous();
   const int64_t tasks = b.size(0), batch = b.size(1);
-  at::Tensor x = at::empty(bc.sizes(), bc.options());
-  at::Tensor iters = at::zeros({tasks, batch}, bc.options().dtype(at::kLong));
-  at::Tensor resid = at::zeros({tasks, batch}, bc.options());
-  if (x.numel() == 0) {
-    x.zero_();
-    return {x, iters, resid};
-  }
+  CgOutputs out{at::zeros(bc.sizes(), bc.options()), at::zeros({tasks, batch}, bc.options().dtype(at::kLong)),
+                at::zeros({tasks, batch}, bc.options())};
+  if (out.x.numel() == 0) return {out.x, out.iters, out.resid};
   AT_DISPATCH_FLOATING_TYPES(bc.scalar_type(), "cg", [&] {
     const auto op = make_op(scalar_t(0));
     const int64_t cap = maxiter < 0 ? op.dim() : maxiter;  // -1: the operator's dimension
+#if defined(METAIF_WITH_CUDA)
+    if (bc.is_cuda()) return cg_cuda<scalar_t>(opname, make_family(scalar_t(0)), bc, rtol, cap, out);
+#endif
     cg_solve<scalar_t>(opname, op, tasks, batch, bc.data_ptr<scalar_t>(), rtol, cap,
-                       x.data_ptr<scalar_t>(), iters.data_ptr<int64_t>(), resid.data_ptr<scalar_t>());
+                       out.x.data_ptr<scalar_t>(), out.iters.data_ptr<int64_t>(), out.resid.data_ptr<scalar_t>());
   });
-  return {x, iters, resid};
+  return {out.x, out.iters, out.resid};
 }
 
-CgResult cg_dense_cpu(const at::Tensor& a, const at::Tensor& b, double damping, double rtol,
-                      int64_t maxiter) {
+CgResult cg_dense(const at::Tensor& a, const at::Tensor& b, double damping, double rtol, int64_t maxiter) {
   constexpr const char* kOp = "cg_dense";
   check_dense_inputs(kOp, a, b);
   check_solver_args(kOp, damping, rtol, maxiter);
   const at::Tensor ac = a.contiguous();
-  return run_cg(kOp, b, rtol, maxiter, [&](auto zero) {
-    using T = decltype(zero);
-    return DenseOperator<T>{ac.data_ptr<T>(), a.size(1), static_cast<T>(damping)};
-  });
+  return run_cg(
+      kOp, b, rtol, maxiter,
+      [&](auto zero) {
+        using T = decltype(zero);
+        return team::DenseFamily<T>{ac.data_ptr<T>(), a.size(1), static_cast<T>(damping)};
+      },
+      [&](auto zero) {
+        using T = decltype(zero);
+        return DenseOperator<T>{ac.data_ptr<T>(), a.size(1), static_cast<T>(damping)};
+      });
 }
 
-CgResult cg_ce_head_cpu(const at::Tensor& feats, const at::Tensor& probs,
-                        const std::optional<at::Tensor>& weights, const at::Tensor& b,
-                        double damping, double rtol, int64_t maxiter) {
+CgResult cg_ce_head(const at::Tensor& feats, const at::Tensor& probs, const std::optional<at::Tensor>& weights,
+                    const at::Tensor& b, double damping, double rtol, int64_t maxiter) {
   constexpr const char* kOp = "cg_ce_head";
   const CeHeadInputs in = ce_head_inputs(kOp, feats, probs, weights, b, "b");
   check_solver_args(kOp, damping, rtol, maxiter);
   check_singular_damping(kOp, damping);
-  return run_cg(kOp, b, rtol, maxiter, [&](auto zero) {
-    using T = decltype(zero);
-    return in.op<T>(damping);
-  });
+  return run_cg(
+      kOp, b, rtol, maxiter, [&](auto zero) { return in.family<decltype(zero)>(damping); },
+      [&](auto zero) { return in.op<decltype(zero)>(damping); });
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(metaif, CPU, m) {
-  m.impl("cg_dense", &cg_dense_cpu);
-  m.impl("cg_ce_head", &cg_ce_head_cpu);
+  m.impl("cg_dense", &cg_dense);
+  m.impl("cg_ce_head", &cg_ce_head);
 }
+
+#if defined(METAIF_WITH_CUDA)
+TORCH_LIBRARY_IMPL(metaif, CUDA, m) {
+  m.impl("cg_dense", &cg_dense);
+  m.impl("cg_ce_head", &cg_ce_head);
+}
+#endif
 
 }  // namespace metaif

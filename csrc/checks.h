@@ -50,11 +50,6 @@ inline void check_like(const char* op, const at::Tensor& ref, const char* ref_na
               ref_name, " is on ", ref.device(), "; move them to one device");
 }
 
-inline void check_cpu(const char* op, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ",
-              t.device());
-}
-
 inline void check_finite(const char* op, double value, const char* name) {
   TORCH_CHECK(std::isfinite(value), op, ": ", name, " must be finite, got ", value);
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "blas.h"
+#include "cuda_support.h"
 #include "patch_args.h"
 
 namespace metaif {
@@ -36,7 +37,7 @@ bool gather_patch_matmul_kernel(const T* cols, const int64_t* index, const T* ma
   return bad;
 }
 
-at::Tensor gather_patch_matmul_cpu(const at::Tensor& cols, const at::Tensor& index, const at::Tensor& mask,
+at::Tensor gather_patch_matmul(const at::Tensor& cols, const at::Tensor& index, const at::Tensor& mask,
                                    const at::Tensor& weight) {
   const PatchShape s = check_patch_args(kOp, cols, index, mask);
   check_like(kOp, cols, "cols", weight, "weight");
@@ -49,6 +50,14 @@ at::Tensor gather_patch_matmul_cpu(const at::Tensor& cols, const at::Tensor& ind
   const at::Tensor w = weight.contiguous();
   bool bad = false;
   AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), kOp, [&] {
+#if defined(METAIF_WITH_CUDA)
+    if (c.is_cuda()) {
+      const c10::cuda::CUDAGuard guard(c.device());
+      return check_launch(cuda::gather_patch_matmul<scalar_t>(c.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
+                                                              m.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                                              out.data_ptr<scalar_t>(), s, current_stream()));
+    }
+#endif
     bad = gather_patch_matmul_kernel<scalar_t>(c.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
                                                m.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
                                                out.data_ptr<scalar_t>(), s);
@@ -59,6 +68,10 @@ at::Tensor gather_patch_matmul_cpu(const at::Tensor& cols, const at::Tensor& ind
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("gather_patch_matmul", &gather_patch_matmul_cpu); }
+TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("gather_patch_matmul", &gather_patch_matmul); }
+
+#if defined(METAIF_WITH_CUDA)
+TORCH_LIBRARY_IMPL(metaif, CUDA, m) { m.impl("gather_patch_matmul", &gather_patch_matmul); }
+#endif
 
 }  // namespace metaif

@@ -1,7 +1,7 @@
 // The adjoint of gather_patch_matmul in its weight: grad[c, k] = sum_{n, p} mask[n, p, c]
 // signal[n, p, c] cols[n, index[n, p, c], k]. Per image the masked signal is scattered into a
 // thread-local [L, C] tile (L2-resident) and contracted with the image's patch rows by one small
-// GEMM; images are accumulated in double.
+// GEMM; images are accumulated in double. CUDA: cuda/gather_patch_matmul_t.cu.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "blas.h"
+#include "cuda_support.h"
 #include "patch_args.h"
 
 namespace metaif {
@@ -43,7 +44,7 @@ bool gather_patch_matmul_t_kernel(const T* cols, const int64_t* index, const T* 
   return bad;
 }
 
-at::Tensor gather_patch_matmul_t_cpu(const at::Tensor& cols, const at::Tensor& index, const at::Tensor& mask,
+at::Tensor gather_patch_matmul_t(const at::Tensor& cols, const at::Tensor& index, const at::Tensor& mask,
                                      const at::Tensor& signal) {
   const PatchShape s = check_patch_args(kOp, cols, index, mask);
   check_like(kOp, cols, "cols", signal, "signal");
@@ -55,6 +56,14 @@ at::Tensor gather_patch_matmul_t_cpu(const at::Tensor& cols, const at::Tensor& i
     const at::Tensor g = signal.contiguous();
     bool bad = false;
     AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), kOp, [&] {
+#if defined(METAIF_WITH_CUDA)
+      if (c.is_cuda()) {
+        const c10::cuda::CUDAGuard guard(c.device());
+        return check_launch(cuda::gather_patch_matmul_t<scalar_t>(c.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
+                                                                  m.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                                                  total.data_ptr<double>(), s, current_stream()));
+      }
+#endif
       bad = gather_patch_matmul_t_kernel<scalar_t>(c.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
                                              m.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
                                              total.data_ptr<double>(), s);
@@ -66,6 +75,10 @@ at::Tensor gather_patch_matmul_t_cpu(const at::Tensor& cols, const at::Tensor& i
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("gather_patch_matmul_t", &gather_patch_matmul_t_cpu); }
+TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("gather_patch_matmul_t", &gather_patch_matmul_t); }
+
+#if defined(METAIF_WITH_CUDA)
+TORCH_LIBRARY_IMPL(metaif, CUDA, m) { m.impl("gather_patch_matmul_t", &gather_patch_matmul_t); }
+#endif
 
 }  // namespace metaif

@@ -1,20 +1,22 @@
 // Gauss-Newton-vector products of softmax cross-entropy from per-example logit Jacobians,
-// batched over tasks and vectors: out[t, b] = (G_t + damping I) vecs[t, b].
+// batched over tasks and vectors: out[t, b] = (G_t + damping I) vecs[t, b]. CPU: per task, two
+// GEMMs around the Hessian rows (csrc/operators.h); CUDA: two batched cuBLAS products (ATen)
+// around one elementwise kernel (cuda/ggn_hvp.cu).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "checks.h"
+#include "cuda_support.h"
 #include "operators.h"
 
 namespace metaif {
 namespace {
 
-at::Tensor ggn_hvp_cpu(const at::Tensor& jac, const at::Tensor& probs, const at::Tensor& vecs,
-                       double damping, const std::optional<at::Tensor>& weights) {
+at::Tensor ggn_hvp(const at::Tensor& jac, const at::Tensor& probs, const at::Tensor& vecs, double damping,
+                   const std::optional<at::Tensor>& weights) {
   constexpr const char* kOp = "ggn_hvp";
   check_rank(kOp, jac, "jac", 4, "[T, n, C, P]");
   check_floating(kOp, jac, "jac");
-  check_cpu(kOp, jac, "jac");
   check_like(kOp, jac, "jac", probs, "probs");
   check_like(kOp, jac, "jac", vecs, "vecs");
   const int64_t tasks = jac.size(0), n = jac.size(1), classes = jac.size(2), params = jac.size(3);
@@ -28,20 +30,35 @@ at::Tensor ggn_hvp_cpu(const at::Tensor& jac, const at::Tensor& probs, const at:
   check_finite(kOp, damping, "damping");
   const at::Tensor w = weights_or_uniform(kOp, weights, jac, {tasks, n}, "[T, n]");
   const at::Tensor j = jac.contiguous(), p = probs.contiguous(), v = vecs.contiguous();
+  if (v.numel() == 0) return at::empty(v.sizes(), v.options());
+#if defined(METAIF_WITH_CUDA)
+  if (v.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(v.device());
+    const at::Tensor rows = j.view({tasks, n * classes, params});
+    at::Tensor z = at::bmm(v, rows.transpose(1, 2)).contiguous();  // [T, B, n C]
+    AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), kOp, [&] {
+      check_launch(cuda::softmax_hessian_rows<scalar_t>(z.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(),
+                                                        w.data_ptr<scalar_t>(), tasks, v.size(1), n, classes,
+                                                        current_stream()));
+    });
+    return at::baddbmm(v, z, rows, damping, 1.0);
+  }
+#endif
   at::Tensor out = at::empty(v.sizes(), v.options());
-  if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), kOp, [&] {
-    const GgnOperator<scalar_t> op{j.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(),
-                                   w.data_ptr<scalar_t>(), n, classes, params,
-                                   static_cast<scalar_t>(damping)};
-    apply_each_task<scalar_t>(op, tasks, v.size(1), v.data_ptr<scalar_t>(),
-                              out.data_ptr<scalar_t>());
+    const GgnOperator<scalar_t> op{j.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), n, classes,
+                                   params, static_cast<scalar_t>(damping)};
+    apply_each_task<scalar_t>(op, tasks, v.size(1), v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
   });
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("ggn_hvp", &ggn_hvp_cpu); }
+TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("ggn_hvp", &ggn_hvp); }
+
+#if defined(METAIF_WITH_CUDA)
+TORCH_LIBRARY_IMPL(metaif, CUDA, m) { m.impl("ggn_hvp", &ggn_hvp); }
+#endif
 
 }  // namespace metaif

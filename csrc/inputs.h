@@ -8,6 +8,7 @@
 
 #include "checks.h"
 #include "operators.h"
+#include "task_operators.cuh"
 
 namespace metaif {
 
@@ -21,6 +22,13 @@ struct CeHeadInputs {
     return {feats.data_ptr<T>(), probs.data_ptr<T>(), weights.data_ptr<T>(), n, d, classes,
             static_cast<T>(damping)};
   }
+
+  // The same operator as the team kernels (CUDA, emulation) take it.
+  template <typename T>
+  team::CeHeadFamily<T> family(double damping) const {
+    return {feats.data_ptr<T>(), probs.data_ptr<T>(), weights.data_ptr<T>(), n, d, classes,
+            static_cast<T>(damping)};
+  }
 };
 
 // vecs: [T, B, C, d]
@@ -30,7 +38,6 @@ inline CeHeadInputs ce_head_inputs(const char* opname, const at::Tensor& feats,
                                    const at::Tensor& vecs, const char* vecs_name) {
   check_rank(opname, feats, "feats", 3, "[T, n, d]");
   check_floating(opname, feats, "feats");
-  check_cpu(opname, feats, "feats");
   check_like(opname, feats, "feats", probs, "probs");
   check_like(opname, feats, "feats", vecs, vecs_name);
   const int64_t tasks = feats.size(0), n = feats.size(1), d = feats.size(2);
@@ -58,7 +65,6 @@ inline void check_singular_damping(const char* opname, double damping) {
 inline void check_dense_inputs(const char* opname, const at::Tensor& a, const at::Tensor& b) {
   check_rank(opname, a, "a", 3, "[T, q, q]");
   check_floating(opname, a, "a");
-  check_cpu(opname, a, "a");
   check_like(opname, a, "a", b, "b");
   TORCH_CHECK(a.size(1) == a.size(2), opname, ": a must be square per task, [T, q, q], got ",
               a.sizes());

@@ -10,8 +10,10 @@
 #include <optional>
 #include <vector>
 
+#include "arith.h"
 #include "blas.h"
 #include "checks.h"
+#include "cuda_support.h"
 
 namespace metaif {
 namespace {
@@ -27,7 +29,7 @@ void kfe_eigvals_kernel(const T* rot_g, const T* rot_a, const T* w, T* out, int6
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t o = 0; o < d_out; ++o) {
         const T v = rot_g[i * d_out + o];
-        g2[i * d_out + o] = w[i] * v * v;
+        g2[i * d_out + o] = arith::weighted_square(v, w[i]);
       }
       for (int64_t c = 0; c < d_in; ++c) {
         const T v = rot_a[i * d_in + c];
@@ -44,16 +46,42 @@ void kfe_eigvals_kernel(const T* rot_g, const T* rot_a, const T* w, T* out, int6
     blas::gemm<T>(true, false, d_out, d_in, t, T(1), rot_g + i * t * d_out, d_out,
                   rot_a + i * t * d_in, d_in, T(0), tile.data(), d_in);
     const T wi = w[i];
-    for (int64_t k = 0; k < block; ++k) out[k] += wi * tile[k] * tile[k];
+    for (int64_t k = 0; k < block; ++k) out[k] += arith::weighted_square(tile[k], wi);
   }
 }
 
-at::Tensor kfe_eigvals_cpu(const at::Tensor& out_grads, const at::Tensor& acts,
+#if defined(METAIF_WITH_CUDA)
+// rot_g [n, t, d_out], rot_a [n, t, d_in]. t = 1: one cuBLAS product of the squared rotated vectors;
+// else per-example rotated tiles (batched cuBLAS products, in chunks that bound their memory),
+// squared, weighted and summed by cuda/kfe_eigvals.cu.
+at::Tensor kfe_eigvals_cuda(const at::Tensor& rot_g, const at::Tensor& rot_a, const at::Tensor& w) {
+  const c10::cuda::CUDAGuard guard(rot_g.device());
+  const int64_t n = rot_g.size(0), d_out = rot_g.size(2), d_in = rot_a.size(2), block = d_out * d_in;
+  if (rot_g.size(1) == 1) {
+    const at::Tensor g2 = rot_g.squeeze(1).square() * w.unsqueeze(1);
+    return at::matmul(g2.t(), rot_a.squeeze(1).square());
+  }
+  constexpr int64_t kTileElements = int64_t{1} << 26;
+  const int64_t chunk = std::max<int64_t>(1, kTileElements / block);
+  at::Tensor total = at::zeros({d_out, d_in}, rot_g.options().dtype(at::kDouble));
+  for (int64_t begin = 0; begin < n; begin += chunk) {
+    const int64_t count = std::min(chunk, n - begin);
+    const at::Tensor tiles = at::bmm(rot_g.narrow(0, begin, count).transpose(1, 2), rot_a.narrow(0, begin, count))
+                                 .contiguous();
+    AT_DISPATCH_FLOATING_TYPES(rot_g.scalar_type(), kOp, [&] {
+      check_launch(cuda::weighted_square_sum<scalar_t>(tiles.data_ptr<scalar_t>(), w.data_ptr<scalar_t>() + begin,
+                                                       count, block, total.data_ptr<double>(), current_stream()));
+    });
+  }
+  return total.to(rot_g.scalar_type());
+}
+#endif
+
+at::Tensor kfe_eigvals(const at::Tensor& out_grads, const at::Tensor& acts,
                            const at::Tensor& q_out, const at::Tensor& q_in,
                            const std::optional<at::Tensor>& weights) {
   check_rank(kOp, out_grads, "out_grads", 3, "[n, t, d_out]");
   check_floating(kOp, out_grads, "out_grads");
-  check_cpu(kOp, out_grads, "out_grads");
   check_rank(kOp, acts, "acts", 3, "[n, t, d_in]");
   check_like(kOp, out_grads, "out_grads", acts, "acts");
   check_like(kOp, out_grads, "out_grads", q_out, "q_out");
@@ -70,6 +98,9 @@ at::Tensor kfe_eigvals_cpu(const at::Tensor& out_grads, const at::Tensor& acts,
   if (n == 0 || t == 0 || out.numel() == 0) return out;
   const at::Tensor rot_g = at::matmul(out_grads.reshape({n * t, d_out}), q_out).contiguous();
   const at::Tensor rot_a = at::matmul(acts.reshape({n * t, d_in}), q_in).contiguous();
+#if defined(METAIF_WITH_CUDA)
+  if (out.is_cuda()) return kfe_eigvals_cuda(rot_g.view({n, t, d_out}), rot_a.view({n, t, d_in}), w);
+#endif
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), kOp, [&] {
     kfe_eigvals_kernel<scalar_t>(rot_g.data_ptr<scalar_t>(), rot_a.data_ptr<scalar_t>(),
                                  w.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, t, d_out,
@@ -80,6 +111,10 @@ at::Tensor kfe_eigvals_cpu(const at::Tensor& out_grads, const at::Tensor& acts,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("kfe_eigvals", &kfe_eigvals_cpu); }
+TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("kfe_eigvals", &kfe_eigvals); }
+
+#if defined(METAIF_WITH_CUDA)
+TORCH_LIBRARY_IMPL(metaif, CUDA, m) { m.impl("kfe_eigvals", &kfe_eigvals); }
+#endif
 
 }  // namespace metaif

@@ -1,16 +1,18 @@
 // Kronecker-factored eigenbasis inverse (EK-FAC / K-FAC iHVP), batched over vectors:
 //   out[b] = q_out @ ((q_out^T @ grads[b] @ q_in) / (eigvals + damping)) @ q_in^T.
-// The two products with q_in run as one GEMM over all rows of the batch; the q_out products
-// and the eigenvalue division run per matrix while it is hot in cache.
+// CPU: the two products with q_in run as one GEMM over all rows of the batch; the q_out products
+// and the eigenvalue division run per matrix while it is hot in cache. CUDA: rotate (cuBLAS),
+// scale (cuda/kfe_ihvp.cu), rotate back (cuBLAS).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <cmath>
-#include <limits>
 #include <vector>
 
+#include "arith.h"
 #include "blas.h"
 #include "checks.h"
+#include "cuda_support.h"
+#include "status_message.h"
 
 namespace metaif {
 namespace {
@@ -21,7 +23,6 @@ void check_kfe_args(const at::Tensor& grads, const at::Tensor& q_out, const at::
                     const at::Tensor& eigvals, double damping) {
   check_min_rank(kOp, grads, "grads", 2, "[..., d_out, d_in]");
   check_floating(kOp, grads, "grads");
-  check_cpu(kOp, grads, "grads");
   check_like(kOp, grads, "grads", q_out, "q_out");
   check_like(kOp, grads, "grads", q_in, "q_in");
   check_like(kOp, grads, "grads", eigvals, "eigvals");
@@ -34,21 +35,17 @@ void check_kfe_args(const at::Tensor& grads, const at::Tensor& q_out, const at::
   check_nonnegative(kOp, damping, "damping");
 }
 
-// inv = 1 / (eigvals + damping), validated through inv itself (positive and finite exactly
-// when eigvals + damping is), in branch-free loops that vectorise.
+// inv = 1 / (eigvals + damping), validated in a branch-free loop that vectorises.
 template <typename T>
 void inverse_eigenvalues(const T* eig, double damping, int64_t count, T* inv) {
   const T shift = static_cast<T>(damping);
-  for (int64_t i = 0; i < count; ++i) inv[i] = T(1) / (eig[i] + shift);
-  const T inf = std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < count; ++i) inv[i] = arith::kfe_scale(T(1), eig[i], shift);
   int bad = 0;
-  for (int64_t i = 0; i < count; ++i) bad |= !(inv[i] > T(0)) | !(inv[i] < inf);
+  for (int64_t i = 0; i < count; ++i) bad |= !arith::kfe_invertible(eig[i], shift);
   if (bad) {
-    double smallest = std::numeric_limits<double>::infinity();
-    for (int64_t i = 0; i < count; ++i) smallest = std::fmin(smallest, static_cast<double>(eig[i]) + damping);
-    TORCH_CHECK(false, kOp, ": eigvals + damping must be positive and finite everywhere, its ",
-                "minimum is ", smallest, "; raise damping (got ", damping,
-                ") or check eigvals for NaN/Inf");
+    for (int64_t i = 0; i < count; ++i)
+      if (!arith::kfe_invertible(eig[i], shift))
+        raise_status(kOp, failure(kNotInvertible, -1, -1, -1, static_cast<double>(eig[i]) + damping, damping));
   }
 }
 
@@ -92,14 +89,35 @@ void kfe_ihvp_kernel(const T* grads, blas::Operand<T> q_out, blas::Operand<T> q_
                 out, d_in);
 }
 
-at::Tensor kfe_ihvp_cpu(const at::Tensor& grads, const at::Tensor& q_out, const at::Tensor& q_in,
-                        const at::Tensor& eigvals, double damping) {
+#if defined(METAIF_WITH_CUDA)
+// The rotations through cuBLAS (ATen), the division in one elementwise kernel that reports to
+// status instead of raising.
+at::Tensor kfe_ihvp_cuda(const at::Tensor& g, const at::Tensor& q_out, const at::Tensor& q_in,
+                         const at::Tensor& eig, double damping, Status* status) {
+  const int64_t d_out = g.size(-2), d_in = g.size(-1);
+  at::Tensor rotated = at::matmul(q_out.t(), at::matmul(g.reshape({-1, d_out, d_in}), q_in)).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), kOp, [&] {
+    check_launch(cuda::kfe_scale<scalar_t>(rotated.data_ptr<scalar_t>(), eig.data_ptr<scalar_t>(),
+                                           static_cast<scalar_t>(damping), rotated.size(0), d_out * d_in, status,
+                                           current_stream()));
+  });
+  return at::matmul(at::matmul(q_out, rotated), q_in.t()).reshape(g.sizes());
+}
+#endif
+
+// One layer; on CUDA the eigenvalue check reports to `status` (read back by the caller), on the
+// CPU it raises here.
+at::Tensor kfe_ihvp_layer(const at::Tensor& grads, const at::Tensor& q_out, const at::Tensor& q_in,
+                          const at::Tensor& eigvals, double damping, Status* status) {
   check_kfe_args(grads, q_out, q_in, eigvals, damping);
   const int64_t d_out = grads.size(-2), d_in = grads.size(-1);
-  at::Tensor out = at::empty(grads.sizes(), grads.options());
-  if (out.numel() == 0) return out;
-  const int64_t batch = grads.numel() / (d_out * d_in);
+  if (grads.numel() == 0) return at::empty(grads.sizes(), grads.options());
   const at::Tensor g = grads.contiguous(), eig = eigvals.contiguous();
+#if defined(METAIF_WITH_CUDA)
+  if (g.is_cuda()) return kfe_ihvp_cuda(g, q_out, q_in, eig, damping, status);
+#endif
+  at::Tensor out = at::empty(grads.sizes(), grads.options());
+  const int64_t batch = grads.numel() / (d_out * d_in);
   const Basis qo(q_out), qi(q_in);
   at::Tensor workspace = at::empty({(batch + 2) * d_out * d_in}, g.options());
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), kOp, [&] {
@@ -111,30 +129,71 @@ at::Tensor kfe_ihvp_cpu(const at::Tensor& grads, const at::Tensor& q_out, const 
   return out;
 }
 
-std::vector<at::Tensor> kfe_ihvp_grouped_cpu(at::TensorList grads, at::TensorList q_out,
-                                             at::TensorList q_in, at::TensorList eigvals,
-                                             double damping) {
+at::Tensor kfe_ihvp(const at::Tensor& grads, const at::Tensor& q_out, const at::Tensor& q_in,
+                    const at::Tensor& eigvals, double damping) {
+#if defined(METAIF_WITH_CUDA)
+  if (grads.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(grads.device());
+    const DeviceStatus status(grads);
+    at::Tensor out = kfe_ihvp_layer(grads, q_out, q_in, eigvals, damping, status.get());
+    status.check(kOp);
+    return out;
+  }
+#endif
+  return kfe_ihvp_layer(grads, q_out, q_in, eigvals, damping, nullptr);
+}
+
+// Runs f, prefixing what it raises with the layer.
+template <typename F>
+auto for_layer(size_t layer, F&& f) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "kfe_ihvp_grouped: layer ", layer, ": ", e.what_without_backtrace());
+    throw;  // not reached: TORCH_CHECK(false) throws
+  }
+}
+
+std::vector<at::Tensor> kfe_ihvp_grouped(at::TensorList grads, at::TensorList q_out, at::TensorList q_in,
+                                         at::TensorList eigvals, double damping) {
   const size_t layers = grads.size();
   TORCH_CHECK(q_out.size() == layers && q_in.size() == layers && eigvals.size() == layers,
               "kfe_ihvp_grouped: grads, q_out, q_in and eigvals must have one entry per layer; "
               "got ", layers, ", ", q_out.size(), ", ", q_in.size(), " and ", eigvals.size());
   std::vector<at::Tensor> outs;
   outs.reserve(layers);
-  for (size_t l = 0; l < layers; ++l) {
-    try {
-      outs.push_back(kfe_ihvp_cpu(grads[l], q_out[l], q_in[l], eigvals[l], damping));
-    } catch (const c10::Error& e) {
-      TORCH_CHECK(false, "kfe_ihvp_grouped: layer ", l, ": ", e.what_without_backtrace());
+#if defined(METAIF_WITH_CUDA)
+  if (layers > 0 && grads[0].is_cuda()) {  // every layer launched before the statuses are read
+    const c10::cuda::CUDAGuard guard(grads[0].device());
+    std::vector<DeviceStatus> statuses;
+    statuses.reserve(layers);
+    for (size_t l = 0; l < layers; ++l) {
+      statuses.emplace_back(grads[0]);
+      outs.push_back(for_layer(l, [&] { return kfe_ihvp_layer(grads[l], q_out[l], q_in[l], eigvals[l], damping,
+                                                              statuses[l].get()); }));
     }
+    for (size_t l = 0; l < layers; ++l) for_layer(l, [&] { statuses[l].check(kOp); });
+    return outs;
   }
+#endif
+  for (size_t l = 0; l < layers; ++l)
+    outs.push_back(for_layer(l, [&] { return kfe_ihvp_layer(grads[l], q_out[l], q_in[l], eigvals[l], damping,
+                                                            nullptr); }));
   return outs;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(metaif, CPU, m) {
-  m.impl("kfe_ihvp", &kfe_ihvp_cpu);
-  m.impl("kfe_ihvp_grouped", &kfe_ihvp_grouped_cpu);
+  m.impl("kfe_ihvp", &kfe_ihvp);
+  m.impl("kfe_ihvp_grouped", &kfe_ihvp_grouped);
 }
+
+#if defined(METAIF_WITH_CUDA)
+TORCH_LIBRARY_IMPL(metaif, CUDA, m) {
+  m.impl("kfe_ihvp", &kfe_ihvp);
+  m.impl("kfe_ihvp_grouped", &kfe_ihvp_grouped);
+}
+#endif
 
 }  // namespace metaif

@@ -10,19 +10,11 @@
 
 #include <vector>
 
+#include "arith.h"
 #include "blas.h"
 #include "ce_head_kernel.h"
 
 namespace metaif {
-
-// Hessian of softmax cross-entropy in the logits, applied in place to one logit-space vector
-// z [C]: z <- w (p * z - p (p . z)).
-template <typename T>
-inline void softmax_ce_hessian_inplace(const T* p, T w, T* z, int64_t classes) {
-  T pz = 0;
-  for (int64_t c = 0; c < classes; ++c) pz += p[c] * z[c];
-  for (int64_t c = 0; c < classes; ++c) z[c] = w * p[c] * (z[c] - pz);
-}
 
 template <typename T>
 inline void scaled_copy(const T* in, T* out, int64_t count, T scale) {
@@ -99,8 +91,8 @@ struct GgnOperator {
       blas::gemm<T>(false, true, batch, rows, params, T(1), in, params, jac, params, T(0), z, rows);
       for (int64_t b = 0; b < batch; ++b)
         for (int64_t e = 0; e < n; ++e)
-          softmax_ce_hessian_inplace(probs + e * classes, weights[e], z + b * rows + e * classes,
-                                     classes);
+          arith::softmax_ce_hessian_inplace(probs + e * classes, weights[e], z + b * rows + e * classes,
+                                            classes);
       scaled_copy(in, out, batch * params, damping);
       blas::gemm<T>(false, false, batch, params, rows, T(1), z, rows, jac, params, T(1), out, params);
     }

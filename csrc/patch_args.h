@@ -6,19 +6,15 @@
 #include <ATen/ATen.h>
 
 #include "checks.h"
+#include "patch_shape.h"
 
 namespace metaif {
-
-struct PatchShape {
-  int64_t n, rows, taps, positions, channels;
-};
 
 // cols [N, L, K], index [N, P, C] (int64 rows of cols), mask [N, P, C].
 inline PatchShape check_patch_args(const char* op, const at::Tensor& cols, const at::Tensor& index,
                                    const at::Tensor& mask) {
   check_rank(op, cols, "cols", 3, "[N, L, K]");
   check_floating(op, cols, "cols");
-  check_cpu(op, cols, "cols");
   check_rank(op, index, "index", 3, "[N, P, C]");
   TORCH_CHECK(index.scalar_type() == at::kLong, op, ": index must be int64, got ", index.scalar_type());
   TORCH_CHECK(index.device() == cols.device(), op, ": index is on ", index.device(), " but cols is on ",
@@ -40,7 +36,7 @@ inline bool for_each_gathered(const int64_t* index, const PatchShape& s, int64_t
   for (int64_t at = begin; at < end; at += s.channels) {
     for (int64_t c = 0; c < s.channels; ++c) {
       const int64_t row = index[at + c];
-      if (row < 0 || row >= s.rows) {
+      if (!arith::row_in_range(row, s)) {
         ok = false;
         continue;
       }

@@ -8,37 +8,25 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <optional>
 #include <vector>
 
 #include "checks.h"
 #include "operators.h"
+#include "status_message.h"
 #include "vector_kernels.h"
 
 namespace metaif {
 
-constexpr int kPowerIterations = 20;
-constexpr double kScaleSafety = 1.1;
-
-// One deterministic start vector in [-1, 1) (a 64-bit LCG) for every task, so that a task's scale
-// depends on its operator only: not on the thread, nor on the task's position in the batch.
-template <typename T>
-void power_start(T* x, int64_t q) {
-  uint64_t state = 0x9E3779B97F4A7C15ull;
-  for (int64_t i = 0; i < q; ++i) {
-    state = state * 6364136223846793005ull + 1442695040888963407ull;
-    x[i] = static_cast<T>(static_cast<double>(state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-  }
-}
-
 // kScaleSafety times the Rayleigh quotient after kPowerIterations power steps of the prepared
-// operator (damping included): an estimate of its top eigenvalue. Raises when it is not positive.
+// operator (damping included) from arith::PowerStart: an estimate of its top eigenvalue. Raises
+// when it is not positive.
 template <typename T, typename Task>
 double power_scale(const char* opname, const Task& task, int64_t t, int64_t q, T* x, T* y, T* scratch) {
-  power_start<T>(x, q);
+  arith::PowerStart start;
+  for (int64_t i = 0; i < q; ++i) x[i] = static_cast<T>(start.next());
   double estimate = 0.0;
-  for (int it = 0; it < kPowerIterations; ++it) {
+  for (int it = 0; it < arith::kPowerIterations; ++it) {
     const double norm = std::sqrt(dot(x, x, q));
     if (!(norm > 0.0)) break;  // the operator annihilated the iterate
     for (int64_t i = 0; i < q; ++i) x[i] = static_cast<T>(x[i] / norm);
@@ -46,10 +34,8 @@ double power_scale(const char* opname, const Task& task, int64_t t, int64_t q, T
     estimate = dot(x, y, q);
     std::copy(y, y + q, x);
   }
-  TORCH_CHECK(std::isfinite(estimate) && estimate > 0.0, opname, ": the power iteration estimates the top "
-              "eigenvalue of A + damping*I in task ", t, " as ", estimate, ": the operator is zero or not "
-              "positive definite, and the Neumann series cannot invert it; add damping or pass scale");
-  return kScaleSafety * estimate;
+  if (!(std::isfinite(estimate) && estimate > 0.0)) raise_status(opname, failure(kScaleNotPositive, t, -1, -1, estimate));
+  return arith::kScaleSafety * estimate;
 }
 
 // Scaled Neumann series x = (1/s) sum_{j<=J} (I - A/s)^j b, as the recursion
@@ -63,7 +49,7 @@ template <typename T, typename Op>
 void neumann_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, const T* b,
                    const double* scale, int64_t iters, double rtol, T* x) {
   const int64_t q = op.dim(), stride = batch * q;
-  const double eps = std::numeric_limits<T>::epsilon();
+  const double eps = arith::epsilon<T>();
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> r(stride), ar(stride), power(2 * q);
     std::vector<double> b_norm(batch), smallest(batch);
@@ -74,28 +60,23 @@ void neumann_solve(const char* opname, const Op& op, int64_t tasks, int64_t batc
       const double s = scale != nullptr
           ? scale[t] : power_scale<T>(opname, task, t, q, power.data(), power.data() + q, buf.scratch.data());
       const T inv_s = static_cast<T>(1.0 / s);
-      TORCH_CHECK(std::isfinite(static_cast<double>(inv_s)) && inv_s > T(0), opname, ": 1 / scale is not a "
-                  "finite positive number in task ", t, " (scale ", s, ")");
+      if (!(std::isfinite(static_cast<double>(inv_s)) && inv_s > T(0)))
+        raise_status(opname, failure(kBadScale, t, -1, -1, 0.0, 0.0, s));
       std::copy(bt, bt + stride, r.begin());
       for (int64_t c = 0; c < batch; ++c) {
         b_norm[c] = std::sqrt(dot(bt + c * q, bt + c * q, q));
-        TORCH_CHECK(std::isfinite(b_norm[c]), opname, ": b has non-finite values in task ", t, ", column ", c);
-        smallest[c] = std::numeric_limits<double>::infinity();
+        if (!std::isfinite(b_norm[c])) raise_status(opname, failure(kNonFiniteInput, t, c));
+        smallest[c] = arith::kHuge;
       }
       for (int64_t j = 1; j <= iters; ++j) {
         task.apply(r.data(), ar.data(), batch, buf.scratch.data());
         for (int64_t c = 0; c < batch; ++c) {
           T* rc = r.data() + c * q;
           const double e_norm = std::sqrt(neumann_step(bt + c * q, ar.data() + c * q, inv_s, rc, q));
-          TORCH_CHECK(std::isfinite(e_norm), opname, ": the Neumann series produced non-finite values at "
-                      "iteration ", j, " in task ", t, ", column ", c, "; check the operator for NaN/Inf or "
-                      "raise the scale (", s, ")");
-          const double noise = 100.0 * eps * std::sqrt(dot(rc, rc, q));
-          TORCH_CHECK(!(e_norm - smallest[c] > 1e-6 * smallest[c] + noise), opname,
-                      ": the Neumann series diverges in task ", t, ", column ", c, " (its terms grew from ",
-                      smallest[c], " to ", e_norm, " by iteration ", j, "); every eigenvalue of A + damping*I "
-                      "must lie in (0, 2*scale): raise scale (", s, ") or damping so the operator is "
-                      "positive definite");
+          if (!std::isfinite(e_norm)) raise_status(opname, failure(kNonFiniteIterate, t, c, j, e_norm, 0.0, s));
+          const double noise = arith::neumann_noise(eps, std::sqrt(dot(rc, rc, q)));
+          if (arith::neumann_grew(e_norm, smallest[c], noise))
+            raise_status(opname, failure(kDiverged, t, c, j, e_norm, smallest[c], s));
           smallest[c] = std::min(smallest[c], e_norm);
         }
       }
@@ -110,9 +91,7 @@ void neumann_solve(const char* opname, const Op& op, int64_t tasks, int64_t batc
             rr += d * d;
           }
           const double rel = b_norm[c] > 0.0 ? std::sqrt(rr) / b_norm[c] : 0.0;
-          TORCH_CHECK(rel <= rtol, opname, ": after ", iters, " terms the relative residual in task ", t,
-                      ", column ", c, " is ", rel, " > rtol ", rtol, ": raise iters, or damping (an eigenvalue "
-                      "near 0 or 2*scale converges slowly or not at all)");
+          if (!(rel <= rtol)) raise_status(opname, failure(kResidualTooLarge, t, c, iters, rel, rtol, s));
         }
       }
     }
@@ -134,13 +113,9 @@ double true_residual_sq(const Task& task, const T* b, const T* x, int64_t q, T* 
 // Conjugate gradient from x_0 = 0 with per-column convergence ||b - A x|| <= rtol ||b|| on the
 // true residual. A column whose recursive residual claims convergence is checked against b - A x
 // and, when the claim was false (the recursion drifted), continues from the true residual
-// (residual replacement, as also every kReplaceEvery iterations); a column whose true residual no
-// longer falls by 1% over kStalls false claims stops there (rtol is out of this precision's
-// reach). iters[t, c] counts CG iterations; resid[t, c] is the true relative residual of the
+// (residual replacement, as also every arith::kReplaceEvery iterations); a column whose true residual no
+// longer falls (arith::cg_stalled) stops there (rtol is out of this precision's reach). iters[t, c] counts CG iterations; resid[t, c] is the true relative residual of the
 // returned x.
-constexpr int64_t kReplaceEvery = 50;
-constexpr int kStalls = 3;
-
 template <typename T, typename Op>
 void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, const T* b,
               double rtol, int64_t maxiter, T* x, int64_t* iters, T* resid) {
@@ -161,17 +136,17 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
       int64_t n_active = 0;
       for (int64_t c = 0; c < batch; ++c) {
         rs[c] = dot(bt + c * q, bt + c * q, q);
-        TORCH_CHECK(std::isfinite(rs[c]), opname, ": b has non-finite values in task ", t, ", column ", c);
+        if (!std::isfinite(rs[c])) raise_status(opname, failure(kNonFiniteInput, t, c));
         b_norm[c] = std::sqrt(rs[c]);
         active[c] = b_norm[c] > 0.0;
         n_active += active[c];
         iters[t * batch + c] = 0;
-        best_false[c] = std::numeric_limits<double>::infinity();
+        best_false[c] = arith::kHuge;
         stalls[c] = 0;
       }
       for (int64_t k = 0; k < maxiter && n_active > 0; ++k) {
         task.apply(p.data(), ap.data(), batch, buf.scratch.data());
-        const bool replace = (k + 1) % kReplaceEvery == 0;
+        const bool replace = (k + 1) % arith::kReplaceEvery == 0;
         for (int64_t c = 0; c < batch; ++c) {
           if (!active[c]) continue;
           T* pc = p.data() + c * q;
@@ -180,10 +155,8 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
           const T* apc = ap.data() + c * q;
           const T* bc = bt + c * q;
           const double curvature = dot(pc, apc, q);
-          TORCH_CHECK(std::isfinite(curvature) && curvature > 0.0, opname,
-                      ": conjugate gradient met non-positive curvature p.Ap = ", curvature,
-                      " at iteration ", k, " in task ", t, ", column ", c,
-                      "; the operator is not positive definite: add damping");
+          if (!(std::isfinite(curvature) && curvature > 0.0))
+            raise_status(opname, failure(kNonPositiveCurvature, t, c, k, curvature));
           const double rs_rec = cg_step(pc, apc, static_cast<T>(rs[c] / curvature), xc, rc, q);
           iters[t * batch + c] = k + 1;
           const double target = rtol * b_norm[c];
@@ -195,13 +168,8 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
             true_residual_sq(task, bc, xc, q, product.data(), buf.scratch.data());
             for (int64_t i = 0; i < q; ++i) rc[i] = bc[i] - product[i];
             rs_new = dot(rc, rc, q);
-            if (claims && std::sqrt(rs_new) > target) {  // a false claim: go on, unless stagnating
-              if (rs_new < 0.98 * best_false[c]) {
-                best_false[c] = rs_new;
-                stalls[c] = 0;
-              }
-              stop = ++stalls[c] > kStalls;
-            }
+            if (claims && std::sqrt(rs_new) > target)  // a false claim: go on, unless stagnating
+              stop = arith::cg_stalled(rs_new, best_false[c], stalls[c]);
           }
           if (stop) {
             active[c] = 0;
@@ -227,7 +195,9 @@ inline void check_solver_args(const char* opname, double damping, double rtol, i
   TORCH_CHECK(maxiter >= -1, opname, ": maxiter must be >= 0 (or -1: the operator's dimension), got ", maxiter);
 }
 
-// Per-task Neumann scales as doubles, validated positive and finite (absent: computed per task).
+// Per-task Neumann scales as doubles (absent: computed per task). CPU scales are checked here, up
+// front; CUDA ones by the kernel (kBadScale, the same message), which reads them anyway: no host
+// copy of a device tensor.
 inline std::optional<at::Tensor> neumann_scales(const char* opname, const std::optional<at::Tensor>& scale,
                                                 int64_t tasks, int64_t iters, double damping,
                                                 const at::Tensor& like) {
@@ -241,10 +211,11 @@ inline std::optional<at::Tensor> neumann_scales(const char* opname, const std::o
   TORCH_CHECK(scale->is_floating_point(), opname, ": scale must be a floating-point tensor, got ",
               scale->scalar_type());
   at::Tensor s = scale->to(at::kDouble).contiguous();
-  if (tasks > 0) {
-    const bool ok = at::all(at::isfinite(s) & (s > 0)).item<bool>();
-    TORCH_CHECK(ok, opname, ": scale must be positive and finite for every task, got min ",
-                s.min().item<double>(), "; leave it out (None) to estimate it by power iteration");
+  if (s.is_cpu()) {
+    const double* values = s.data_ptr<double>();
+    for (int64_t t = 0; t < tasks; ++t)
+      if (!(std::isfinite(1.0 / values[t]) && values[t] > 0.0))
+        raise_status(opname, failure(kBadScale, t, -1, -1, 0.0, 0.0, values[t]));
   }
   return s;
 }

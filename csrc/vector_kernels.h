@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "arith.h"
 #include "simd.h"
 
 namespace metaif {
@@ -23,7 +24,7 @@ METAIF_ALWAYS_INLINE double neumann_step_impl(const T* b, const T* ar, T inv_s, 
   double e2 = 0.0;
 #pragma omp simd reduction(+ : e2)
   for (int64_t i = 0; i < count; ++i) {
-    const T e = b[i] - inv_s * ar[i];
+    const T e = arith::neumann_increment(b[i], ar[i], inv_s);
     r[i] += e;
     e2 += static_cast<double>(e) * static_cast<double>(e);
   }
@@ -36,8 +37,7 @@ METAIF_ALWAYS_INLINE double cg_step_impl(const T* p, const T* ap, T alpha, T* x,
   double rs = 0.0;
 #pragma omp simd reduction(+ : rs)
   for (int64_t i = 0; i < count; ++i) {
-    x[i] += alpha * p[i];
-    r[i] -= alpha * ap[i];
+    arith::cg_update(x[i], r[i], p[i], ap[i], alpha);
     rs += static_cast<double>(r[i]) * static_cast<double>(r[i]);
   }
   return rs;
@@ -56,7 +56,7 @@ METAIF_ALWAYS_INLINE double cg_step_impl(const T* p, const T* ap, T alpha, T* x,
     return cg_step_impl(p, ap, alpha, x, r, count);                                           \
   }                                                                                           \
   METAIF_TARGET_CLONES inline void cg_direction(const T* r, T beta, T* p, int64_t count) {   \
-    _Pragma("omp simd") for (int64_t i = 0; i < count; ++i) p[i] = r[i] + beta * p[i];       \
+    _Pragma("omp simd") for (int64_t i = 0; i < count; ++i) p[i] = arith::cg_direction(r[i], beta, p[i]); \
   }
 
 METAIF_DEFINE_VECTOR_KERNELS(float)

@@ -34,7 +34,7 @@ RUN_FLAGS = [Flag(name, ("run", name.replace("-", "_"))) for name in (
     "dataset", "root", "split", "form", "head", "model", "hidden", "channels", "activation", "ways", "shots",
     "queries", "train-tasks", "class-combinations", "test-tasks", "delta", "gamma", "inner-steps", "inner-lr",
     "meta-sgd", "first-order", "seed")] + \
-    [Flag(name, ("run", "train", name.replace("-", "_"))) for name in ("steps", "meta-batch", "lr")]
+    [Flag(name, ("run", "train", name.replace("-", "_"))) for name in ("steps", "meta-batch", "lr", "device")]
 ANALYSIS_FLAGS = [
     Flag("variant", ("analysis", "influence", "variant")),
     Flag("inner", ("analysis", "influence", "inner")),
@@ -287,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         import torch
 
+        from .meta.train import device_of
+
         torch.set_num_threads(_threads(args.threads))
+        device_of(config.run.train)  # a device this machine has, before any work
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     try:

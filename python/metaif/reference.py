@@ -153,7 +153,8 @@ def power_scale(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
                 safety: float = 1.1) -> torch.Tensor:
     """``[T]`` Neumann scales: ``safety`` times the Rayleigh quotient after ``iters`` power steps from a
     random start (not the kernels' start vector: an independent estimate)."""
-    x = torch.randn((b.shape[0], 1, *b.shape[2:]), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.randn((b.shape[0], 1, *b.shape[2:]), generator=torch.Generator().manual_seed(0), dtype=torch.float64,
+                    device="cpu")
     x = x.to(b)
     for _ in range(iters):
         x = x / x.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))

@@ -64,7 +64,7 @@ def test_neumann_detects_divergence_and_bad_values():
         ops.neumann_dense(a - 3.0 * torch.eye(6, dtype=torch.float64), b, 500)
     with pytest.raises(RuntimeError, match="b has non-finite values in task 1"):
         ops.neumann_dense(a, torch.stack([b[0], b[1] * float("nan")]), 5)
-    with pytest.raises(RuntimeError, match="scale must be positive and finite"):
+    with pytest.raises(RuntimeError, match="1 / scale is not a finite positive number in task"):
         ops.neumann_dense(a, b, 5, scale=torch.tensor([1.0, -1.0], dtype=torch.float64))
     with pytest.raises(RuntimeError, match="iters must be >= 0"):
         ops.neumann_dense(a, b, -1, scale=1.0)

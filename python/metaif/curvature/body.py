@@ -12,8 +12,9 @@ convolution's double-backward rule. Written out layer by layer it is cheaper: th
 once; a product is then one tangent pass (``z' = conv(a', W) + conv(a, W')``) and one backward pass
 (``wgrad(a, zeta) + wgrad(a', delta)``, ``igrad(zeta, W) + igrad(delta, W')``), the convolutions
 channels-last (oneDNN's fast layout on CPU). A ReLU next to a max-pool is handled at the pooled
-resolution, and on CPU the first convolution is fused with the pool after it: its output is read
-only at the arg-maxes, through the compiled gathered-patch products on the cached im2col
+resolution, and the first convolution is fused with the pool after it (on every device metaif has
+kernels for): its output is read only at the arg-maxes, through the compiled gathered-patch
+products on the cached im2col
 (:mod:`metaif.ops.patches`).
 
 Supported modules: ``Conv2d`` (zero padding), ``Linear``, ``ReLU``, ``Tanh``, ``Softplus``,
@@ -29,7 +30,9 @@ from torch import nn
 from torch.func import grad, jvp
 
 from ..models.nets import FlatModel
+from ..ops import has_kernels
 from ..ops.patches import gather_patch_matmul, gather_patch_matmul_t
+from ..utils.seen import SeenTensor
 
 
 def _tanh_derivatives(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +203,7 @@ class SecondOrderPasses:
             raise ValueError("SecondOrderPasses needs an nn.Sequential of Conv2d/Linear/ReLU/Tanh/"
                              "Softplus/MaxPool2d/Flatten; use AutogradPasses for other bodies")
         self.lam, self.num_params = lam.detach(), model.num_params
-        self.steps = self._plan(model, fuse_first=x.device.type == "cpu")  # the fused op is CPU-only
+        self.steps = self._plan(model, fuse_first=has_kernels(x.device))
         self.state: list[dict] = []
         h = x
         with torch.no_grad():
@@ -209,7 +212,7 @@ class SecondOrderPasses:
         self.phi = h.contiguous()
         self._has_g = False
         self._tangents: list[torch.Tensor | None] | None = None
-        self._tangent_v: torch.Tensor | None = None
+        self._tangent_v = SeenTensor()
 
     def cotangent(self, g: torch.Tensor) -> None:
         """Cache the backward signal of the fixed feature cotangent ``g [N, out]``."""
@@ -310,7 +313,8 @@ class SecondOrderPasses:
                 tangents.append(h)
                 if h is not None or isinstance(step, _Affine):
                     h = self._tangent_step(step, st, h, v)
-        self._tangents, self._tangent_v = tangents, v.clone()  # a copy: callers may reuse v's buffer
+        self._tangents = tangents
+        self._tangent_v.remember(v)
         return h
 
     def _tangent_step(self, step, st: dict, h: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
@@ -331,7 +335,7 @@ class SecondOrderPasses:
         if v is not None:
             if not self._has_g:
                 raise RuntimeError("call cotangent(g) before a second-order pull")
-            if self._tangent_v is None or not torch.equal(v, self._tangent_v):
+            if not self._tangent_v.matches(v):
                 self.tangent(v)
         tangents = self._tangents if v is not None else [None] * len(self.steps)
         out = self.lam.new_zeros(self.num_params)

@@ -13,6 +13,7 @@ import torch
 from torch.func import grad, vmap
 
 from ..models.nets import FlatModel
+from ..utils.seen import SeenTensor
 from .body import body_passes
 
 __all__ = ["ImageBody"]
@@ -33,7 +34,7 @@ class ImageBody:
         self.passes = [body_passes(body, self.lam, images[rows], passes) for rows in self.chunks]
         self.phi = torch.cat([p.phi for p in self.passes]) if self.passes else \
             images.new_zeros(0, body.out_features)
-        self._g: torch.Tensor | None = None
+        self._g = SeenTensor()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -45,13 +46,13 @@ class ImageBody:
     def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
         """``J^T m`` (``m [U, h]``), plus ``d/dlambda <g, J v>`` when ``g [U, h]`` and ``v [p]`` are given, ``[p]``.
 
-        ``g`` is usually the same for every product of a solve: the passes take it once and keep
-        what depends on it.
+        ``g`` is usually the same for every product of a solve: pass the same tensor, and the passes
+        take it once and keep what depends on it.
         """
-        if g is not None and (self._g is None or not torch.equal(g, self._g)):
+        if g is not None and not self._g.matches(g):
             for rows, p in zip(self.chunks, self.passes):
                 p.cotangent(g[rows])
-            self._g = g.clone()
+            self._g.remember(g)
         total = self.lam.new_zeros(self.body.num_params)
         for rows, p in zip(self.chunks, self.passes):
             total += p.pull(m[rows], v)

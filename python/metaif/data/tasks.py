@@ -191,7 +191,7 @@ class TaskSet:
 
     def subset(self, rows: torch.Tensor | list[int]) -> TaskSet:
         """The tasks at positions ``rows`` (not ids), keeping their ids and corruption marks."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
+        rows = torch.as_tensor(rows, dtype=torch.long, device="cpu")
         pick = lambda t: t[rows]  # noqa: E731
         return replace(self, train_index=pick(self.train_index), val_index=pick(self.val_index),
                        y_train=pick(self.y_train), y_val=pick(self.y_val), classes=pick(self.classes),
@@ -200,7 +200,7 @@ class TaskSet:
 
     def without_tasks(self, task_ids: list[int] | torch.Tensor) -> TaskSet:
         """The task set with the tasks of the given ids removed."""
-        drop = torch.isin(self.task_ids, torch.as_tensor(task_ids, dtype=torch.long))
+        drop = torch.isin(self.task_ids, torch.as_tensor(task_ids, dtype=torch.long, device="cpu"))
         return self.subset(torch.nonzero(~drop).flatten())
 
     def fingerprint(self) -> str:

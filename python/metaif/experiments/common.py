@@ -26,6 +26,7 @@ from ..influence import InfluenceAnalyzer, InfluenceConfig, Scores, SolverConfig
 from ..linalg import MetaifWarning
 from ..meta import Accuracy, TrainConfig, Weights, anchored, evaluate, meta_train, solve_outer
 from ..meta.run import RunConfig, build, load_config, pools, run, validation_tasks
+from ..meta.train import device_of
 from ..utils.config import check, check_choice, config, finite, setting
 from ..utils.io import save_torch, write_json
 from ..utils.store import Stage
@@ -129,7 +130,8 @@ def train_model(config: RunConfig, analysis: AnalysisConfig, ws: Workspace, trai
     problem, sampled, test = build(config)
     tasks = sampled if train is None else train
     summary = dict(run(config, ws.out, progress=ws.progress, tasks=train, force=ws.force))
-    lam_trained = torch.load(ws.out / "lambda.pt", weights_only=True)
+    device = device_of(config.train)
+    lam_trained = torch.load(ws.out / "lambda.pt", weights_only=True, map_location=device)
     settings = {"model": summary["task_set"], "steps": config.train.steps, "run": asdict(config),
                 "polish": {k: getattr(analysis, k) for k in ("polish", "polish_tol", "anchor", "anchor_grid",
                                                              "validation_tasks")}}
@@ -140,9 +142,9 @@ def train_model(config: RunConfig, analysis: AnalysisConfig, ws: Workspace, trai
     record = stage.open()
     if record is None:
         record = _polish(problem, tasks, config, analysis, lam_trained, rhos, ws)
-        save_torch(ws.out / "lambda_star.pt", record.pop("lam"))
+        save_torch(ws.out / "lambda_star.pt", record.pop("lam").cpu())
         record = stage.finish(**record)
-    lam = torch.load(ws.out / "lambda_star.pt", weights_only=True)
+    lam = torch.load(ws.out / "lambda_star.pt", weights_only=True, map_location=device)
     summary.update({k: v for k, v in record.items() if k not in ("fingerprint", "settings")})
     return Trained(config, anchored(problem, record["rho"], lam_trained), tasks, test, lam, lam_trained, summary)
 
@@ -224,7 +226,7 @@ def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=()
                     checkpoint: Path | None = None, progress: bool = False):
     """Warm-started retraining without the given task positions / ``(position, j)`` instances
     (resuming from ``checkpoint``); returns (lambda, wall seconds)."""
-    weights = Weights.uniform(trained.train, trained.lam.dtype).without_positions(tasks, val, train)
+    weights = Weights.uniform(trained.train, trained.lam.dtype, trained.lam.device).without_positions(tasks, val, train)
     if analysis.retrain == "lbfgs":
         result = solve_outer(trained.problem, trained.train, trained.lam, weights, tol=analysis.polish_tol,
                              max_iter=max(analysis.polish, 1), checkpoint=checkpoint, progress=progress,

@@ -39,27 +39,28 @@ class Scores:
     train: torch.Tensor
 
 
-def _items(items, name: str, tasks: int, width: int) -> torch.Tensor:
-    """``(position, index)`` pairs as ``[k, 2]``, range-checked (no negative indexing)."""
-    out = torch.as_tensor(items, dtype=torch.int64).reshape(-1, 2)
+def _items(items, name: str, tasks: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+    """``(position, index)`` pairs as ``[k, 2]`` on ``device``, range-checked (no negative indexing)."""
+    out = torch.as_tensor(items, dtype=torch.int64, device="cpu").reshape(-1, 2)
     if out.numel() == 0:
         raise ValueError(f"{name}: give at least one (task position, index) pair")
     bad = (out[:, 0] < 0) | (out[:, 0] >= tasks) | (out[:, 1] < 0) | (out[:, 1] >= width)
     if bool(bad.any()):
         raise ValueError(f"{name}: {tuple(out[bad][0].tolist())} is out of range; positions lie in [0, {tasks}) "
                          f"and indices in [0, {width})")
-    return out
+    return out.to(device)
 
 
-def _positions(positions, count: int, name: str = "positions") -> torch.Tensor:
-    """Task positions as a flat ``[k]`` tensor (all ``count`` tasks when None), range-checked."""
+def _positions(positions, count: int, name: str = "positions", device: torch.device | None = None) -> torch.Tensor:
+    """Task positions as a flat ``[k]`` tensor on ``device`` (all ``count`` tasks when None), range-checked."""
     if positions is None:
-        return torch.arange(count)
-    out = torch.as_tensor(list(positions) if not torch.is_tensor(positions) else positions, dtype=torch.int64).flatten()
+        return torch.arange(count, device=device)
+    out = torch.as_tensor(list(positions) if not torch.is_tensor(positions) else positions, dtype=torch.int64,
+                          device="cpu").flatten()
     bad = (out < 0) | (out >= count)
     if bool(bad.any()):
         raise ValueError(f"{name}: {int(out[bad][0])} is out of range; task positions lie in [0, {count})")
-    return out
+    return out.to(device)
 
 
 def _mask(items: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -90,10 +91,13 @@ class InfluenceAnalyzer:
         if not bool(torch.isfinite(lam).all()):
             raise ValueError("lam contains NaN or inf")
         self.problem, self.lam, self.tasks, self.config = problem, lam.detach(), tasks, config
-        self.weights = weights or Weights.uniform(tasks, lam.dtype)
-        self.c = self.weights.c.to(lam)
+        self.weights = weights.to(lam) if weights is not None else Weights.uniform(tasks, lam.dtype, lam.device)
+        self.c = self.weights.c
         self.state = self._bind(self.lam, self.weights)
         self.binding = self.state.binding
+        self._host_c = self.c.cpu()
+        self._live = self.state.live_chunks(self._host_c)
+        self._g_buf: dict[str, torch.Tensor] = {}  # G of hvp per variant (math.md §4): fixed at lambda
         self._solvers: dict[str, DampingRetry] = {}
         self.last_solve: SolveResult | None = None
         self.gamma_term = float(sum((self.c[idx] * r.outer_theta_grad().abs().sum(-1)).sum()
@@ -107,10 +111,16 @@ class InfluenceAnalyzer:
               tasks: TaskSet | None = None) -> Bound:
         tasks = self.tasks if tasks is None else tasks
         cfg = self.config
-        batch = TaskBatch.from_taskset(tasks, dtype=lam.dtype, w_tr=weights.w_tr, w_val=weights.w_val)
+        batch = TaskBatch.from_taskset(tasks, dtype=lam.dtype, w_tr=weights.w_tr, w_val=weights.w_val,
+                                       device=lam.device)
         return Bound(self.problem, lam, batch, path=cfg.path, chunk=cfg.chunk, image_chunk=cfg.image_chunk,
                      inner=cfg.inner, inner_damping=cfg.inner_damping, passes=cfg.body_passes, theta0=theta0,
                      progress=cfg.progress)
+
+    def _pairs(self, items, split: str) -> torch.Tensor:
+        """``(task position, index)`` pairs of the ``split`` ("val" or "train") instances, ``[k, 2]``."""
+        width = (self.tasks.y_val if split == "val" else self.tasks.y_train).shape[1]
+        return _items(items, f"{split} items", len(self.tasks), width, self.lam.device)
 
     def _variant(self, variant: str | None, allow_direct: bool = False) -> str:
         variant = variant or self.config.variant
@@ -130,24 +140,30 @@ class InfluenceAnalyzer:
 
     def task_gradients(self, positions=None, direct: bool = False) -> torch.Tensor:
         """Per-task total gradients ``g_i`` (partial ``b_i`` when ``direct``), ``[k, p]``."""
-        positions = _positions(positions, len(self.tasks))
+        positions = _positions(positions, len(self.tasks), device=self.lam.device)
         out = []
-        for idx in task_chunks(len(positions), self.config.chunk):
-            rows, ones = self.binding.rows(positions[idx]), torch.ones(len(idx), dtype=self.lam.dtype)
+        for idx in task_chunks(len(positions), self.config.chunk, self.lam.device):
+            rows, ones = self.binding.rows(positions[idx]), self.lam.new_ones(len(idx))
             cot = rows.direct_cotangent(ones) if direct else rows.gradient_cotangent(ones)
             out.append(self.binding.pull_each(cot, positions[idx]))
         return torch.cat(out) if out else self.lam.new_zeros(0, self.lam.numel())
 
     def _weighted_chunks(self, subset: torch.Tensor | None):
         """``(positions, rows, c)`` of every chunk with a non-zero task weight; with a ``subset`` of
-        task positions the weights of an unbiased minibatch estimate (scaled by m / |subset|)."""
-        scale = 1.0 if subset is None else len(self.tasks) / len(subset)
-        for idx, rows in zip(self.state.chunks, self.state.rows):
-            c = self.c[idx] * scale
-            if subset is not None:
-                c = c * torch.isin(idx, subset).to(c)
-            if bool((c != 0).any()):
-                yield idx, rows, c
+        task positions the weights of an unbiased minibatch estimate (scaled by m / |subset|).
+        Which chunks to skip is decided on the host: no device synchronisation per chunk."""
+        if subset is None:
+            for idx, rows, live in zip(self.state.chunks, self.state.rows, self._live):
+                if live:
+                    yield idx, rows, self.c[idx]
+            return
+        members = torch.as_tensor(subset, device="cpu")
+        on_device = members.to(self.lam.device, non_blocking=True)
+        scale = len(self.tasks) / len(members)
+        for (start, end), idx, rows in zip(self.state.spans, self.state.chunks, self.state.rows):
+            inside = members[(members >= start) & (members < end)]
+            if len(inside) and bool((self._host_c[inside] != 0).any()):
+                yield idx, rows, self.c[idx] * scale * torch.isin(idx, on_device).to(self.c)
 
     def hvp(self, v: torch.Tensor, variant: str | None = None, subset: torch.Tensor | None = None) -> torch.Tensor:
         """Total-Hessian-vector products ``H v`` of ``v [p]`` or a block ``[k, p]`` in ``variant``
@@ -162,11 +178,17 @@ class InfluenceAnalyzer:
                 return torch.stack([self.hvp(row, variant, subset) for row in v]) if len(v) else v.clone()
         else:
             tangent = self.binding.tangent(v)
-            g_buf, m_buf = self.binding.zeros(), self.binding.zeros()
+            # G does not depend on v: the full-batch one is kept, and passing the same tensor lets the
+            # body passes reuse what they derived from it
+            cached = self._g_buf.get(variant) if subset is None else None
+            g_buf, m_buf = self.binding.zeros() if cached is None else cached, self.binding.zeros()
             for idx, rows, c in self._weighted_chunks(subset):
                 g, m = rows.hvp_cotangents(self.binding.context_tangent(tangent, idx), c, _ROW_HESSIAN[variant])
-                self.binding.scatter(g_buf, g, idx)
+                if cached is None:
+                    self.binding.scatter(g_buf, g, idx)
                 self.binding.scatter(m_buf, m, idx)
+            if subset is None:
+                self._g_buf[variant] = g_buf
             out = self.binding.pull(m_buf, g_buf, v)
         out = out + self.problem.gamma * v
         return out + self.gamma_term * v if variant == "gamma" else out
@@ -189,7 +211,7 @@ class InfluenceAnalyzer:
         batch_tasks = self.config.solver.lissa_tasks
 
         def sampled(v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-            subset = torch.randperm(len(self.tasks), generator=gen)[:batch_tasks]
+            subset = torch.randperm(len(self.tasks), generator=gen, device="cpu")[:batch_tasks].to(self.lam.device)
             return self.hvp(v, variant, subset)
 
         return MatvecOperator(lambda v: self.hvp(v, variant), self.lam.numel(), self.lam.dtype, self.lam.device,
@@ -221,12 +243,12 @@ class InfluenceAnalyzer:
 
     def task_influence(self, positions=None, variant: str | None = None) -> torch.Tensor:
         """task-IF removal predictions ``Δλ_k = c_k H^{-1} g_k`` (math.md §6), ``[k, p]``."""
-        variant, positions = self._variant(variant), _positions(positions, len(self.tasks))
+        variant, positions = self._variant(variant), _positions(positions, len(self.tasks), device=self.lam.device)
         return self.c[positions, None] * self.solve(self.task_gradients(positions), variant)
 
     def direct_influence(self, positions=None) -> torch.Tensor:
         """The direct IF of tasks (eq. 6, theta held fixed): ``c_k H_dir^{-1} grad_lambda L_k``, ``[k, p]``."""
-        positions = _positions(positions, len(self.tasks))
+        positions = _positions(positions, len(self.tasks), device=self.lam.device)
         b = self.task_gradients(positions, direct=True)
         if not bool(b.abs().sum() > 0):
             warnings.warn("the direct IF is identically 0 for this form (lambda enters the outer loss only "
@@ -238,13 +260,13 @@ class InfluenceAnalyzer:
     def direct_val_influence(self, items) -> torch.Tensor:
         """The direct IF of validation instances: ``c_k w_kj H_dir^{-1} grad_lambda l(z')`` with theta
         held fixed (math.md §7's partial-gradient variant), ``[k, p]``."""
-        items = _items(items, "val items", len(self.tasks), self.tasks.y_val.shape[1])
+        items = self._pairs(items, "val")
 
         def cotangent(tasks, onehot):
-            return self.binding.rows(tasks, w_val=onehot).direct_cotangent(torch.ones(len(tasks)).to(self.lam))
+            return self.binding.rows(tasks, w_val=onehot).direct_cotangent(self.lam.new_ones(len(tasks)))
 
         grads = self._instance_gradients(items, self.tasks.y_val.shape[1], cotangent)
-        w = self.c[items[:, 0]] * self.weights.w_val[items[:, 0], items[:, 1]].to(self.lam)
+        w = self.c[items[:, 0]] * self.weights.w_val[items[:, 0], items[:, 1]]
         return w[:, None] * self.solve(grads, DIRECT)
 
     def first_order_influence(self, positions=None) -> torch.Tensor:
@@ -252,7 +274,7 @@ class InfluenceAnalyzer:
         only where theta and lambda share a space (iMAML), ``[k, p]``."""
         if self.binding.theta.shape[1] != self.lam.numel():
             raise ValueError("first_order_influence needs theta and lambda in the same space (the iMAML form)")
-        positions = _positions(positions, len(self.tasks))
+        positions = _positions(positions, len(self.tasks), device=self.lam.device)
 
         def matvec(v):
             out = self.problem.gamma * v
@@ -261,7 +283,7 @@ class InfluenceAnalyzer:
             return out
 
         a = torch.cat([self.binding.rows(positions[idx]).outer_theta_grad()
-                       for idx in task_chunks(len(positions), self.config.chunk)])
+                       for idx in task_chunks(len(positions), self.config.chunk, self.lam.device)])
         solver = DampingRetry(MatvecOperator.per_vector(matvec, self.lam), self.config.solver)
         return self.c[positions, None] * solver.solve(a).x
 
@@ -269,7 +291,7 @@ class InfluenceAnalyzer:
         """Per-item lambda-gradients ``[k, p]``; ``cotangent(tasks, onehot [B, width])`` gives the
         context cotangents of a chunk of items."""
         out = []
-        for idx in task_chunks(len(items), self.config.chunk):
+        for idx in task_chunks(len(items), self.config.chunk, self.lam.device):
             tasks = items[idx, 0]
             onehot = torch.nn.functional.one_hot(items[idx, 1], width).to(self.lam)
             out.append(self.binding.pull_each(cotangent(tasks, onehot), tasks))
@@ -278,17 +300,17 @@ class InfluenceAnalyzer:
     def val_gradients(self, items) -> torch.Tensor:
         """``D_lambda l(z')`` of validation instances ``items [k, 2]``, ``[k, p]`` (math.md §7)."""
         width = self.tasks.y_val.shape[1]
-        items = _items(items, "val items", len(self.tasks), width)
+        items = self._pairs(items, "val")
 
         def cotangent(tasks, onehot):
-            return self.binding.rows(tasks, w_val=onehot).gradient_cotangent(torch.ones(len(tasks)).to(self.lam))
+            return self.binding.rows(tasks, w_val=onehot).gradient_cotangent(self.lam.new_ones(len(tasks)))
 
         return self._instance_gradients(items, width, cotangent)
 
     def train_gradients(self, items) -> torch.Tensor:
         """``D_lambda [a_k^T H_k^{-1} grad_theta l(z)]`` of training instances ``items [k, 2]``, ``[k, p]`` (§10)."""
         width = self.tasks.y_train.shape[1]
-        items = _items(items, "train items", len(self.tasks), width)
+        items = self._pairs(items, "train")
 
         def cotangent(tasks, onehot):
             return self.binding.rows(tasks).train_cotangent(onehot, self.config.third_order_train)
@@ -297,22 +319,22 @@ class InfluenceAnalyzer:
 
     def val_influence(self, items, variant: str | None = None) -> torch.Tensor:
         """Validation instance-IF removal predictions ``c_k w_kj H^{-1} D_lambda l(z')``, ``[k, p]``."""
-        variant, items = self._variant(variant), _items(items, "val items", len(self.tasks), self.tasks.y_val.shape[1])
-        w = self.c[items[:, 0]] * self.weights.w_val[items[:, 0], items[:, 1]].to(self.lam)
+        variant, items = self._variant(variant), self._pairs(items, "val")
+        w = self.c[items[:, 0]] * self.weights.w_val[items[:, 0], items[:, 1]]
         return w[:, None] * self.solve(self.val_gradients(items), variant)
 
     def train_influence(self, items, variant: str | None = None) -> torch.Tensor:
         """Training instance-IF removal predictions ``-c_k w_kj H^{-1} D_lambda P/w``, ``[k, p]`` (§10)."""
         variant = self._variant(variant)
-        items = _items(items, "train items", len(self.tasks), self.tasks.y_train.shape[1])
-        w = self.c[items[:, 0]] * self.weights.w_tr[items[:, 0], items[:, 1]].to(self.lam)
+        items = self._pairs(items, "train")
+        w = self.c[items[:, 0]] * self.weights.w_tr[items[:, 0], items[:, 1]]
         return -w[:, None] * self.solve(self.train_gradients(items), variant)
 
     def inner_influence(self, items) -> torch.Tensor:
         """inner-IF ``d theta_k / d eps`` of up-weighting training point j of task k (math.md §8:
         ``-H_k^{-1} grad_theta l(z)``; §14(c)'s tangent recursion for an unrolled map), ``[k, q]``."""
         width = self.tasks.y_train.shape[1]
-        items = _items(items, "train items", len(self.tasks), width)
+        items = self._pairs(items, "train")
         rows = self.binding.rows(items[:, 0])
         return rows.inner_tangent(torch.nn.functional.one_hot(items[:, 1], width).to(self.lam))
 
@@ -321,10 +343,10 @@ class InfluenceAnalyzer:
         its inner problem (lambda fixed), ``-w_kj grad_theta L_k^T d theta_k / d eps`` (for an argmin
         ``P = w_kj u_k^T grad_theta l(z_kj)``), ``[k]``."""
         width = self.tasks.y_train.shape[1]
-        items = _items(items, "train items", len(self.tasks), width)
+        items = self._pairs(items, "train")
         rows = self.binding.rows(items[:, 0])
         tangent = rows.inner_tangent(torch.nn.functional.one_hot(items[:, 1], width).to(self.lam))
-        w = self.weights.w_tr[items[:, 0], items[:, 1]].to(self.lam)
+        w = self.weights.w_tr[items[:, 0], items[:, 1]]
         return -w * (rows.outer_theta_grad() * tangent).sum(-1)
 
     # ---- editing and scores --------------------------------------------------------------------
@@ -332,14 +354,14 @@ class InfluenceAnalyzer:
     def removal_gradient(self, tasks=(), val=(), train=(), direct: bool = False) -> torch.Tensor:
         """``sum_X w_X (d/dw_X) D_lambda L`` over a removal set (so that ``Δλ = H^{-1}`` of it), ``[p]``;
         ``direct`` uses partial gradients (theta held fixed; tasks and validation instances only)."""
-        task_mask = torch.zeros(len(self.tasks), dtype=self.lam.dtype)
-        task_mask[_positions(tasks, len(self.tasks), "removed tasks")] = 1.0
+        task_mask = self.lam.new_zeros(len(self.tasks))
+        task_mask[_positions(tasks, len(self.tasks), "removed tasks", device=self.lam.device)] = 1.0
         total = self.gradient(self.c * task_mask, direct=direct)
         if direct and len(train):
             raise ValueError("the direct IF has no training instances (they reach lambda only through theta)")
         if len(val):
-            items = _items(val, "val items", len(self.tasks), self.tasks.y_val.shape[1])
-            w_val = self.weights.w_val.to(self.lam)
+            items = self._pairs(val, "val")
+            w_val = self.weights.w_val
             touched = torch.unique(items[:, 0])
             rows = self.binding.rows(touched, w_val=(w_val * _mask(items, w_val))[touched])
             cot = rows.direct_cotangent(self.c[touched]) if direct else rows.gradient_cotangent(self.c[touched])
@@ -347,8 +369,8 @@ class InfluenceAnalyzer:
             self.binding.scatter(buf, cot, touched)
             total = total + self.binding.pull(buf)
         if len(train):
-            items = _items(train, "train items", len(self.tasks), self.tasks.y_train.shape[1])
-            w_tr = self.weights.w_tr.to(self.lam)
+            items = self._pairs(train, "train")
+            w_tr = self.weights.w_tr
             touched = torch.unique(items[:, 0])
             cot = self.binding.rows(touched).train_cotangent((w_tr * _mask(items, w_tr))[touched],
                                                              self.config.third_order_train)
@@ -373,16 +395,16 @@ class InfluenceAnalyzer:
             for _ in range(refine):
                 state = self._bind(lam, removed, theta0=theta)
                 theta = state.theta
-                grad = state.gradient(removed.c.to(lam)) + outer_l2(self.problem, lam)[1]
+                grad = state.gradient(removed.c) + outer_l2(self.problem, lam)[1]
                 lam = lam - self.solve(grad[None], variant)[0]
         return lam
 
     def test_gradient(self, test: TaskSet, partial: bool = False) -> torch.Tensor:
         """``D_lambda f`` of the mean query loss over ``test`` tasks after adaptation (math.md §12),
         or the partial ``grad_lambda f`` with ``partial=True``, ``[p]``."""
-        weights = Weights.uniform(test, self.lam.dtype)
+        weights = Weights.uniform(test, self.lam.dtype, self.lam.device)
         state = self._bind(self.lam, weights, tasks=test)
-        return state.gradient(weights.c.to(self.lam), direct=partial)
+        return state.gradient(weights.c, direct=partial)
 
     def directional(self, r: torch.Tensor) -> Scores:
         """``r^T`` of every item's removal gradient, scaled to removal predictions: for the

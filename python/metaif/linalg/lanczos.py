@@ -15,7 +15,7 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], size: int, like: tor
     """Ritz values ``[k]`` (float64, ascending) and orthonormal Ritz vectors ``[size, k]`` after at
     most ``steps`` products of ``matvec`` (``[1, size] -> [1, size]``) from a seeded random start;
     fewer when the Krylov space closes."""
-    q = torch.randn(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    q = torch.randn(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64, device="cpu")
     q = q.to(dtype=like.dtype, device=like.device)
     basis, alphas, betas = [q / q.norm()], [], []
     for j in range(min(steps, size)):
@@ -29,9 +29,9 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], size: int, like: tor
             break
         betas.append(beta)
         basis.append(w / beta)
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64, device="cpu"))
     if betas:
-        off = torch.tensor(betas, dtype=torch.float64)
+        off = torch.tensor(betas, dtype=torch.float64, device="cpu")
         t = t + torch.diag(off, 1) + torch.diag(off, -1)
     values, vecs = torch.linalg.eigh(t)
     return values, torch.stack(basis).mT @ vecs.to(dtype=like.dtype, device=like.device)

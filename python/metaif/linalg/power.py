@@ -13,7 +13,7 @@ def power_iteration(matvec: Callable[[torch.Tensor], torch.Tensor], size: int, l
                     iters: int = 20, seed: int = 0) -> float:
     """Rayleigh quotient after ``iters`` power steps from a seeded random start: an estimate (from
     below, in magnitude) of the eigenvalue of largest magnitude. ``matvec`` maps ``[1, size]``."""
-    x = torch.randn(1, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = torch.randn(1, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64, device="cpu")
     x = x.to(dtype=like.dtype, device=like.device)
     estimate = 0.0
     for _ in range(iters):

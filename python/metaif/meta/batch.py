@@ -21,10 +21,14 @@ class Weights:
     w_val: torch.Tensor
 
     @staticmethod
-    def uniform(tasks: TaskSet, dtype: torch.dtype = torch.float32) -> Weights:
+    def uniform(tasks: TaskSet, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Weights:
         m, n, v = len(tasks), tasks.y_train.shape[1], tasks.y_val.shape[1]
-        return Weights(torch.full((m,), 1.0 / m, dtype=dtype), torch.full((m, n), 1.0 / n, dtype=dtype),
-                       torch.full((m, v), 1.0 / v, dtype=dtype))
+        full = lambda shape, value: torch.full(shape, value, dtype=dtype, device=device)  # noqa: E731
+        return Weights(full((m,), 1.0 / m), full((m, n), 1.0 / n), full((m, v), 1.0 / v))
+
+    def to(self, *args, **kwargs) -> Weights:
+        """The weights moved as :meth:`torch.Tensor.to` moves a tensor (a dtype, a device, a like tensor)."""
+        return Weights(self.c.to(*args, **kwargs), self.w_tr.to(*args, **kwargs), self.w_val.to(*args, **kwargs))
 
     def without(self, tasks: TaskSet, remove_tasks=(), remove_instances=()) -> Weights:
         """Zero the weights of removed task ids and of ``(task_id, "train"|"val", j)`` instances."""
@@ -78,17 +82,23 @@ class TaskBatch:
 
     @staticmethod
     def from_taskset(tasks: TaskSet, rows: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
-                     w_tr: torch.Tensor | None = None, w_val: torch.Tensor | None = None) -> TaskBatch:
-        """Tasks at positions ``rows`` (all when None) over the unique images they use; weights
-        default to :meth:`Weights.uniform`'s."""
+                     w_tr: torch.Tensor | None = None, w_val: torch.Tensor | None = None,
+                     device: torch.device | str | None = None) -> TaskBatch:
+        """Tasks at positions ``rows`` (all when None) over the unique images they use, moved to
+        ``device`` once (default: where the task set is); weights default to
+        :meth:`Weights.uniform`'s."""
         sub = tasks if rows is None else tasks.subset(rows)
+        device = sub.images.device if device is None else torch.device(device)
         m, n = sub.train_index.shape
         used = torch.cat([sub.train_index.flatten(), sub.val_index.flatten()])
         unique, inverse = torch.unique(used, return_inverse=True)
-        uniform = Weights.uniform(sub, dtype)
-        return TaskBatch(sub.images[unique].to(dtype), inverse[: m * n].view(m, n), sub.y_train,
-                         uniform.w_tr if w_tr is None else w_tr.to(dtype), inverse[m * n:].view(sub.val_index.shape),
-                         sub.y_val, uniform.w_val if w_val is None else w_val.to(dtype))
+        inverse = inverse.to(device)
+        uniform = Weights.uniform(sub, dtype, device)
+        move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+        return TaskBatch(sub.images[unique].to(device=device, dtype=dtype), inverse[: m * n].view(m, n),
+                         sub.y_train.to(device), uniform.w_tr if w_tr is None else move(w_tr),
+                         inverse[m * n:].view(sub.val_index.shape), sub.y_val.to(device),
+                         uniform.w_val if w_val is None else move(w_val))
 
     def select(self, rows: torch.Tensor) -> TaskBatch:
         """The tasks at ``rows`` (positions), over the same inputs."""

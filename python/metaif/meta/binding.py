@@ -31,16 +31,21 @@ from .problem import FeatureHeadProblem, UnrolledProblem
 from .rows import Context, Rows
 from .unrolled import UnrolledRows
 
-__all__ = ["PATHS", "BodyBinding", "Bound", "LambdaContext", "SeamBinding", "UnrolledBinding", "meta_gradient",
-           "task_chunks"]
+__all__ = ["PATHS", "BodyBinding", "Bound", "LambdaContext", "SeamBinding", "UnrolledBinding", "chunk_spans",
+           "meta_gradient", "task_chunks"]
 
 PATHS = ("auto", "seam")
 SEAM_CG_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
-def task_chunks(n: int, size: int) -> list[torch.Tensor]:
-    """Positions ``0..n-1`` in consecutive chunks of at most ``size``."""
-    return [torch.arange(start, min(start + size, n)) for start in range(0, n, size)]
+def chunk_spans(n: int, size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of consecutive chunks of at most ``size`` of ``0..n-1``."""
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def task_chunks(n: int, size: int, device: torch.device | None = None) -> list[torch.Tensor]:
+    """Positions ``0..n-1`` in consecutive chunks of at most ``size``, on ``device``."""
+    return [torch.arange(start, end, device=device) for start, end in chunk_spans(n, size)]
 
 
 class BodyBinding:
@@ -152,7 +157,7 @@ class SeamBinding(LambdaContext):
         solved = [self.problem.solve_inner(self.lam, self.x_tr[i], batch.y_tr[i], batch.w_tr[i],
                                            None if theta0 is None else theta0[i]) for i in tasks]
         self.theta = torch.stack([s[0] for s in solved])
-        self.inner_norm = torch.tensor([s[1] for s in solved])
+        self.inner_norm = torch.tensor([float(s[1]) for s in solved], device="cpu")  # a diagnostic
         self._inner_grad = vmap(grad(self.problem.inner_objective, argnums=0))
         self._outer = vmap(self.problem.outer_objective)
         self.dense = self.theta.shape[1] <= dense_max
@@ -206,7 +211,7 @@ class UnrolledBinding(LambdaContext):
         self.x_tr, self.x_val = batch.x_tr.to(lam.dtype), batch.x_val.to(lam.dtype)
         self.theta = None
         thetas, norms = [], []
-        for idx in task_chunks(len(batch), chunk):
+        for idx in task_chunks(len(batch), chunk, batch.pos_tr.device):
             rows = self.rows(idx)
             thetas.append(rows.theta.detach())
             norms.append(rows.map(grad(problem.inner_objective), rows.theta, rows.xi[0], self.x_tr[idx],
@@ -245,7 +250,8 @@ class Bound:
                                  f"inner problems exactly ('auto')")
             self.binding = SeamBinding(problem, lam, batch, inner_damping, theta0=theta0, progress=progress)
         self.lam, self.batch = lam.detach(), batch
-        self.chunks = task_chunks(len(batch), chunk)
+        self.spans = chunk_spans(len(batch), chunk)
+        self.chunks = task_chunks(len(batch), chunk, batch.pos_tr.device)
         chunks = tqdm(self.chunks, desc="inner states", leave=False, disable=not progress)
         self.rows = [self.binding.rows(idx) for idx in chunks]
 
@@ -257,12 +263,22 @@ class Bound:
     def inner_norm(self) -> torch.Tensor:
         return self.binding.inner_norm
 
+    def live_chunks(self, c: torch.Tensor) -> list[bool]:
+        """Which chunks carry a nonzero weight of ``c [m]``: decided on the host when ``c`` is there;
+        on a GPU every chunk runs (a zero weight costs less than a synchronisation per chunk)."""
+        if c.device.type != "cpu":
+            return [True] * len(self.spans)
+        nonzero = c != 0
+        return [bool(nonzero[start:end].any()) for start, end in self.spans]
+
     def gradient(self, c: torch.Tensor, direct: bool = False) -> torch.Tensor:
         """``sum_i c_i g_i`` (math.md §3; ``grad_lambda L_i`` at fixed theta when ``direct``), ``[p]``."""
         buf = self.binding.zeros()
-        for idx, rows in zip(self.chunks, self.rows):
-            ci = c[idx].to(buf)
-            if bool((ci != 0).any()):
+        live = self.live_chunks(c)
+        c = c.to(buf, non_blocking=True)
+        for idx, rows, on in zip(self.chunks, self.rows, live):
+            if on:
+                ci = c[idx]
                 self.binding.scatter(buf, rows.direct_cotangent(ci) if direct else rows.gradient_cotangent(ci), idx)
         return self.binding.pull(buf)
 

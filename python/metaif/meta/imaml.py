@@ -113,7 +113,8 @@ class ImamlProblem:
         when ``p <= dense_max`` and it is positive definite, else CG with autograd HVPs."""
         if theta.numel() <= self.config.dense_max:
             h = hessian(self.data_loss)(theta, x, y, w)
-            chol, bad = torch.linalg.cholesky_ex(0.5 * (h + h.T) + self.delta * torch.eye(len(theta)).to(h))
+            eye = torch.eye(len(theta), dtype=h.dtype, device=h.device)
+            chol, bad = torch.linalg.cholesky_ex(0.5 * (h + h.T) + self.delta * eye)
             if not int(bad):
                 return torch.cholesky_solve(rhs.view(-1, 1), chol).view(-1)
         loss_grad = grad(lambda t: self.data_loss(t, x, y, w))

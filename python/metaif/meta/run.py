@@ -158,9 +158,9 @@ def run(config: RunConfig, out: str | Path, progress: bool = True, tasks: TaskSe
         return record["summary"]
     write_json(out / "config.json", asdict(config))
     result = meta_train(problem, train, config.train, checkpoint=out / "checkpoint.pt", progress=progress)
-    baseline = evaluate(problem, problem.init_lambda(config.train.seed), test)
+    baseline = evaluate(problem, problem.init_lambda(config.train.seed).to(result.lam.device), test)
     trained = evaluate(problem, result.lam, test)
-    save_torch(out / "lambda.pt", result.lam)
+    save_torch(out / "lambda.pt", result.lam.cpu())  # portable: loaded onto any device
     summary = {"form": config.form, "dataset": config.dataset, "meta_test_accuracy": asdict(trained),
                "baseline_accuracy": asdict(baseline), "train_seconds": result.wall_time,
                "seconds_per_1000_tasks": result.wall_time / max(1, config.train.steps * max(1, config.train.meta_batch))

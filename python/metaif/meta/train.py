@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.tasks import TaskSet
+from ..ops import has_kernels
 from ..utils.config import check, check_choice, config, finite, setting
 from ..utils.io import save_torch
 from ..utils.store import StaleResults, differences, fingerprint
@@ -23,7 +24,7 @@ from .batch import TaskBatch, Weights
 from .binding import meta_gradient
 from .problem import TrainableProblem, outer_l2
 
-__all__ = ["DTYPES", "Accuracy", "TrainConfig", "TrainResult", "evaluate", "meta_train", "outer_gradient",
+__all__ = ["DTYPES", "Accuracy", "TrainConfig", "TrainResult", "device_of", "evaluate", "meta_train", "outer_gradient",
            "retrain", "solve_outer"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -39,6 +40,7 @@ class TrainConfig:
     seed: int = setting(0, "seed of the initialisation and of the meta-batch draws")
     dtype: str = setting("float32", "parameter dtype", choices=tuple(DTYPES))
     checkpoint_every: int = setting(50, "steps between checkpoints")
+    device: str = setting("cpu", "where training runs: cpu or cuda (cuda:N); the tasks' inputs move there once")
 
     def __post_init__(self) -> None:
         for name in ("steps", "meta_batch"):
@@ -48,6 +50,26 @@ class TrainConfig:
         check_choice(self, "dtype", self.dtype, DTYPES)
         check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1, self, "checkpoint_every",
               "an integer >= 1", self.checkpoint_every)
+        check(_is_device(self.device), self, "device", "cpu, cuda or cuda:N", self.device)
+
+
+def _is_device(name: str) -> bool:
+    try:
+        return torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, TypeError):
+        return False
+
+
+def device_of(config: TrainConfig) -> torch.device:
+    """``config.device``, available: a clear error when CUDA is asked for but absent."""
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device is {config.device!r} but torch.cuda.is_available() is False "
+                         f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)")
+    if device.type == "cuda" and not has_kernels(device):
+        raise ValueError(f"TrainConfig.device is {config.device!r} but this build of metaif has no CUDA kernels: "
+                         f"reinstall it where nvcc is on PATH (pip install --no-build-isolation .)")
+    return device
 
 
 def outer_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -95,10 +117,10 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
     """Train lambda from ``lam0`` (default: the problem's seeded init) by Adam on the total
     gradient plus the outer L2's; resumes from ``checkpoint`` when it holds a run of the same
     configuration and task set (a larger ``steps`` extends it)."""
-    dtype = DTYPES[config.dtype]
-    weights = weights or Weights.uniform(tasks, dtype)
-    lam = (problem.init_lambda(config.seed, dtype) if lam0 is None else lam0.detach().to(dtype)).clone()
-    lam.requires_grad_(True)
+    dtype, device = DTYPES[config.dtype], device_of(config)
+    weights = weights.to(device=device, dtype=dtype) if weights is not None else Weights.uniform(tasks, dtype, device)
+    lam = (problem.init_lambda(config.seed, dtype) if lam0 is None else lam0.detach()).to(device=device, dtype=dtype)
+    lam = lam.clone().requires_grad_(True)
     opt = torch.optim.Adam([lam], lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     # Everything that fixes the trajectory except the number of steps, so a run can be extended.
@@ -110,7 +132,7 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
     result, start, spent = TrainResult(lam.detach()), 0, 0.0
     path = Path(checkpoint) if checkpoint else None
     if path is not None and path.exists():
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location=device)
         _check_identity(path, state, identity)
         if state["step"] > config.steps:
             raise StaleResults(f"{path}: the checkpoint has {state['step']} steps, more than the {config.steps} asked "
@@ -120,15 +142,17 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         start, result.losses, spent = state["step"], state["losses"], state.get("seconds", 0.0)
-    active = torch.nonzero(weights.c > 0).flatten()
+    active = torch.nonzero(weights.c.cpu() > 0).flatten()
     batch_size = len(active) if config.meta_batch == 0 else min(config.meta_batch, len(active))
     began = time.perf_counter()
     bar = tqdm(range(start, config.steps), disable=not progress, desc="meta-train", leave=False)
     for step in bar:
-        rows = active if batch_size == len(active) else active[torch.randperm(len(active), generator=gen)[:batch_size]]
-        batch = TaskBatch.from_taskset(tasks, rows, dtype, weights.w_tr[rows], weights.w_val[rows])
+        draw = torch.randperm(len(active), generator=gen, device="cpu")[:batch_size]
+        rows = active if batch_size == len(active) else active[draw]
+        on_device = rows.to(device)
+        batch = TaskBatch.from_taskset(tasks, rows, dtype, weights.w_tr[on_device], weights.w_val[on_device], device)
         scale = len(active) / batch_size  # unbiased estimate of sum over all active tasks
-        grad, info = training_gradient(problem, lam.detach(), batch, weights.c[rows] * scale)
+        grad, info = training_gradient(problem, lam.detach(), batch, weights.c[on_device] * scale)
         opt.zero_grad()
         lam.grad = grad + outer_l2(problem, lam.detach())[1]
         opt.step()
@@ -157,10 +181,11 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
     the same settings resumes from it); ``progress`` shows iterations, loss, ``||D_lambda L||`` and
     time.
     """
-    dtype = lam0.dtype
-    weights = weights or Weights.uniform(tasks, dtype)
-    active = torch.nonzero(weights.c > 0).flatten()
-    batch = TaskBatch.from_taskset(tasks, active, dtype, weights.w_tr[active], weights.w_val[active])
+    dtype, device = lam0.dtype, lam0.device
+    weights = weights.to(lam0) if weights is not None else Weights.uniform(tasks, dtype, device)
+    active = torch.nonzero(weights.c.cpu() > 0).flatten()
+    on_device = active.to(device)
+    batch = TaskBatch.from_taskset(tasks, active, dtype, weights.w_tr[on_device], weights.w_val[on_device], device)
     lam = lam0.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS([lam], lr=1.0, max_iter=chunk, history_size=50, tolerance_grad=tol,
                             tolerance_change=0.0, line_search_fn="strong_wolfe")
@@ -170,7 +195,7 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
     result, spent = TrainResult(lam.detach()), 0.0
     path = Path(checkpoint) if checkpoint else None
     if path is not None and path.exists():
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location=device)
         _check_identity(path, state, identity)
         with torch.no_grad():
             lam.copy_(state["lam"])
@@ -178,13 +203,13 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
         result.losses, result.iterations, spent = state["losses"], state["iterations"], state["seconds"]
 
     def closure():
-        grad, info = outer_gradient(problem, lam.detach(), batch, weights.c[active])
+        grad, info = outer_gradient(problem, lam.detach(), batch, weights.c[on_device])
         value, l2_grad = outer_l2(problem, lam.detach())
         lam.grad = grad + l2_grad
         result.losses.append(info["weighted_loss"] + value)
         result.inner_grad_norm = info["inner_grad_norm"]
         result.grad_norm = float(lam.grad.norm())
-        return torch.tensor(result.losses[-1], dtype=dtype)
+        return lam.new_tensor(result.losses[-1])
 
     began = time.perf_counter()
     bar = tqdm(total=max_iter, initial=min(result.iterations, max_iter), desc=desc, disable=not progress, leave=False)
@@ -229,18 +254,18 @@ class Accuracy:
 
 def evaluate(problem: TrainableProblem, lam: torch.Tensor, tasks: TaskSet, batch_size: int = 100,
              dtype: torch.dtype = torch.float32) -> Accuracy:
-    """Adapt on each task's train split, score accuracy on its validation split."""
+    """Adapt on each task's train split, score accuracy on its validation split (on ``lam``'s device)."""
     accs = []
     for start in range(0, len(tasks), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(tasks)))
-        batch = TaskBatch.from_taskset(tasks, rows, dtype)
+        rows = torch.arange(start, min(start + batch_size, len(tasks)), device="cpu")
+        batch = TaskBatch.from_taskset(tasks, rows, dtype, device=lam.device)
         if batch.y_val.is_floating_point():
             raise ValueError("evaluate reports accuracy, which needs integer class labels")
         logits = problem.predict(lam.to(dtype), batch)
         loss = getattr(problem, "loss", None)
         predicted = loss.predict(logits) if loss is not None else logits.argmax(-1)
         accs.append((predicted == batch.y_val).to(torch.float64).mean(-1))
-    acc = torch.cat(accs)
+    acc = torch.cat(accs).cpu()
     half = 1.96 * float(acc.std(unbiased=True)) / math.sqrt(len(acc)) if len(acc) > 1 else float("nan")
     return Accuracy(float(acc.mean()), half, len(acc))
 

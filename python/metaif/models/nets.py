@@ -29,16 +29,17 @@ class FlatModel:
         return sum(self.numels)
 
     def init(self, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """A fresh flat parameter vector ``[P]`` (PyTorch's default initialisation, seeded)."""
+        """A fresh flat parameter vector ``[P]`` on the CPU (PyTorch's default initialisation, seeded: the
+        same values whatever the device the caller moves it to)."""
         gen = torch.Generator().manual_seed(seed)
         parts = []
         for name, shape in zip(self.names, self.shapes):
             if name.endswith("bias"):
-                parts.append(torch.zeros(shape))
+                parts.append(torch.zeros(shape, device="cpu"))
             else:
                 fan_in = math.prod(shape[1:])
                 bound = math.sqrt(6.0 / fan_in)  # He-uniform for the ReLU nets used here
-                parts.append((torch.rand(shape, generator=gen) * 2 - 1) * bound)
+                parts.append((torch.rand(shape, generator=gen, device="cpu") * 2 - 1) * bound)
         return torch.cat([p.flatten() for p in parts]).to(dtype)
 
     def flatten(self, module: nn.Module | None = None) -> torch.Tensor:

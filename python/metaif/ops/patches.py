@@ -1,6 +1,8 @@
 """Gathered-patch products: a layer's output (cached im2col rows times weights) read only at
 positions a max-pool picked, and its adjoint. They fuse the first convolution of a body with the
-ReLU/max-pool after it in the hand-written second-order passes (:mod:`metaif.models.second_order`).
+ReLU/max-pool after it in the hand-written second-order passes (:mod:`metaif.curvature.body`).
+On CUDA an index out of range is a device-side error (as in torch's own indexing), since
+reporting it would cost a synchronisation per call; the CPU kernels raise.
 """
 
 from __future__ import annotations

@@ -1,0 +1,84 @@
+// Teams: the threads that solve one task together. The per-task algorithms (task_solvers.cuh) are
+// written once against this interface and run by a CUDA block (BlockTeam) on the GPU and, in the
+// CPU tests, by one thread (SerialTeam) or a block emulated by std::threads (csrc/thread_team.h).
+//
+// Every member of a team calls every team function in the same order (they are collectives);
+// for_each and rows split the work among the members and do not synchronise: a caller that next
+// reads what another member wrote calls sync() first. sum() returns the same double on every
+// member, so that branches on it are uniform across the team.
+#pragma once
+
+#include <cstdint>
+
+#include "arith.h"
+
+namespace metaif::team {
+
+struct SerialTeam {
+  METAIF_HD void sync() const {}
+  METAIF_HD double sum(double partial) const { return partial; }
+
+  template <typename F>
+  METAIF_HD void for_each(int64_t count, F&& f) const {
+    for (int64_t i = 0; i < count; ++i) f(i);
+  }
+
+  // store(i, sum_j term(i, j)) for every i < count, j < length, accumulated in Acc.
+  template <typename Acc, typename Term, typename Store>
+  METAIF_HD void rows(int64_t count, int64_t length, Term&& term, Store&& store) const {
+    for (int64_t i = 0; i < count; ++i) {
+      Acc acc = 0;
+      for (int64_t j = 0; j < length; ++j) acc += term(i, j);
+      store(i, acc);
+    }
+  }
+
+  // Only one member writes a value every member computed.
+  METAIF_HD bool leader() const { return true; }
+};
+
+#if defined(__CUDACC__)
+
+constexpr int kWarp = 32;
+
+// A CUDA block whose size is a multiple of 32; `shared` holds one double per warp.
+struct BlockTeam {
+  double* shared;
+
+  __device__ void sync() const { __syncthreads(); }
+
+  __device__ double sum(double partial) const {
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) partial += __shfl_down_sync(0xffffffffu, partial, offset);
+    __syncthreads();  // the previous sum's readers are done with `shared`
+    if (threadIdx.x % kWarp == 0) shared[threadIdx.x / kWarp] = partial;
+    __syncthreads();
+    // Every thread adds the per-warp sums in the same order: one value, bit for bit, on all.
+    double total = 0.0;
+    for (unsigned w = 0; w < blockDim.x / kWarp; ++w) total += shared[w];
+    return total;
+  }
+
+  template <typename F>
+  __device__ void for_each(int64_t count, F&& f) const {
+    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) f(i);
+  }
+
+  // A warp per row: lanes stride along the row (coalesced reads), then a shuffle reduction.
+  template <typename Acc, typename Term, typename Store>
+  __device__ void rows(int64_t count, int64_t length, Term&& term, Store&& store) const {
+    const int lane = threadIdx.x % kWarp;
+    const int64_t warps = blockDim.x / kWarp;
+    for (int64_t i = threadIdx.x / kWarp; i < count; i += warps) {
+      Acc acc = 0;
+      for (int64_t j = lane; j < length; j += kWarp) acc += term(i, j);
+      for (int offset = kWarp / 2; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+      if (lane == 0) store(i, acc);
+    }
+  }
+
+  __device__ bool leader() const { return threadIdx.x == 0; }
+};
+
+#endif
+
+}  // namespace metaif::team
