@@ -2,11 +2,13 @@
 
     python -m metaif.bench [--quick] [--threads 1] [--repeats N] [--only SUBSTR] [--json FILE]
     metaif bench --only scale --root ../shared/data/omniglot
+    metaif bench --device cuda --only gpu --root <omniglot folder>
 
 Single-threaded by default (the machine is shared), median of repeats; prints one table row
 per case with both timings, the speed-up and, for GEMM-bound kernels, the achieved GFLOP/s
 next to the measured single-thread sgemm peak. Outputs are checked for agreement first. The op
-cases (:mod:`.ops`) run by default; the data-set scale runs (:mod:`.scale`) when named.
+cases (:mod:`.ops`) run by default; the data-set scale runs (:mod:`.scale`) and the CUDA kernel
+cases (:mod:`.gpu`) when named.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import argparse
 
 from ..utils.io import write_json
 from .core import BenchConfig, run
+from .gpu import gpu_cases
 from .ops import OP_GROUPS
 from .scale import scale_cases
 
 __all__ = ["GROUPS", "BenchConfig", "add_arguments", "main", "main_from_args", "run"]
 
-GROUPS = (*OP_GROUPS, scale_cases)
+GROUPS = (*OP_GROUPS, scale_cases, gpu_cases)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,12 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", default=None,
                         help="run only ops whose name contains this; 'scale' runs the task-count scaling cases")
     parser.add_argument("--root", default=None, help="the Omniglot folder the scale cases read")
+    parser.add_argument("--device", default="cpu",
+                        help="cuda: time with CUDA events against the GPU's peaks; 'gpu' runs the CUDA kernel cases")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
     results = run(BenchConfig(quick=args.quick, threads=args.threads, repeats=args.repeats, only=args.only,
-                              root=args.root), GROUPS)
+                              root=args.root, device=args.device), GROUPS)
     if args.json:
         print(f"wrote {write_json(args.json, results)}")
     return 0

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..linalg import NotConverged, conjugate_gradient, woodbury_solve
+from ..linalg import NotConverged, WoodburyInverse, conjugate_gradient
 from ..ops import cg_ce_head, kfe_ihvp_grouped
 from .head import LinearHeadCurvature
 
@@ -38,8 +38,8 @@ def register_head_solver(name: str):
 
 @register_head_solver("woodbury")
 def _woodbury(curv: LinearHeadCurvature, bases: Bases) -> HeadSolve:
-    factor = curv.factor()
-    return lambda rhs: woodbury_solve(factor, rhs.unsqueeze(1), curv.damping).squeeze(1)
+    inverse = WoodburyInverse(curv.factor(), curv.damping)
+    return lambda rhs: inverse(rhs.unsqueeze(1)).squeeze(1)
 
 
 @register_head_solver("cholesky")

@@ -15,9 +15,9 @@ from .operator import LinearOperator, MatvecOperator, dense_operator
 from .power import power_iteration
 from .registry import SOLVERS, DampingRetry, Solver, register_solver, solve
 from .result import Diverged, MetaifWarning, NotConverged, NotPositiveDefinite, SolverError, SolveResult
-from .woodbury import as_damping, woodbury_solve
+from .woodbury import WoodburyInverse, as_damping, woodbury_solve
 
 __all__ = ["SOLVERS", "DampingRetry", "Diverged", "LinearOperator", "MatvecOperator",
            "MetaifWarning", "NotConverged", "NotPositiveDefinite", "SolveResult", "Solver", "SolverConfig",
            "SolverError", "as_damping", "conjugate_gradient", "dense_matrix", "dense_operator", "power_iteration",
-           "register_solver", "solve", "woodbury_solve"]
+           "register_solver", "solve", "WoodburyInverse", "woodbury_solve"]

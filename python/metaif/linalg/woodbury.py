@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-__all__ = ["as_damping", "woodbury_solve"]
+__all__ = ["WoodburyInverse", "as_damping", "woodbury_solve"]
 
 
 def as_damping(value, name: str = "damping", positive: bool = True) -> float:
@@ -26,12 +26,42 @@ def as_damping(value, name: str = "damping", positive: bool = True) -> float:
     return value
 
 
+class WoodburyInverse:
+    """``(damping I + U U^T)^{-1}`` per task for fixed factors ``u [T, P, r]``, factored once (an
+    ``r x r`` Cholesky per task): every application is two products and a triangular solve, with
+    no host synchronisation (the factorisation checks its result once, here)."""
+
+    def __init__(self, u: torch.Tensor, damping: float) -> None:
+        self.mu = as_damping(damping)
+        if u.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"woodbury_solve: u must be float32 or float64, got {u.dtype}")
+        if u.dim() != 3:
+            raise ValueError(f"woodbury_solve: u must have shape [T, P, r], got {tuple(u.shape)}")
+        self.u = u
+        eye = torch.eye(u.shape[2], dtype=u.dtype, device=u.device)
+        self.chol = torch.linalg.cholesky(self.mu * eye + u.mT @ u)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """``v [T, B, P]`` -> ``[T, B, P]``."""
+        u = self.u
+        tasks, params = u.shape[0], u.shape[1]
+        if v.dim() != 3 or v.shape[0] != tasks or v.shape[2] != params:
+            raise ValueError(f"woodbury_solve: v must have shape [T, B, P] = [{tasks}, B, {params}], got "
+                             f"{tuple(v.shape)}")
+        if v.dtype != u.dtype or v.device != u.device:
+            raise ValueError(f"woodbury_solve: u ({u.dtype}, {u.device}) and v ({v.dtype}, {v.device}) must share "
+                             f"dtype and device")
+        coeffs = torch.cholesky_solve(u.mT @ v.mT, self.chol)  # [T, r, B]
+        return (v - (u @ coeffs).mT) / self.mu
+
+
 def woodbury_solve(u: torch.Tensor, v: torch.Tensor, damping: float) -> torch.Tensor:
     """``(damping I + U U^T)^{-1} v`` per task, exact, in ``O(P r^2 + r^3)`` per task.
 
     ``(mu I + U U^T)^{-1} = (I - U (mu I_r + U^T U)^{-1} U^T) / mu``; with U the stacked
     per-example logit Jacobians scaled by the square root of the output Hessian this is the
-    exact inverse of a few-shot GGN (r = n C). Pure ``torch.linalg`` (not a compiled op).
+    exact inverse of a few-shot GGN (r = n C). Pure ``torch.linalg`` (not a compiled op); for
+    many solves with the same ``u`` factor once with :class:`WoodburyInverse`.
 
     Args:
         u: ``[T, P, r]`` low-rank factors, float32 or float64.
@@ -41,19 +71,7 @@ def woodbury_solve(u: torch.Tensor, v: torch.Tensor, damping: float) -> torch.Te
     Returns:
         ``[T, B, P]``. Differentiable in all inputs.
     """
-    mu = as_damping(damping)
     for name, t in (("u", u), ("v", v)):
         if t.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"woodbury_solve: {name} must be float32 or float64, got {t.dtype}")
-    if u.dim() != 3:
-        raise ValueError(f"woodbury_solve: u must have shape [T, P, r], got {tuple(u.shape)}")
-    tasks, params, rank = u.shape
-    if v.dim() != 3 or v.shape[0] != tasks or v.shape[2] != params:
-        raise ValueError(f"woodbury_solve: v must have shape [T, B, P] = [{tasks}, B, {params}], got {tuple(v.shape)}")
-    if v.dtype != u.dtype or v.device != u.device:
-        raise ValueError(f"woodbury_solve: u ({u.dtype}, {u.device}) and v ({v.dtype}, {v.device}) must share dtype "
-                         f"and device")
-    eye = torch.eye(rank, dtype=u.dtype, device=u.device)
-    chol = torch.linalg.cholesky(mu * eye + u.mT @ u)
-    coeffs = torch.cholesky_solve(u.mT @ v.mT, chol)  # [T, r, B]
-    return (v - (u @ coeffs).mT) / mu
+    return WoodburyInverse(u, damping)(v)
