@@ -35,12 +35,12 @@ def test_training_is_deterministic_and_resumes(setting, tmp_path):
     again = meta_train(problem, train, config, progress=False)
     assert torch.equal(straight.lam, again.lam)
     ckpt = tmp_path / "run.pt"
-    meta_train(problem, train, TrainConfig(steps=3, meta_batch=4, lr=1e-2, checkpoint_every=3), checkpoint=ckpt,
-               progress=False)
+    first = meta_train(problem, train, TrainConfig(steps=3, meta_batch=4, lr=1e-2, checkpoint_every=3),
+                       checkpoint=ckpt, progress=False)
     resumed = meta_train(problem, train, config, checkpoint=ckpt, progress=False)
     torch.testing.assert_close(resumed.lam, straight.lam, rtol=0, atol=0)
     assert len(resumed.losses) == 6
-    assert resumed.wall_time >= 0.5 * straight.wall_time  # the first session's seconds are kept
+    assert resumed.wall_time > first.wall_time  # the first session's seconds are kept
     with pytest.raises(StaleResults, match=r"checkpoint of another run \(config.lr: 0.01 -> 0.005\)"):
         meta_train(problem, train, TrainConfig(steps=6, meta_batch=4, lr=5e-3), checkpoint=ckpt, progress=False)
     with pytest.raises(StaleResults, match="has 6 steps, more than the 4 asked for"):

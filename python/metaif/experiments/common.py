@@ -27,7 +27,7 @@ from ..linalg import MetaifWarning
 from ..meta import Accuracy, TrainConfig, Weights, anchored, evaluate, meta_train, solve_outer
 from ..meta.run import RunConfig, build, load_config, pools, run, validation_tasks
 from ..meta.train import device_of
-from ..utils.config import check, check_choice, config, finite, setting
+from ..utils.config import check, check_choice, config, finite, results_settings, setting
 from ..utils.io import save_torch, write_json
 from ..utils.store import Stage
 
@@ -132,7 +132,7 @@ def train_model(config: RunConfig, analysis: AnalysisConfig, ws: Workspace, trai
     summary = dict(run(config, ws.out, progress=ws.progress, tasks=train, force=ws.force))
     device = device_of(config.train)
     lam_trained = torch.load(ws.out / "lambda.pt", weights_only=True, map_location=device)
-    settings = {"model": summary["task_set"], "steps": config.train.steps, "run": asdict(config),
+    settings = {"model": summary["task_set"], "steps": config.train.steps, "run": results_settings(config),
                 "polish": {k: getattr(analysis, k) for k in ("polish", "polish_tol", "anchor", "anchor_grid",
                                                              "validation_tasks")}}
     rhos = [0.0] if analysis.polish == 0 else [analysis.anchor] if analysis.anchor is not None else \

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
 
 from ..data import corrupt_labels
 from ..meta.run import build
+from ..utils.config import results_settings
 from ..utils.io import Ledger, write_atomic, write_json
 from ..utils.store import Stage
 from . import plots
@@ -111,7 +112,7 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
     scores that chose what to remove (Direct IF and retraining do not)."""
     out = ws.out
     save_config(out, config)
-    ledger = _ledger(ws, {"experiment": "table1", "config": asdict(config)})
+    ledger = _ledger(ws, {"experiment": "table1", "config": results_settings(config)})
     keys = [f"{protocol}/{level}/{name}" for protocol in config.protocols for level, name in TABLE1_METHODS]
     for seed in tqdm(config.seeds, desc="table1 seeds", disable=not ws.progress):
         run = _seeded(config, seed)
@@ -207,7 +208,7 @@ def _curve(ledger: Ledger, key: str, trained: Trained, analysis: AnalysisConfig,
 def _curve_ledger(config: CurveConfig, ws: Workspace, name: str) -> Ledger:
     exp = config.experiment
     save_config(ws.out, exp)
-    settings = {"experiment": name, "config": asdict(exp), "fractions": list(config.fractions),
+    settings = {"experiment": name, "config": results_settings(exp), "fractions": list(config.fractions),
                 "task_fraction": config.task_fraction, "instance_fraction": config.instance_fraction}
     write_json(ws.out / "curve_config.json", settings)
     return _ledger(ws, settings)

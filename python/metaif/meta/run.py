@@ -10,7 +10,7 @@ from pathlib import Path
 from ..curvature import get_loss
 from ..data import TaskConfig, TaskSet, hold_out, load_dataset, sample_tasks, split_classes, split_images
 from ..models import FlatModel, conv4, mlp
-from ..utils.config import check, check_choice, config, finite, setting
+from ..utils.config import check, check_choice, config, finite, results_settings, setting
 from ..utils.io import save_torch, write_json
 from ..utils.store import Stage
 from .anil import AnilConfig, AnilProblem
@@ -149,8 +149,9 @@ def run(config: RunConfig, out: str | Path, progress: bool = True, tasks: TaskSe
     out = Path(out)
     problem, train, test = build(config)
     train = train if tasks is None else tasks
-    settings = {"run": {**asdict(config), "train": {k: v for k, v in asdict(config.train).items()
-                                                     if k not in ("steps", "checkpoint_every")}},
+    identity = results_settings(config)
+    settings = {"run": {**identity, "train": {k: v for k, v in identity["train"].items()
+                                              if k not in ("steps", "checkpoint_every")}},
                 "tasks": train.fingerprint()}
     stage = Stage(out, "train", settings, ["checkpoint.pt", "lambda.pt", "results.json", "config.json"], force)
     record = stage.open()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data.tasks import TaskSet
 from ..ops import has_kernels
-from ..utils.config import check, check_choice, config, finite, setting
+from ..utils.config import check, check_choice, config, finite, results_settings, setting
 from ..utils.io import save_torch
 from ..utils.store import StaleResults, differences, fingerprint
 from .batch import TaskBatch, Weights
@@ -40,7 +40,8 @@ class TrainConfig:
     seed: int = setting(0, "seed of the initialisation and of the meta-batch draws")
     dtype: str = setting("float32", "parameter dtype", choices=tuple(DTYPES))
     checkpoint_every: int = setting(50, "steps between checkpoints")
-    device: str = setting("cpu", "where training runs: cpu or cuda (cuda:N); the tasks' inputs move there once")
+    device: str = setting("cpu", "where training runs: cpu or cuda (cuda:N); the tasks' inputs move there once",
+                          shapes_results=False)
 
     def __post_init__(self) -> None:
         for name in ("steps", "meta_batch"):
@@ -124,7 +125,7 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
     opt = torch.optim.Adam([lam], lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     # Everything that fixes the trajectory except the number of steps, so a run can be extended.
-    identity = {"config": {k: v for k, v in asdict(config).items() if k not in ("steps", "checkpoint_every")},
+    identity = {"config": {k: v for k, v in results_settings(config).items() if k not in ("steps", "checkpoint_every")},
                 "tasks": tasks.fingerprint(), "form": getattr(problem, "form", type(problem).__name__),
                 "gamma": problem.gamma, "anchor": _tensor_digest(getattr(problem, "anchor", None)),
                 "lam0": _tensor_digest(lam0), "weights": fingerprint([weights.c.tolist(), weights.w_tr.tolist(),

@@ -14,18 +14,30 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["check", "check_choice", "config", "field_help", "finite", "setting"]
+__all__ = ["check", "check_choice", "config", "field_help", "finite", "results_settings", "setting"]
 
 T = TypeVar("T")
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Iterable[str] | None = None,
-            factory: Callable[[], Any] | None = None) -> Any:
-    """A dataclass field with ``help`` (and optional ``choices``) in its metadata."""
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None}
+            factory: Callable[[], Any] | None = None, shapes_results: bool = True) -> Any:
+    """A dataclass field with ``help`` (and optional ``choices``) in its metadata; ``shapes_results``
+    False marks a field that changes where a run goes but not what it computes beyond rounding (the
+    device): :func:`results_settings` leaves it out."""
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None,
+                "shapes_results": shapes_results}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def results_settings(cfg: Any) -> Any:
+    """``dataclasses.asdict(cfg)`` without the fields marked ``shapes_results=False``, nested configs
+    included: what stored results are tied to, so that a run resumes on another device."""
+    if not dataclasses.is_dataclass(cfg):
+        return cfg
+    return {f.name: results_settings(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+            if f.metadata.get("shapes_results", True)}
 
 
 def field_help(cls: type, name: str) -> str:
