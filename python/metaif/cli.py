@@ -47,7 +47,8 @@ ANALYSIS_FLAGS = [
     Flag("precondition", ("analysis", "influence", "solver", "precondition")),
     Flag("retries", ("analysis", "influence", "solver", "retries")),
     Flag("score-tasks", ("analysis", "score_tasks")),
-    Flag("polish", ("analysis", "polish"))]
+    Flag("polish", ("analysis", "polish")),
+    Flag("anchor", ("analysis", "anchor"))]
 RETRAIN_FLAGS = [Flag("retrain", ("analysis", "retrain")), Flag("retrain-steps", ("analysis", "retrain_steps"))]
 FRACTION_FLAG = Flag("fraction", ("fraction",))
 SEEDS_FLAG = Flag("seeds", ("seeds",))
