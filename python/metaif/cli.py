@@ -9,6 +9,7 @@ starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import sys
 import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from . import bench
 
@@ -182,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=None,
                        help="torch threads (default: METAIF_THREADS, else 1; see the README on shared machines)")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
+        p.add_argument("--nproc", type=int, default=1,
+                       help="processes on this machine sharing the work through torch.distributed (gloo on CPU, NCCL "
+                            "on GPUs; rank 0 writes --out); under torchrun leave it at 1 (default: 1)")
         add_flags(p, _flags_of(command), _base(command))
         if command == "influence":
             p.add_argument("--deltas", action="store_true", help="also save every task's removal prediction (m x p)")
@@ -215,17 +220,19 @@ def _positions(text: str | None) -> list[int]:
 
 
 def run_command(args: argparse.Namespace, config) -> int:
-    """Lock ``--out`` and run the command in it."""
+    """Lock ``--out`` (rank 0 of a distributed run) and run the command in it."""
     from .experiments import commands
     from .experiments.common import Workspace
+    from .parallel import World
     from .utils.store import lock_folder
 
     removal = None
     if args.command == "edit":
         removal = (_positions(args.remove_tasks), _items(args.remove_val), _items(args.remove_train))
         commands.validate_removal(config, *removal)
-    with lock_folder(args.out) as out:
-        ws = Workspace(out, force=args.force, progress=not args.quiet and sys.stderr.isatty())
+    writer = World.current().writer
+    with lock_folder(args.out) if writer else contextlib.nullcontext(Path(args.out)) as out:
+        ws = Workspace(out, force=args.force, progress=writer and not args.quiet and sys.stderr.isatty())
         if args.command == "train":
             from .meta.run import run
 
@@ -278,11 +285,57 @@ def _threads(requested: int | None) -> int:
     return value
 
 
+def _rank_main(argv: list[str]) -> None:
+    """One rank of ``--nproc``: the command, quiet on stdout unless rank 0; a failure ends the process
+    with the command's exit code (the launcher reports it)."""
+    from .parallel import World
+
+    if not World.current().writer:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (the rank's whole life)
+    code = main(argv)
+    if code:
+        sys.exit(code)
+
+
+def _launch(argv: list[str], nproc: int) -> int:
+    from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+
+    from .parallel import launch
+
+    rank_argv = []
+    skip = False
+    for arg in argv:  # every flag but --nproc, whose value the ranks must not see
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        skip = arg == "--nproc"
+        if not skip:
+            rank_argv.append(arg)
+    try:
+        launch(nproc, _rank_main, rank_argv)
+    except ProcessExitedException as err:
+        print(f"metaif: rank {err.error_index} of {nproc} exited with code {err.exit_code}; the run stopped "
+              f"(rerun to resume from --out)", file=sys.stderr)
+        return err.exit_code if err.exit_code and err.exit_code > 0 else 1
+    except ProcessRaisedException as err:
+        print(f"metaif: rank {err.error_index} of {nproc} failed: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench.main_from_args(args)
+    if args.nproc < 1:
+        parser.error(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1:
+        return _launch(argv, args.nproc)
+    from .parallel import init_from_env
+
+    init_from_env()  # under torchrun: join its group
     _one_line_warnings()
     try:
         config = config_from_args(args)

@@ -3,6 +3,7 @@
     python -m metaif.bench [--quick] [--threads 1] [--repeats N] [--only SUBSTR] [--json FILE]
     metaif bench --only scale --root ../shared/data/omniglot
     metaif bench --device cuda --only gpu --root <omniglot folder>
+    metaif bench --only distributed --root ../shared/data/omniglot
 
 Single-threaded by default (the machine is shared), median of repeats; prints one table row
 per case with both timings, the speed-up and, for GEMM-bound kernels, the achieved GFLOP/s
@@ -17,13 +18,14 @@ import argparse
 
 from ..utils.io import write_json
 from .core import BenchConfig, run
+from .distributed import distributed_cases
 from .gpu import gpu_cases
 from .ops import OP_GROUPS
 from .scale import scale_cases
 
 __all__ = ["GROUPS", "BenchConfig", "add_arguments", "main", "main_from_args", "run"]
 
-GROUPS = (*OP_GROUPS, scale_cases, gpu_cases)
+GROUPS = (*OP_GROUPS, scale_cases, gpu_cases, distributed_cases)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

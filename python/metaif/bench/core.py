@@ -52,6 +52,7 @@ class Case:
     note: str = ""
     norm_check: bool = False  # agreement as ||ours - base|| <= 2e-3 ||base|| (float32 sums of many terms)
     repeats: int | None = None  # overrides the config's (long cases run once)
+    measured: tuple[float, float | None] | None = None  # (ours, baseline) ms timed elsewhere (other processes)
 
 
 @dataclass
@@ -159,10 +160,13 @@ def run(cfg: BenchConfig, groups, report: Callable[[str], None] = print) -> dict
         for case in cases:
             if cfg.only and not whole and cfg.only not in case.op:
                 continue
-            agree(case)
-            repeats = case.repeats or cfg.n_repeats
-            ours = median_ms(case.ours, repeats, cfg.device)
-            base = median_ms(case.base, repeats, cfg.device) if case.base is not None else None
+            if case.measured is not None:
+                ours, base = case.measured
+            else:
+                agree(case)
+                repeats = case.repeats or cfg.n_repeats
+                ours = median_ms(case.ours, repeats, cfg.device)
+                base = median_ms(case.base, repeats, cfg.device) if case.base is not None else None
             gflops = case.flops / (ours * 1e6) if case.flops else None
             gbps = case.bytes / (ours * 1e6) if case.bytes else None
             row = Row(case.op, case.case, case.baseline, ours, base, base / ours if base else None, gflops,

@@ -13,6 +13,7 @@ import torch
 from torch.func import grad, vmap
 
 from ..models.nets import FlatModel
+from ..parallel import World
 from ..utils.seen import SeenTensor
 from .body import body_passes
 
@@ -23,17 +24,23 @@ class ImageBody:
     """``body`` at ``lam`` on ``images [U, ...]``: features :attr:`phi` ``[U, h]`` and the passes of
     :mod:`~metaif.curvature.body` (``passes``: "auto", "structured" or "autograd"), ``chunk``
     images per pass. The hand-written passes keep per-image state (about 350 KB per 28x28 image
-    on 64-channel Conv-4, float32) for as long as the object lives."""
+    on 64-channel Conv-4, float32) for as long as the object lives.
+
+    Over several ranks (``world``) each rank runs the passes of its span of the images: features
+    and tangents are gathered, and a pull-back sums the ranks' per-image cotangents, pulls its own
+    images back and sums the results, so that every rank returns the whole product."""
 
     def __init__(self, body: FlatModel, lam: torch.Tensor, images: torch.Tensor, chunk: int = 1024,
-                 passes: str = "auto") -> None:
+                 passes: str = "auto", world: World = World()) -> None:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
-        self.body, self.lam, self.images = body, lam.detach(), images
-        self.chunks = [slice(s, min(s + chunk, len(images))) for s in range(0, len(images), chunk)]
+        self.body, self.lam, self.images, self.world = body, lam.detach(), images, world
+        first, last = world.span(len(images))
+        self.chunks = [slice(s, min(s + chunk, last)) for s in range(first, last, chunk)]
         self.passes = [body_passes(body, self.lam, images[rows], passes) for rows in self.chunks]
-        self.phi = torch.cat([p.phi for p in self.passes]) if self.passes else \
-            images.new_zeros(0, body.out_features)
+        local = torch.cat([p.phi for p in self.passes]) if self.passes else \
+            images.new_zeros(0, body.out_features, dtype=lam.dtype)
+        self.phi = world.gather_rows(local)
         self._g = SeenTensor()
 
     def __len__(self) -> int:
@@ -41,22 +48,26 @@ class ImageBody:
 
     def tangent(self, v: torch.Tensor) -> torch.Tensor:
         """Feature tangents ``J v`` of every image along ``v [p]``, ``[U, h]``."""
-        return torch.cat([p.tangent(v) for p in self.passes])
+        local = torch.cat([p.tangent(v) for p in self.passes]) if self.passes else self.phi[:0]
+        return self.world.gather_rows(local)
 
     def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
         """``J^T m`` (``m [U, h]``), plus ``d/dlambda <g, J v>`` when ``g [U, h]`` and ``v [p]`` are given, ``[p]``.
 
         ``g`` is usually the same for every product of a solve: pass the same tensor, and the passes
-        take it once and keep what depends on it.
+        take it once and keep what depends on it. Over several ranks ``m`` and ``g`` hold this
+        rank's tasks' part and are summed over the ranks in place.
         """
         if g is not None and not self._g.matches(g):
+            self.world.sum_(g)
             for rows, p in zip(self.chunks, self.passes):
                 p.cotangent(g[rows])
             self._g.remember(g)
+        self.world.sum_(m)
         total = self.lam.new_zeros(self.body.num_params)
         for rows, p in zip(self.chunks, self.passes):
             total += p.pull(m[rows], v)
-        return total
+        return self.world.sum_(total)
 
     def pull_rows(self, cot: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One ``J^T`` per row through the row's own images: ``cot [B, k, h]`` at image rows

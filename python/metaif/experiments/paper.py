@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..data import corrupt_labels
 from ..meta.run import build
 from ..utils.config import results_settings
-from ..utils.io import Ledger, write_atomic, write_json
+from ..utils.io import Ledger, remove_files, write_atomic, write_json
 from ..utils.store import Stage
 from . import plots
 from .common import (
@@ -64,8 +64,7 @@ def _ledger(ws: Workspace, settings: dict) -> Ledger:
     """The experiment's ledger, tied to ``settings`` (stale entries raise, or go with ``force``)."""
     stage = Stage(ws.out, "ledger", settings, ["ledger.json"], ws.force)
     if stage.open() is None:
-        for old in (ws.out / "retrain").glob("*.pt") if (ws.out / "retrain").exists() else []:
-            old.unlink()
+        remove_files(list((ws.out / "retrain").glob("*.pt")) if (ws.out / "retrain").exists() else [])
         stage.finish()
     return Ledger(ws.out / "ledger.json")
 

@@ -21,6 +21,7 @@ from ..linalg import DampingRetry, MatvecOperator, MetaifWarning, SolverConfig, 
 from ..meta.batch import TaskBatch, Weights
 from ..meta.binding import Bound, task_chunks
 from ..meta.problem import outer_l2
+from ..parallel import World
 from .config import DIRECT, VARIANTS, InfluenceConfig
 
 __all__ = ["InfluenceAnalyzer", "Scores"]
@@ -85,12 +86,13 @@ class InfluenceAnalyzer:
     """
 
     def __init__(self, problem, lam: torch.Tensor, tasks: TaskSet, *, weights: Weights | None = None,
-                 config: InfluenceConfig = InfluenceConfig()) -> None:
+                 config: InfluenceConfig = InfluenceConfig(), world: World | None = None) -> None:
         if lam.dim() != 1:
             raise ValueError(f"lam must be a flat parameter vector [p], got shape {tuple(lam.shape)}")
         if not bool(torch.isfinite(lam).all()):
             raise ValueError("lam contains NaN or inf")
         self.problem, self.lam, self.tasks, self.config = problem, lam.detach(), tasks, config
+        self.world = World.current() if world is None else world
         self.weights = weights.to(lam) if weights is not None else Weights.uniform(tasks, lam.dtype, lam.device)
         self.c = self.weights.c
         self.state = self._bind(self.lam, self.weights)
@@ -100,8 +102,9 @@ class InfluenceAnalyzer:
         self._g_buf: dict[str, torch.Tensor] = {}  # G of hvp per variant (math.md §4): fixed at lambda
         self._solvers: dict[str, DampingRetry] = {}
         self.last_solve: SolveResult | None = None
-        self.gamma_term = float(sum((self.c[idx] * r.outer_theta_grad().abs().sum(-1)).sum()
-                                    for idx, r in zip(self.state.chunks, self.state.rows)))
+        own = [(self.c[idx] * r.outer_theta_grad().abs().sum(-1)).sum() for idx, r in zip(self.state.chunks,
+                                                                                           self.state.rows)]
+        self.gamma_term = float(self.world.sum_(torch.stack(own).sum() if own else self.lam.new_zeros(())))
         stationarity = self.gradient(self.c) + outer_l2(problem, self.lam)[1]
         self.diagnostics = {"inner_grad_norm_max": float(self.binding.inner_norm.max()),
                             "total_grad_norm": float(stationarity.norm()), "gamma_term": self.gamma_term,
@@ -115,7 +118,25 @@ class InfluenceAnalyzer:
                                        device=lam.device)
         return Bound(self.problem, lam, batch, path=cfg.path, chunk=cfg.chunk, image_chunk=cfg.image_chunk,
                      inner=cfg.inner, inner_damping=cfg.inner_damping, passes=cfg.body_passes, theta0=theta0,
-                     progress=cfg.progress)
+                     progress=cfg.progress and self.world.writer, world=self.world)
+
+    def _by_owner(self, positions: torch.Tensor, compute) -> torch.Tensor:
+        """Rows for requests about the tasks at ``positions [k]``: each rank computes the requests
+        of its span of the tasks (``compute(select)``, ``select`` their indices into the request),
+        and every rank gets all of them in request order."""
+        if not self.world.distributed:
+            return compute(torch.arange(len(positions), device=positions.device))
+        owner = self.world.owner(positions.cpu(), len(self.tasks))
+        mine = torch.nonzero(owner == self.world.rank).flatten().to(positions.device)
+        gathered = self.world.gather_rows(compute(mine))
+        out = torch.empty_like(gathered)
+        out[torch.argsort(owner, stable=True).to(out.device)] = gathered  # gathered in rank order
+        return out
+
+    def _own(self, positions: torch.Tensor) -> torch.Tensor:
+        """The ``positions`` in this rank's span of the tasks."""
+        first, last = self.world.span(len(self.tasks))
+        return positions[(positions >= first) & (positions < last)]
 
     def _pairs(self, items, split: str) -> torch.Tensor:
         """``(task position, index)`` pairs of the ``split`` ("val" or "train") instances, ``[k, 2]``."""
@@ -141,12 +162,17 @@ class InfluenceAnalyzer:
     def task_gradients(self, positions=None, direct: bool = False) -> torch.Tensor:
         """Per-task total gradients ``g_i`` (partial ``b_i`` when ``direct``), ``[k, p]``."""
         positions = _positions(positions, len(self.tasks), device=self.lam.device)
-        out = []
-        for idx in task_chunks(len(positions), self.config.chunk, self.lam.device):
-            rows, ones = self.binding.rows(positions[idx]), self.lam.new_ones(len(idx))
-            cot = rows.direct_cotangent(ones) if direct else rows.gradient_cotangent(ones)
-            out.append(self.binding.pull_each(cot, positions[idx]))
-        return torch.cat(out) if out else self.lam.new_zeros(0, self.lam.numel())
+
+        def compute(select: torch.Tensor) -> torch.Tensor:
+            out = [self.lam.new_zeros(0, self.lam.numel())]
+            for idx in task_chunks(len(select), self.config.chunk, self.lam.device):
+                at = positions[select[idx]]
+                rows, ones = self.binding.rows(at), self.lam.new_ones(len(idx))
+                cot = rows.direct_cotangent(ones) if direct else rows.gradient_cotangent(ones)
+                out.append(self.binding.pull_each(cot, at))
+            return torch.cat(out)
+
+        return self._by_owner(positions, compute)
 
     def _weighted_chunks(self, subset: torch.Tensor | None):
         """``(positions, rows, c)`` of every chunk with a non-zero task weight; with a ``subset`` of
@@ -202,7 +228,7 @@ class InfluenceAnalyzer:
                 return rows.hvp_cotangents((v.expand(len(idx), -1),), c, _ROW_HESSIAN[variant])[1][0].sum(0)
 
             out = out + vmap(one)(block.clone())
-        return out
+        return self.world.sum_(out)
 
     def operator(self, variant: str | None = None) -> MatvecOperator:
         """The total Hessian of ``variant`` as a :class:`~metaif.linalg.LinearOperator` (with the
@@ -278,24 +304,30 @@ class InfluenceAnalyzer:
 
         def matvec(v):
             out = self.problem.gamma * v
+            local = torch.zeros_like(v)
             for idx, rows in zip(self.state.chunks, self.state.rows):
-                out = out + (self.c[idx, None] * rows.outer_theta_hvp(v.expand(len(idx), -1))).sum(0)
-            return out
+                local = local + (self.c[idx, None] * rows.outer_theta_hvp(v.expand(len(idx), -1))).sum(0)
+            return out + self.world.sum_(local)
 
-        a = torch.cat([self.binding.rows(positions[idx]).outer_theta_grad()
-                       for idx in task_chunks(len(positions), self.config.chunk, self.lam.device)])
+        a = self._by_owner(positions, lambda select: torch.cat(
+            [self.lam.new_zeros(0, self.lam.numel())] + [self.binding.rows(positions[select[idx]]).outer_theta_grad()
+                                                         for idx in task_chunks(len(select), self.config.chunk,
+                                                                                self.lam.device)]))
         solver = DampingRetry(MatvecOperator.per_vector(matvec, self.lam), self.config.solver)
         return self.c[positions, None] * solver.solve(a).x
 
     def _instance_gradients(self, items: torch.Tensor, width: int, cotangent) -> torch.Tensor:
         """Per-item lambda-gradients ``[k, p]``; ``cotangent(tasks, onehot [B, width])`` gives the
         context cotangents of a chunk of items."""
-        out = []
-        for idx in task_chunks(len(items), self.config.chunk, self.lam.device):
-            tasks = items[idx, 0]
-            onehot = torch.nn.functional.one_hot(items[idx, 1], width).to(self.lam)
-            out.append(self.binding.pull_each(cotangent(tasks, onehot), tasks))
-        return torch.cat(out)
+        def compute(select: torch.Tensor) -> torch.Tensor:
+            out = [self.lam.new_zeros(0, self.lam.numel())]
+            for idx in task_chunks(len(select), self.config.chunk, self.lam.device):
+                tasks = items[select[idx], 0]
+                onehot = torch.nn.functional.one_hot(items[select[idx], 1], width).to(self.lam)
+                out.append(self.binding.pull_each(cotangent(tasks, onehot), tasks))
+            return torch.cat(out)
+
+        return self._by_owner(items[:, 0], compute)
 
     def val_gradients(self, items) -> torch.Tensor:
         """``D_lambda l(z')`` of validation instances ``items [k, 2]``, ``[k, p]`` (math.md §7)."""
@@ -335,8 +367,12 @@ class InfluenceAnalyzer:
         ``-H_k^{-1} grad_theta l(z)``; §14(c)'s tangent recursion for an unrolled map), ``[k, q]``."""
         width = self.tasks.y_train.shape[1]
         items = self._pairs(items, "train")
-        rows = self.binding.rows(items[:, 0])
-        return rows.inner_tangent(torch.nn.functional.one_hot(items[:, 1], width).to(self.lam))
+
+        def compute(select: torch.Tensor) -> torch.Tensor:
+            rows = self.binding.rows(items[select, 0])
+            return rows.inner_tangent(torch.nn.functional.one_hot(items[select, 1], width).to(self.lam))
+
+        return self._by_owner(items[:, 0], compute)
 
     def loss_difference(self, items) -> torch.Tensor:
         """math.md §9: predicted change of task k's validation loss when training point j leaves
@@ -344,10 +380,14 @@ class InfluenceAnalyzer:
         ``P = w_kj u_k^T grad_theta l(z_kj)``), ``[k]``."""
         width = self.tasks.y_train.shape[1]
         items = self._pairs(items, "train")
-        rows = self.binding.rows(items[:, 0])
-        tangent = rows.inner_tangent(torch.nn.functional.one_hot(items[:, 1], width).to(self.lam))
-        w = self.weights.w_tr[items[:, 0], items[:, 1]]
-        return -w * (rows.outer_theta_grad() * tangent).sum(-1)
+
+        def compute(select: torch.Tensor) -> torch.Tensor:
+            rows = self.binding.rows(items[select, 0])
+            tangent = rows.inner_tangent(torch.nn.functional.one_hot(items[select, 1], width).to(self.lam))
+            w = self.weights.w_tr[items[select, 0], items[select, 1]]
+            return -w * (rows.outer_theta_grad() * tangent).sum(-1)
+
+        return self._by_owner(items[:, 0], compute)
 
     # ---- editing and scores --------------------------------------------------------------------
 
@@ -362,20 +402,22 @@ class InfluenceAnalyzer:
         if len(val):
             items = self._pairs(val, "val")
             w_val = self.weights.w_val
-            touched = torch.unique(items[:, 0])
-            rows = self.binding.rows(touched, w_val=(w_val * _mask(items, w_val))[touched])
-            cot = rows.direct_cotangent(self.c[touched]) if direct else rows.gradient_cotangent(self.c[touched])
+            touched = self._own(torch.unique(items[:, 0]))
             buf = self.binding.zeros()
-            self.binding.scatter(buf, cot, touched)
+            if len(touched):
+                rows = self.binding.rows(touched, w_val=(w_val * _mask(items, w_val))[touched])
+                cot = rows.direct_cotangent(self.c[touched]) if direct else rows.gradient_cotangent(self.c[touched])
+                self.binding.scatter(buf, cot, touched)
             total = total + self.binding.pull(buf)
         if len(train):
             items = self._pairs(train, "train")
             w_tr = self.weights.w_tr
-            touched = torch.unique(items[:, 0])
-            cot = self.binding.rows(touched).train_cotangent((w_tr * _mask(items, w_tr))[touched],
-                                                             self.config.third_order_train)
+            touched = self._own(torch.unique(items[:, 0]))
             buf = self.binding.zeros()
-            self.binding.scatter(buf, _scale_rows(cot, self.c[touched]), touched)
+            if len(touched):
+                cot = self.binding.rows(touched).train_cotangent((w_tr * _mask(items, w_tr))[touched],
+                                                                 self.config.third_order_train)
+                self.binding.scatter(buf, _scale_rows(cot, self.c[touched]), touched)
             total = total - self.binding.pull(buf)
         return total
 
@@ -417,7 +459,7 @@ class InfluenceAnalyzer:
             tasks.append(c * t)
             val.append(c[:, None] * self.weights.w_val[idx].to(v) * v)
             train.append(-c[:, None] * self.weights.w_tr[idx].to(tr) * tr)
-        return Scores(torch.cat(tasks), torch.cat(val), torch.cat(train))
+        return Scores(*(self.world.gather_rows(torch.cat(part)) for part in (tasks, val, train)))
 
     def scores(self, test: TaskSet, partial: bool = False, variant: str | None = None) -> Scores:
         """Influence scores on new tasks (math.md §12), one solve (s_test): predicted change of
@@ -438,7 +480,8 @@ class InfluenceAnalyzer:
             c = self.c[idx]
             tasks.append(c * t)
             val.append(c[:, None] * self.weights.w_val[idx].to(v) * v)
-        return Scores(torch.cat(tasks), torch.cat(val), torch.zeros_like(self.weights.w_tr, dtype=self.lam.dtype))
+        return Scores(self.world.gather_rows(torch.cat(tasks)), self.world.gather_rows(torch.cat(val)),
+                      torch.zeros_like(self.weights.w_tr, dtype=self.lam.dtype))
 
     def projections(self, directions: torch.Tensor, variant: str | None = None) -> list[Scores]:
         """Predicted ``d^T Δλ_X`` for every item and each direction ``d`` of ``directions [k, p]``."""

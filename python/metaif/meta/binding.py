@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..curvature import ImageBody
 from ..linalg import NotConverged, conjugate_gradient
+from ..parallel import World
 from .batch import TaskBatch
 from .heads import FeatureHead, bilevel
 from .problem import FeatureHeadProblem, UnrolledProblem
@@ -38,32 +39,37 @@ PATHS = ("auto", "seam")
 SEAM_CG_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
-def chunk_spans(n: int, size: int) -> list[tuple[int, int]]:
-    """``[start, end)`` of consecutive chunks of at most ``size`` of ``0..n-1``."""
-    return [(start, min(start + size, n)) for start in range(0, n, size)]
+def chunk_spans(n: int, size: int, first: int = 0) -> list[tuple[int, int]]:
+    """``[start, end)`` of consecutive chunks of at most ``size`` of ``first..n-1``."""
+    return [(start, min(start + size, n)) for start in range(first, n, size)]
 
 
-def task_chunks(n: int, size: int, device: torch.device | None = None) -> list[torch.Tensor]:
-    """Positions ``0..n-1`` in consecutive chunks of at most ``size``, on ``device``."""
-    return [torch.arange(start, end, device=device) for start, end in chunk_spans(n, size)]
+def task_chunks(n: int, size: int, device: torch.device | None = None, first: int = 0) -> list[torch.Tensor]:
+    """Positions ``first..n-1`` in consecutive chunks of at most ``size``, on ``device``."""
+    return [torch.arange(start, end, device=device) for start, end in chunk_spans(n, size, first)]
 
 
 class BodyBinding:
     """Feature-head problems: lambda is the body, theta_i the head. ``image_chunk`` bounds the
     body passes' memory; ``inner`` names the head solver (:data:`~metaif.curvature.HEAD_SOLVERS`),
     applied to ``grad^2_theta F_i + inner_damping I``; ``passes`` the body passes; ``theta0``
-    warm-starts the heads ``[B, q]``."""
+    warm-starts the heads ``[B, q]``. Over several ranks (``world``) each solves the heads of its
+    span of the tasks and runs the body passes of its span of the inputs; heads, features and
+    tangents are gathered, and pull-backs sum over the ranks."""
 
     def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, image_chunk: int = 1024,
                  inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
-                 theta0: torch.Tensor | None = None) -> None:
+                 theta0: torch.Tensor | None = None, world: World = World()) -> None:
         self.head = FeatureHead(problem)
-        self.lam, self.batch = lam.detach(), batch
+        self.lam, self.batch, self.world = lam.detach(), batch, world
         self.inner, self.inner_damping = inner, inner_damping
-        self.body = ImageBody(self.head.body, self.lam, batch.inputs.to(lam.dtype), image_chunk, passes)
+        self.body = ImageBody(self.head.body, self.lam, batch.inputs.to(lam.dtype), image_chunk, passes, world)
         self.phi = self.body.phi
+        own = slice(*world.span(len(batch)))
         with torch.no_grad():
-            self.theta, self.inner_norm = self.head.solve(self.phi[batch.pos_tr], batch.y_tr, batch.w_tr, theta0)
+            theta, norm = self.head.solve(self.phi[batch.pos_tr[own]], batch.y_tr[own], batch.w_tr[own],
+                                          None if theta0 is None else theta0[own])
+        self.theta, self.inner_norm = world.gather_rows(theta), world.gather_rows(norm)
         self.bases = self.head.pooled_bases(self.theta, self.phi[batch.pos_tr], batch.y_tr, batch.w_tr) \
             if inner == "ekfac-pooled" else None
 
@@ -132,7 +138,7 @@ class LambdaContext:
         into += cot[0].sum(0)
 
     def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
-        return m.clone()
+        return self.world.sum_(m.clone())  # the ranks' task sums
 
     def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:
         return cot[0]
@@ -141,32 +147,39 @@ class LambdaContext:
 class SeamBinding(LambdaContext):
     """Any :class:`~.problem.BilevelProblem` on flat vectors: the context is lambda. Inner solves
     are dense Cholesky of ``grad^2_theta F_i + inner_damping I`` when ``q <= dense_max``, else CG on
-    autograd products; ``theta0 [B, q]`` warm-starts the inner problems."""
+    autograd products; ``theta0 [B, q]`` warm-starts the inner problems. Over several ranks
+    (``world``) each solves and factors the inner problems of its span of the tasks and serves
+    rows of those only; the thetas are gathered."""
 
     def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, inner_damping: float = 0.0,
                  dense_max: int = 2000, cg_max_iter: int = 1000, theta0: torch.Tensor | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, world: World = World()) -> None:
         # lambda and every tangent get fresh storage: forward AD tangents of the expanded
         # per-row lambda must share its layout (a view into another buffer, e.g. a column of
         # the dense solver's identity, would be copied into the stride-0 expansion and fail)
-        self.problem = bilevel(problem)
+        self.problem, self.world = bilevel(problem), world
         self.lam, self.batch, self.inner_damping = lam.detach().clone(), batch, inner_damping
         self.x_tr, self.x_val = batch.x_tr.to(lam.dtype), batch.x_val.to(lam.dtype)
         self.cg_rtol, self.cg_max_iter = SEAM_CG_RTOL[lam.dtype], cg_max_iter
-        tasks = tqdm(range(len(batch)), desc="inner problems", leave=False, disable=not progress)
+        self.first, last = world.span(len(batch))
+        tasks = tqdm(range(self.first, last), desc="inner problems", leave=False, disable=not progress)
         solved = [self.problem.solve_inner(self.lam, self.x_tr[i], batch.y_tr[i], batch.w_tr[i],
                                            None if theta0 is None else theta0[i]) for i in tasks]
-        self.theta = torch.stack([s[0] for s in solved])
-        self.inner_norm = torch.tensor([float(s[1]) for s in solved], device="cpu")  # a diagnostic
+        self.theta = world.gather_rows(torch.stack([s[0] for s in solved]))
+        # a diagnostic
+        self.inner_norm = world.gather_rows(torch.tensor([float(s[1]) for s in solved], dtype=torch.float64,
+                                                         device="cpu"))
         self._inner_grad = vmap(grad(self.problem.inner_objective, argnums=0))
         self._outer = vmap(self.problem.outer_objective)
         self.dense = self.theta.shape[1] <= dense_max
         self.blockwise = self.dense  # CG inner solves have data-dependent loops: no vmap over directions
         if self.dense:
+            mine = slice(self.first, last)
             h = vmap(hessian(self.problem.inner_objective, argnums=0))(
-                self.theta, self.lam.expand(len(batch), -1), self.x_tr, batch.y_tr, batch.w_tr)
+                self.theta[mine], self.lam.expand(last - self.first, -1), self.x_tr[mine], batch.y_tr[mine],
+                batch.w_tr[mine])
             eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
-            self.chol = torch.linalg.cholesky(0.5 * (h + h.mT) + inner_damping * eye)
+            self.chol = torch.linalg.cholesky(0.5 * (h + h.mT) + inner_damping * eye)  # this rank's tasks
 
     def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> Rows:
         b = self.batch
@@ -181,7 +194,7 @@ class SeamBinding(LambdaContext):
             return self._outer(th, xi[0], x_val, y_val, w)
 
         if self.dense:
-            chol = self.chol[idx]
+            chol = self.chol[idx - self.first]  # rows of this rank's span only
 
             def solve(rhs):
                 return torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
@@ -204,19 +217,21 @@ class SeamBinding(LambdaContext):
 class UnrolledBinding(LambdaContext):
     """An :class:`~.problem.UnrolledProblem`: every task's theta is its explicit map at lambda,
     computed ``chunk`` tasks at a time; ``inner_norm`` reports ``||grad_theta F_i||`` at theta (an
-    explicit map need not be stationary)."""
+    explicit map need not be stationary). Over several ranks (``world``) each maps its span of the
+    tasks; the thetas are gathered."""
 
-    def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, chunk: int = 32) -> None:
-        self.problem, self.lam, self.batch = problem, lam.detach().clone(), batch
+    def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, chunk: int = 32, world: World = World()) -> None:
+        self.problem, self.lam, self.batch, self.world = problem, lam.detach().clone(), batch, world
         self.x_tr, self.x_val = batch.x_tr.to(lam.dtype), batch.x_val.to(lam.dtype)
         self.theta = None
         thetas, norms = [], []
-        for idx in task_chunks(len(batch), chunk, batch.pos_tr.device):
+        first, last = world.span(len(batch))
+        for idx in task_chunks(last, chunk, batch.pos_tr.device, first):
             rows = self.rows(idx)
             thetas.append(rows.theta.detach())
             norms.append(rows.map(grad(problem.inner_objective), rows.theta, rows.xi[0], self.x_tr[idx],
                                   batch.y_tr[idx], batch.w_tr[idx]).norm(dim=-1))
-        self.theta, self.inner_norm = torch.cat(thetas), torch.cat(norms).detach()
+        self.theta, self.inner_norm = world.gather_rows(torch.cat(thetas)), world.gather_rows(torch.cat(norms).detach())
 
     def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> UnrolledRows:
         b = self.batch
@@ -226,7 +241,9 @@ class UnrolledBinding(LambdaContext):
 
 
 class Bound:
-    """``problem`` solved at ``lam`` on ``batch``, its tasks cut into chunks of ``chunk`` rows.
+    """``problem`` solved at ``lam`` on ``batch``, its tasks cut into chunks of ``chunk`` rows; over
+    several ranks (``world``) every rank holds the whole batch and the rows of its span of the
+    tasks, and the sums over tasks (:meth:`gradient`, the bindings' pull-backs) are all-reduced.
 
     ``path`` "auto" uses the unique-input :class:`BodyBinding` for problems that declare a
     feature-space head, the :class:`UnrolledBinding` for explicit inner maps and the
@@ -236,22 +253,26 @@ class Bound:
 
     def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, *, path: str = "auto", chunk: int = 256,
                  image_chunk: int = 1024, inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
-                 theta0: torch.Tensor | None = None, progress: bool = False) -> None:
+                 theta0: torch.Tensor | None = None, progress: bool = False, world: World = World()) -> None:
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        if len(batch) < world.size:
+            raise ValueError(f"{len(batch)} tasks cannot be shared by {world.size} ranks: use at most {len(batch)}")
         if isinstance(problem, UnrolledProblem):
-            self.binding = UnrolledBinding(problem, lam, batch, min(chunk, 32))
+            self.binding = UnrolledBinding(problem, lam, batch, min(chunk, 32), world)
             chunk = min(chunk, 32)  # the unrolled steps keep K copies of every activation per task
         elif path == "auto" and isinstance(problem, FeatureHeadProblem):
-            self.binding = BodyBinding(problem, lam, batch, image_chunk, inner, inner_damping, passes, theta0)
+            self.binding = BodyBinding(problem, lam, batch, image_chunk, inner, inner_damping, passes, theta0, world)
         else:
             if inner not in ("auto", "cholesky"):
                 raise ValueError(f"inner solver {inner!r} needs the feature-head path; the per-task path solves the "
                                  f"inner problems exactly ('auto')")
-            self.binding = SeamBinding(problem, lam, batch, inner_damping, theta0=theta0, progress=progress)
-        self.lam, self.batch = lam.detach(), batch
-        self.spans = chunk_spans(len(batch), chunk)
-        self.chunks = task_chunks(len(batch), chunk, batch.pos_tr.device)
+            self.binding = SeamBinding(problem, lam, batch, inner_damping, theta0=theta0, progress=progress,
+                                       world=world)
+        self.lam, self.batch, self.world = lam.detach(), batch, world
+        first, last = world.span(len(batch))
+        self.spans = chunk_spans(last, chunk, first)
+        self.chunks = task_chunks(last, chunk, batch.pos_tr.device, first)
         chunks = tqdm(self.chunks, desc="inner states", leave=False, disable=not progress)
         self.rows = [self.binding.rows(idx) for idx in chunks]
 
@@ -283,16 +304,18 @@ class Bound:
         return self.binding.pull(buf)
 
     def outer_losses(self) -> torch.Tensor:
-        """``L_i(theta_i, lambda)`` per task ``[m]``."""
-        return torch.cat([rows.outer(rows.theta, rows.xi, rows.w_val) for rows in self.rows]).detach()
+        """``L_i(theta_i, lambda)`` per task ``[m]`` (gathered over the ranks)."""
+        own = [rows.outer(rows.theta, rows.xi, rows.w_val).detach() for rows in self.rows]
+        return self.world.gather_rows(torch.cat(own) if own else self.lam.new_zeros(0))
 
 
-def meta_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def meta_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor,
+                  world: World = World()) -> tuple[torch.Tensor, dict]:
     """``sum_i c_i g_i`` (math.md §3) over ``batch``, ``[p]``, and the losses: what outer training
     and polishing need from a problem without its own ``outer_gradient``. A feature-head problem
     runs the body once per unique input of the batch (a forward, then one pull-back of the summed
-    feature cotangents)."""
-    bound = Bound(problem, lam, batch)
+    feature cotangents); over several ranks each runs its span of the tasks and of the inputs."""
+    bound = Bound(problem, lam, batch, world=world)
     c = task_weights.to(lam)
     grad = bound.gradient(c)
     weighted = float((c * bound.outer_losses()).sum())

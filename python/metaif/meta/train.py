@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data.tasks import TaskSet
 from ..ops import has_kernels
+from ..parallel import World
 from ..utils.config import check, check_choice, config, finite, results_settings, setting
 from ..utils.io import save_torch
 from ..utils.store import StaleResults, differences, fingerprint
@@ -73,17 +74,41 @@ def device_of(config: TrainConfig) -> torch.device:
     return device
 
 
-def outer_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """The problem's own ``outer_gradient`` where it has one, else :func:`~.binding.meta_gradient`."""
+def _summed(world: World, grad: torch.Tensor, info: dict, total_weight: float) -> tuple[torch.Tensor, dict]:
+    """One rank's share of a gradient and its losses, summed over the ranks."""
+    weighted = float(world.sum_(torch.tensor([info["weighted_loss"]], dtype=torch.float64)))
+    return world.sum_(grad), {"outer_loss": weighted / total_weight, "weighted_loss": weighted,
+                              "inner_grad_norm": world.max(info["inner_grad_norm"])}
+
+
+def _by_tasks(world: World, gradient, batch: TaskBatch, task_weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """``gradient(batch, weights)`` with the tasks shared by the ranks, summed over them."""
+    if not world.distributed:
+        return gradient(batch, task_weights)
+    rows = torch.arange(*world.span(len(batch)), device=batch.pos_tr.device)
+    grad, info = gradient(batch.select(rows), task_weights[rows])
+    return _summed(world, grad, info, float(task_weights.sum()))
+
+
+def outer_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor,
+                   world: World = World()) -> tuple[torch.Tensor, dict]:
+    """The problem's own ``outer_gradient`` where it has one (over several ranks: each on its span of
+    the tasks), else :func:`~.binding.meta_gradient` (each rank on its span of the tasks and inputs)."""
     own = getattr(problem, "outer_gradient", None)
-    return own(lam, batch, task_weights) if own is not None else meta_gradient(problem, lam, batch, task_weights)
+    if own is None:
+        return meta_gradient(problem, lam, batch, task_weights, world)
+    return _by_tasks(world, lambda b, c: own(lam, b, c), batch, task_weights)
 
 
-def training_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor):
+def training_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor,
+                      world: World = World()):
     """What outer training steps on: the problem's ``training_gradient`` where it has one (an
-    approximation such as first-order MAML), else :func:`outer_gradient`."""
+    approximation such as first-order MAML), else :func:`outer_gradient`; over several ranks each
+    takes its span of the batch's tasks."""
     own = getattr(problem, "training_gradient", None)
-    return own(lam, batch, task_weights) if own is not None else outer_gradient(problem, lam, batch, task_weights)
+    gradient = (lambda b, c: own(lam, b, c)) if own is not None else \
+        (lambda b, c: outer_gradient(problem, lam, b, c))
+    return _by_tasks(world, gradient, batch, task_weights)
 
 
 @dataclass
@@ -117,8 +142,10 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
                progress: bool = True) -> TrainResult:
     """Train lambda from ``lam0`` (default: the problem's seeded init) by Adam on the total
     gradient plus the outer L2's; resumes from ``checkpoint`` when it holds a run of the same
-    configuration and task set (a larger ``steps`` extends it)."""
-    dtype, device = DTYPES[config.dtype], device_of(config)
+    configuration and task set (a larger ``steps`` extends it). Over several ranks (torch.distributed)
+    each computes its span of every meta-batch and the gradients are summed: every rank takes the
+    same steps."""
+    dtype, device, world = DTYPES[config.dtype], device_of(config), World.current()
     weights = weights.to(device=device, dtype=dtype) if weights is not None else Weights.uniform(tasks, dtype, device)
     lam = (problem.init_lambda(config.seed, dtype) if lam0 is None else lam0.detach()).to(device=device, dtype=dtype)
     lam = lam.clone().requires_grad_(True)
@@ -145,15 +172,18 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
         start, result.losses, spent = state["step"], state["losses"], state.get("seconds", 0.0)
     active = torch.nonzero(weights.c.cpu() > 0).flatten()
     batch_size = len(active) if config.meta_batch == 0 else min(config.meta_batch, len(active))
+    if batch_size < world.size:
+        raise ValueError(f"a meta-batch of {batch_size} tasks cannot be shared by {world.size} ranks: raise "
+                         f"TrainConfig.meta_batch to at least {world.size}")
     began = time.perf_counter()
-    bar = tqdm(range(start, config.steps), disable=not progress, desc="meta-train", leave=False)
+    bar = tqdm(range(start, config.steps), disable=not (progress and world.writer), desc="meta-train", leave=False)
     for step in bar:
         draw = torch.randperm(len(active), generator=gen, device="cpu")[:batch_size]
         rows = active if batch_size == len(active) else active[draw]
         on_device = rows.to(device)
         batch = TaskBatch.from_taskset(tasks, rows, dtype, weights.w_tr[on_device], weights.w_val[on_device], device)
         scale = len(active) / batch_size  # unbiased estimate of sum over all active tasks
-        grad, info = training_gradient(problem, lam.detach(), batch, weights.c[on_device] * scale)
+        grad, info = training_gradient(problem, lam.detach(), batch, weights.c[on_device] * scale, world)
         opt.zero_grad()
         lam.grad = grad + outer_l2(problem, lam.detach())[1]
         opt.step()
@@ -182,7 +212,7 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
     the same settings resumes from it); ``progress`` shows iterations, loss, ``||D_lambda L||`` and
     time.
     """
-    dtype, device = lam0.dtype, lam0.device
+    dtype, device, world = lam0.dtype, lam0.device, World.current()
     weights = weights.to(lam0) if weights is not None else Weights.uniform(tasks, dtype, device)
     active = torch.nonzero(weights.c.cpu() > 0).flatten()
     on_device = active.to(device)
@@ -204,7 +234,7 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
         result.losses, result.iterations, spent = state["losses"], state["iterations"], state["seconds"]
 
     def closure():
-        grad, info = outer_gradient(problem, lam.detach(), batch, weights.c[on_device])
+        grad, info = outer_gradient(problem, lam.detach(), batch, weights.c[on_device], world)
         value, l2_grad = outer_l2(problem, lam.detach())
         lam.grad = grad + l2_grad
         result.losses.append(info["weighted_loss"] + value)
@@ -213,7 +243,8 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
         return lam.new_tensor(result.losses[-1])
 
     began = time.perf_counter()
-    bar = tqdm(total=max_iter, initial=min(result.iterations, max_iter), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=max_iter, initial=min(result.iterations, max_iter), desc=desc, disable=not (progress and world.writer),
+               leave=False)
     rounding = 16 * torch.finfo(dtype).eps
     while result.iterations < max_iter:
         before_loss = result.losses[-1] if result.losses else None

@@ -1,4 +1,9 @@
-"""Atomic file writes: a crash leaves either the old file or the new one, never half of one."""
+"""Atomic file writes: a crash leaves either the old file or the new one, never half of one.
+
+Over several ranks (torch.distributed) only rank 0 writes or removes files, between two barriers:
+all ranks run the same code, so every read before a write (in program order) is done on every rank
+before rank 0 changes the file, and every read after it sees the new one.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..parallel import World
 
 
 def _umask() -> int:
@@ -19,21 +26,34 @@ def _umask() -> int:
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename; the file
     gets the permissions ``open`` would give it (0666 less the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path, world = Path(path), World.current()
+    world.barrier()
+    if world.writer:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = data.encode() if isinstance(data, str) else data
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    world.barrier()
     return path
+
+
+def remove_files(paths) -> None:
+    """Delete ``paths`` (those that exist), on rank 0 only."""
+    world = World.current()
+    world.barrier()
+    if world.writer:
+        for path in paths:
+            Path(path).unlink(missing_ok=True)
+    world.barrier()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

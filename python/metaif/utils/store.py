@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .io import write_json
+from .io import remove_files, write_json
 
 __all__ = ["FolderBusy", "OutputError", "Stage", "StaleResults", "differences", "fingerprint", "lock_folder"]
 
@@ -93,9 +93,7 @@ class Stage:
         return None
 
     def clear(self) -> None:
-        for f in self.files:
-            (self.folder / f).unlink(missing_ok=True)
-        self.record_path.unlink(missing_ok=True)
+        remove_files([*(self.folder / f for f in self.files), self.record_path])
 
     def finish(self, **summary: Any) -> dict:
         """Record that the stage's files are complete for these settings (with a summary)."""

@@ -1,0 +1,65 @@
+"""Starting the ranks of a run: ``launch`` spawns ``nproc`` local processes on loopback (what
+``metaif ... --nproc N`` does); :func:`init_from_env` joins the group that torchrun describes in
+the environment. Collectives time out (``METAIF_DIST_TIMEOUT`` seconds, default 300), so a rank
+that dies or hangs stops the others with an error instead of a hang."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from .world import World
+
+__all__ = ["DEFAULT_TIMEOUT_S", "init_from_env", "launch"]
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def _timeout() -> timedelta:
+    return timedelta(seconds=float(os.environ.get("METAIF_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+
+
+def _backend() -> str:
+    return "nccl" if torch.cuda.is_available() and os.environ.get("METAIF_DIST_BACKEND") != "gloo" else "gloo"
+
+
+def init_from_env() -> World:
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT) unless already joined; a group of one without them. NCCL when CUDA is available
+    (unless METAIF_DIST_BACKEND=gloo), gloo otherwise."""
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if _backend() == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(_backend(), timeout=_timeout())
+    return World.current()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_entry(rank: int, nproc: int, port: int, target: Callable, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(nproc))
+    init_from_env()
+    try:
+        target(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(nproc: int, target: Callable, *args) -> None:
+    """Run ``target(*args)`` on ranks ``0..nproc-1`` of one machine. Returns when every rank has
+    finished; raises (torch.multiprocessing's ProcessExitedException / ProcessRaisedException, naming
+    the rank) as soon as one fails, after stopping the others."""
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    mp.spawn(_rank_entry, args=(nproc, _free_port(), target, args), nprocs=nproc, join=True)

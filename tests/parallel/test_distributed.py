@@ -1,0 +1,55 @@
+"""Two CPU processes on loopback (gloo) against one: training gradients, task-IF, instance-IF,
+scores, edits and total-Hessian products agree up to the reduction order (float64: 1e-10 relative);
+a rank that dies stops the run with an error in bounded time."""
+
+import os
+
+import pytest
+import torch
+from torch.multiprocessing import ProcessExitedException
+
+from metaif.parallel import World, launch
+from tests.parallel.ranks import die_on_rank_one, influence_results, save_influence_results
+
+TOLERANCE = dict(rtol=1e-10, atol=1e-12)
+
+
+def test_spans_cover_every_item_once_and_owners_agree():
+    for size in (1, 2, 3, 4):
+        for n in (4, 7, 10):
+            spans = [World(rank, size).span(n) for rank in range(size)]
+            assert spans[0][0] == 0 and spans[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+            assert max(e - s for s, e in spans) - min(e - s for s, e in spans) <= 1
+            owner = World(0, size).owner(torch.arange(n), n)
+            assert all(spans[int(r)][0] <= i < spans[int(r)][1] for i, r in enumerate(owner))
+
+
+@pytest.mark.parametrize("form", ["logistic", "imaml"])
+def test_two_ranks_equal_one(form, tmp_path):
+    launch(2, save_influence_results, form, str(tmp_path))
+    sharded = torch.load(tmp_path / f"{form}.pt")
+    single = influence_results(form, World())
+    assert sharded.keys() == single.keys()
+    for name, value in single.items():
+        torch.testing.assert_close(sharded[name], value, **TOLERANCE, msg=lambda m: f"{name}: {m}")
+
+
+def test_a_dead_rank_stops_the_run_with_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAIF_DIST_TIMEOUT", "30")
+    with pytest.raises(ProcessExitedException, match="process 1 terminated with exit code 3"):
+        launch(2, die_on_rank_one, str(tmp_path))
+    waited = tmp_path / "rank0_seconds"
+    assert not waited.exists() or float(waited.read_text()) < 30  # rank 0 stopped, or was stopped, in time
+    assert os.environ["METAIF_DIST_TIMEOUT"] == "30"
+
+
+def test_the_command_line_shares_a_run_over_two_processes(tmp_path):
+    from metaif.cli import main
+
+    flags = ["--steps", "4", "--train-tasks", "12", "--test-tasks", "12", "--quiet"]
+    assert main(["train", "--out", str(tmp_path / "one"), *flags]) == 0
+    assert main(["train", "--out", str(tmp_path / "two"), *flags, "--nproc", "2"]) == 0
+    one, two = (torch.load(tmp_path / name / "lambda.pt") for name in ("one", "two"))
+    torch.testing.assert_close(two, one, rtol=0, atol=1e-6)  # float32 sums in another order
+    assert not (tmp_path / "two" / ".metaif.lock").exists()
