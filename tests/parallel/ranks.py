@@ -9,27 +9,35 @@ from pathlib import Path
 import torch
 
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig
-from metaif.meta import TrainConfig, Weights, meta_gradient, meta_train
+from metaif.meta import MamlConfig, MamlProblem, TrainConfig, Weights, meta_gradient, meta_train
 from metaif.meta.batch import TaskBatch
 from metaif.meta.train import outer_gradient
+from metaif.meta.unrolled import default_model
+from metaif.models import mlp
 from metaif.parallel import World
 from tests.helpers import make_problem, make_taskset
 
 ITEMS_VAL, ITEMS_TRAIN = [(0, 1), (3, 2), (5, 0)], [(1, 0), (4, 2)]
-# at this untrained lambda the total Hessians reach -1.24 (logistic) and -0.53 (imaml)
-CONFIG = InfluenceConfig(solver=SolverConfig(method="cg", damping=2.0, rtol=1e-12, max_iter=500), chunk=2)
+# at this untrained lambda the total Hessians reach -1.24 (logistic), -0.53 (imaml) and below -2 (maml)
+CONFIG = InfluenceConfig(solver=SolverConfig(method="cg", damping=5.0, rtol=1e-12, max_iter=500), chunk=2)
+
+
+def _problem(form: str):
+    if form == "maml":
+        return MamlProblem(default_model(mlp(64, (4,), "tanh"), 3), MamlConfig(ways=3, inner_steps=2, inner_lr=0.1))
+    return make_problem(form)
 
 
 def influence_results(form: str, world: World | None = None) -> dict[str, torch.Tensor]:
     """Training gradients, every influence quantity and an edit of a small float64 problem."""
     torch.manual_seed(0)
-    problem, tasks, test = make_problem(form), make_taskset(6, seed=1), make_taskset(4, seed=7)
+    problem, tasks, test = _problem(form), make_taskset(6, seed=1), make_taskset(4, seed=7)
     lam = problem.init_lambda(0, torch.float64)
     batch = TaskBatch.from_taskset(tasks, dtype=torch.float64)
     c = Weights.uniform(tasks, torch.float64).c
     world = World.current() if world is None else world
     out = {"outer_gradient": outer_gradient(problem, lam, batch, c, world)[0]}
-    if form != "imaml":
+    if form == "logistic":
         out["meta_gradient"] = meta_gradient(problem, lam, batch, c, world)[0]
     out["trained"] = meta_train(problem, tasks, TrainConfig(steps=3, meta_batch=4, lr=1e-2, dtype="float64"),
                                 progress=False).lam

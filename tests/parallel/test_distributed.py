@@ -25,7 +25,7 @@ def test_spans_cover_every_item_once_and_owners_agree():
             assert all(spans[int(r)][0] <= i < spans[int(r)][1] for i, r in enumerate(owner))
 
 
-@pytest.mark.parametrize("form", ["logistic", "imaml"])
+@pytest.mark.parametrize("form", ["logistic", "imaml", "maml"])  # the body, per-task and unrolled bindings
 def test_two_ranks_equal_one(form, tmp_path):
     launch(2, save_influence_results, form, str(tmp_path))
     sharded = torch.load(tmp_path / f"{form}.pt")
