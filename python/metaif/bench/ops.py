@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import torch
 
 from .. import ops, reference
-from ..curvature import AutogradPasses, SecondOrderPasses
-from ..linalg import woodbury_solve
+from ..curvature import AutogradPasses, LinearHeadCurvature, SecondOrderPasses, get_loss
+from ..linalg import WoodburyInverse, woodbury_solve
 from ..models import conv4
 from .core import BenchConfig, Case
 
@@ -113,6 +113,23 @@ def woodbury_cases(cfg: BenchConfig) -> Iterator[Case]:
     v = torch.randn(tasks, 4, params)
     yield Case("woodbury_solve", f"T={tasks} P={params} r={rank} B=4", "torch.linalg.solve (dense)",
                lambda: woodbury_solve(u, v, 0.1), lambda: reference.woodbury_solve(u, v, 0.1))
+    # The polish's exact head solves: 5-way 1- and 5-shot heads on 64 features, one per task.
+    tasks = 1000 if cfg.quick else 10000
+    loss = get_loss("softmax")
+    for shots in (1, 5):
+        feats, _ = _head_problem(tasks, n=5 * shots)
+        logits = 2.0 * torch.randn(tasks, 5 * shots, 5)
+        weights, rhs = torch.full(logits.shape[:2], 1 / (5 * shots)), torch.randn(tasks, 5 * feats.shape[2])
+
+        def structured(f=feats, z=logits, w=weights, r=rhs):
+            return LinearHeadCurvature(loss.hessian(z), f, w, 1.0, logit_root=loss.hessian_root(z)).woodbury()(r)
+
+        def formed(f=feats, z=logits, w=weights, r=rhs):
+            curv = LinearHeadCurvature(loss.hessian(z), f, w, 1.0)
+            return WoodburyInverse(curv.factor(), curv.damping)(r.unsqueeze(1)).squeeze(1)
+
+        yield Case("head_woodbury", f"T={tasks} 5-way n={5 * shots} D=65", "formed factor (eigh) + Woodbury",
+                   structured, formed, note="set-up + one solve")
 
 
 def _dense_gather(cols, index, mask, weight):
@@ -172,7 +189,7 @@ kfe_cases.ops = ("kfe_ihvp", "kfe_ihvp_grouped")
 kfe_eigvals_cases.ops = ("kfe_eigvals",)
 hvp_cases.ops = ("ce_head_hvp", "ggn_hvp")
 solver_cases.ops = ("neumann_dense", "neumann_ce_head", "cg_dense", "cg_ce_head")
-woodbury_cases.ops = ("woodbury_solve",)
+woodbury_cases.ops = ("woodbury_solve", "head_woodbury")
 patch_cases.ops = ("gather_patch_matmul", "gather_patch_matmul_t")
 body_pass_cases.ops = ("body_hvp",)
 OP_GROUPS = (kfe_cases, kfe_eigvals_cases, hvp_cases, solver_cases, woodbury_cases, patch_cases, body_pass_cases)

@@ -11,9 +11,12 @@ few-shot factor (``U U^T = H - damping I``) and its EK-FAC approximation (math.m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from .losses import psd_root
 
 __all__ = ["LinearHeadCurvature", "linear_logits", "pooled_kfe_bases"]
 
@@ -27,7 +30,9 @@ def linear_logits(theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
 class LinearHeadCurvature:
     """``H_b = sum_n w[b, n] G[b, n] (x) phi[b, n] phi[b, n]^T + damping I`` for B tasks.
 
-    ``probs [B, n, K]`` (softmax heads only) lets the compiled ce-head kernels apply H.
+    ``probs [B, n, K]`` (softmax heads only) lets the compiled ce-head kernels apply H;
+    ``logit_root [B, n, K, K]`` (``R R^T = G``, from the loss) spares :meth:`factor` an
+    eigendecomposition per example.
     """
 
     logit_hess: torch.Tensor   # [B, n, K, K]
@@ -35,6 +40,7 @@ class LinearHeadCurvature:
     w: torch.Tensor            # [B, n]
     damping: float
     probs: torch.Tensor | None = None
+    logit_root: torch.Tensor | None = None
 
     @property
     def outputs(self) -> int:
@@ -62,15 +68,39 @@ class LinearHeadCurvature:
         eye = torch.eye(self.dim, dtype=self.phi.dtype, device=self.phi.device)
         return h.reshape(b, self.dim, self.dim) + self.damping * eye
 
+    def _roots(self) -> torch.Tensor:
+        """``sqrt(w_n) R_n [B, n, K, K]`` with ``R_n R_n^T = G_n``."""
+        root = psd_root(self.logit_hess) if self.logit_root is None else self.logit_root
+        return root * self.w.sqrt()[..., None, None]
+
     def factor(self) -> torch.Tensor:
-        """``U [B, K D, n K]`` with ``U U^T = H - damping I``: per example ``sqrt(w_n) (L_n (x) phi_n)``,
-        ``L_n L_n^T = G_n`` (the exact few-shot factor that Woodbury inverts)."""
+        """``U [B, K D, n K]`` with ``U U^T = H - damping I``: per example ``sqrt(w_n) (R_n (x) phi_n)``,
+        ``R_n R_n^T = G_n`` (the exact few-shot factor that Woodbury inverts)."""
         b, n, k = self.phi.shape
-        classes = self.outputs
-        vals, vecs = torch.linalg.eigh(self.logit_hess)
-        root = vecs * vals.clamp_min(0).sqrt()[..., None, :] * self.w.sqrt()[..., None, None]
+        root = self._roots()
         u = root[:, :, :, None, :] * self.phi[:, :, None, :, None]   # U[(c, k), (n, r)] = root[n, c, r] phi[n, k]
-        return u.permute(0, 2, 3, 1, 4).reshape(b, classes * k, n * classes)
+        return u.permute(0, 2, 3, 1, 4).reshape(b, self.outputs * k, n * self.outputs)
+
+    def woodbury(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``rhs [B, q] -> H^{-1} rhs``, exact, by Woodbury on the few-shot factor without forming it:
+        ``U^T U`` is ``(phi_n . phi_m) (R_n^T R_m)`` blockwise, and ``U^T v``, ``U c`` go through the
+        features, so memory and work grow with ``n K (n K + D)`` per task instead of ``n K^2 D``."""
+        b, n, d = self.phi.shape
+        classes, mu, phi = self.outputs, self.damping, self.phi
+        root = self._roots()                                                    # [B, n, K, K]
+        gram = (phi @ phi.mT)[:, :, None, :, None]                              # [B, n, 1, n, 1]
+        small = (gram * torch.einsum("bncr,bmcs->bnrms", root, root)).reshape(b, n * classes, n * classes)
+        eye = torch.eye(n * classes, dtype=phi.dtype, device=phi.device)
+        chol = torch.linalg.cholesky(mu * eye + small)
+
+        def solve(rhs: torch.Tensor) -> torch.Tensor:
+            v = rhs.view(b, classes, d)
+            u_t_v = torch.einsum("bncr,bcn->bnr", root, v @ phi.mT).reshape(b, n * classes, 1)
+            coeffs = torch.cholesky_solve(u_t_v, chol).view(b, n, classes)
+            u_c = torch.einsum("bncr,bnr->bcn", root, coeffs) @ phi             # [B, K, D]
+            return (v - u_c).reshape(b, -1) / mu
+
+        return solve
 
     def kfe_bases(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-task eigenbases ``(Q_S [B, K, K], Q_A [B, D, D])`` of ``S = E_w[G]`` (the true Fisher's

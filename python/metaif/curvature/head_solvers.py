@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..linalg import NotConverged, WoodburyInverse, conjugate_gradient
+from ..linalg import NotConverged, conjugate_gradient
 from ..ops import cg_ce_head, kfe_ihvp_grouped
 from .head import LinearHeadCurvature
 
@@ -38,8 +38,7 @@ def register_head_solver(name: str):
 
 @register_head_solver("woodbury")
 def _woodbury(curv: LinearHeadCurvature, bases: Bases) -> HeadSolve:
-    inverse = WoodburyInverse(curv.factor(), curv.damping)
-    return lambda rhs: inverse(rhs.unsqueeze(1)).squeeze(1)
+    return curv.woodbury()
 
 
 @register_head_solver("cholesky")

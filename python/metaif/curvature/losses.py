@@ -22,6 +22,13 @@ def _onehot(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return (y[..., None] == torch.arange(like.shape[-1], device=y.device)).to(like)
 
 
+def psd_root(matrix: torch.Tensor) -> torch.Tensor:
+    """``R [..., K, K]`` with ``R R^T = matrix`` for batched symmetric PSD ``matrix [..., K, K]``
+    (eigenvectors scaled by the square roots of the clamped eigenvalues)."""
+    vals, vecs = torch.linalg.eigh(matrix)
+    return vecs * vals.clamp_min(0).sqrt()[..., None, :]
+
+
 class Loss(ABC):
     """``value(logits [..., K], y) -> [...]``, ``residual`` (its logit gradient, ``[..., K]``),
     ``hessian(logits) -> [..., K, K]``; ``outputs(classes)`` is K for a task of ``classes``
@@ -42,6 +49,11 @@ class Loss(ABC):
     @abstractmethod
     def hessian(self, logits: torch.Tensor) -> torch.Tensor: ...
 
+    def hessian_root(self, logits: torch.Tensor) -> torch.Tensor:
+        """``R [..., K, K]`` with ``R R^T = hessian(logits)`` (the few-shot factor's per-example
+        block); by a batched eigendecomposition unless the loss has a closed form."""
+        return psd_root(self.hessian(logits))
+
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         """Predicted class per example (argmax of the logits)."""
         return logits.argmax(-1)
@@ -59,6 +71,13 @@ class SoftmaxCrossEntropy(Loss):
     def hessian(self, logits):
         p = torch.softmax(logits, -1)
         return torch.diag_embed(p) - p[..., :, None] * p[..., None, :]
+
+    def hessian_root(self, logits):
+        # (diag(s) - p s^T)(diag(s) - s p^T) = diag(p) - p p^T for s = sqrt(p), since s^T s = 1:
+        # no eigendecomposition (thousands of tiny batched ones dominated the head solves)
+        p = torch.softmax(logits, -1)
+        s = p.sqrt()
+        return torch.diag_embed(s) - p[..., :, None] * s[..., None, :]
 
 
 class SquaredError(Loss):
@@ -83,6 +102,9 @@ class SquaredError(Loss):
         eye = torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device)
         return eye.expand(*logits.shape, logits.shape[-1])
 
+    def hessian_root(self, logits):
+        return self.hessian(logits)
+
 
 class BinaryLogistic(Loss):
     """Two classes with one logit z: ``softplus(z) - y z`` for labels y in {0, 1} (no 2-class
@@ -105,6 +127,9 @@ class BinaryLogistic(Loss):
     def hessian(self, logits):
         s = torch.sigmoid(logits)
         return (s * (1 - s))[..., None]
+
+    def hessian_root(self, logits):
+        return self.hessian(logits).sqrt()
 
     def predict(self, logits):
         return (logits[..., 0] > 0).long()

@@ -99,7 +99,8 @@ class AnilProblem:
         phi_b = with_bias(phi.detach())
         logits = linear_logits(theta, phi_b)
         probs = torch.softmax(logits, -1) if self.config.loss == "softmax" else None
-        return LinearHeadCurvature(self.loss.hessian(logits), phi_b, w, self.delta + damping, probs)
+        return LinearHeadCurvature(self.loss.hessian(logits), phi_b, w, self.delta + damping, probs,
+                                   self.loss.hessian_root(logits))
 
     def solve_heads(self, phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
                     theta0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
