@@ -107,9 +107,8 @@ def test_sigint_and_a_second_run_on_the_same_folder(tmp_path):
                 "--train-tasks", "12", "--test-tasks", "6", "--quiet"]
     first = subprocess.Popen(long_run, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(200):  # wait until it holds the lock
-            if (out / ".metaif.lock").exists():
-                break
+        deadline = time.monotonic() + 120  # until it holds the lock (imports take long on a busy machine)
+        while not (out / ".metaif.lock").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         second = subprocess.run(long_run, capture_output=True, text=True, timeout=120)
         assert second.returncode == 4 and f"in use by process {first.pid}" in second.stderr

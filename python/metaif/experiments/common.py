@@ -145,7 +145,7 @@ def train_model(config: RunConfig, analysis: AnalysisConfig, ws: Workspace, trai
         save_torch(ws.out / "lambda_star.pt", record.pop("lam").cpu())
         record = stage.finish(**record)
     lam = torch.load(ws.out / "lambda_star.pt", weights_only=True, map_location=device)
-    summary.update({k: v for k, v in record.items() if k not in ("fingerprint", "settings")})
+    summary.update({k: v for k, v in record.items() if k not in ("fingerprint", "settings", "complete")})
     return Trained(config, anchored(problem, record["rho"], lam_trained), tasks, test, lam, lam_trained, summary)
 
 

@@ -52,6 +52,9 @@ def _rank_entry(rank: int, nproc: int, port: int, target: Callable, args: tuple)
     init_from_env()
     try:
         target(*args)
+        # no rank closes its connections while another is still inside a collective (a gloo peer
+        # that loses a connection mid-operation may abort instead of raising)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -75,21 +75,26 @@ class Stage:
                                f"recompute") from None
 
     def open(self) -> dict | None:
-        """The stage's record when its files were made with these settings (resume), ``None`` when
-        the stage is to be computed; raises :class:`StaleResults` on other settings (without force)."""
+        """The stage's record when its files were completed with these settings (resume), ``None``
+        when the stage is to be computed; raises :class:`StaleResults` on other settings (without
+        force). A stage to be computed is marked as begun with these settings first, so that the
+        partial files (checkpoints) an interrupted run leaves are resumed by the same command and
+        refused by any other."""
         record = self._record()
-        present = [f for f in self.files if (self.folder / f).exists()]
-        if record is not None and record.get("fingerprint") == fingerprint(self.settings):
+        ours = record is not None and record.get("fingerprint") == fingerprint(self.settings)
+        if ours and record.get("complete", True):
             return record
-        if record is None and not present:
-            return None
-        if not self.force:
-            changed = differences(record["settings"], self.settings) if record is not None else \
-                [f"{', '.join(present)} without a record of their settings"]
-            shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
-            raise StaleResults(f"{self.folder / self.name} was made with other settings ({shown}); rerun with "
-                               f"--force to recompute it, or use another --out")
-        self.clear()
+        present = [f for f in self.files if (self.folder / f).exists()]
+        if not ours and (record is not None or present):
+            if not self.force:
+                changed = differences(record["settings"], self.settings) if record is not None else \
+                    [f"{', '.join(present)} without a record of their settings"]
+                shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+                raise StaleResults(f"{self.folder / self.name} was made with other settings ({shown}); rerun "
+                                   f"with --force to recompute it, or use another --out")
+            self.clear()
+        write_json(self.record_path, {"fingerprint": fingerprint(self.settings), "settings": self.settings,
+                                      "complete": False})
         return None
 
     def clear(self) -> None:
@@ -97,7 +102,7 @@ class Stage:
 
     def finish(self, **summary: Any) -> dict:
         """Record that the stage's files are complete for these settings (with a summary)."""
-        record = {"fingerprint": fingerprint(self.settings), "settings": self.settings, **summary}
+        record = {"fingerprint": fingerprint(self.settings), "settings": self.settings, "complete": True, **summary}
         write_json(self.record_path, record)
         return record
 
