@@ -40,7 +40,8 @@ def test_score_influence_and_edit_commands(shared_run, capsys):
     edit = json.loads((shared_run / "edit.json").read_text())
     assert edit["removed"]["tasks"] == [0, 3] and 0 <= edit["accuracy_after"]["mean"] <= 1
     assert torch.load(shared_run / "lambda_edited.pt").ndim == 1
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "s/it" not in err and "%|" not in err, err  # --quiet: no progress bar anywhere
 
 
 def test_edit_without_items_says_what_to_do(shared_run, capsys):
