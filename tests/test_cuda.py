@@ -11,7 +11,7 @@ from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig
 from metaif.meta import AnilConfig, AnilProblem
 from metaif.models import conv4
 from tests.helpers import ce_head_problem, orthogonal, spd, tol
-from tests.ops.test_compile import all_ops
+from tests.ops.test_compile import all_ops, all_ops_inputs
 from tests.test_device_placement import image_tasks
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and ops.has_kernels("cuda")),
@@ -112,15 +112,7 @@ def test_failures_raise_the_cpu_kernels_messages():
 
 
 def test_opcheck_and_compile_on_cuda():
-    dt = torch.float64
-    feats, probs, weights = ce_head_problem(2, 5, 4, 3, dt)
-    inputs = (
-        torch.randn(3, 4, 5, dtype=dt), orthogonal(4, dt), orthogonal(5, dt), torch.rand(4, 5, dtype=dt),
-        torch.randn(6, 2, 4, dtype=dt), torch.randn(6, 2, 5, dtype=dt),
-        feats, probs, weights, torch.randn(2, 2, 3, 4, dtype=dt),
-        torch.randn(2, 5, 3, 7, dtype=dt), torch.randn(2, 2, 7, dtype=dt),
-        spd(2, 6, dt), torch.randn(2, 2, 6, dtype=dt), torch.full((2,), 5.0, dtype=dt), torch.randn(2, 7, 3, dtype=dt),
-    )
+    inputs = all_ops_inputs()
     gpu = tuple(t.to(CUDA) for t in inputs)
     torch._dynamo.reset()
     torch.testing.assert_close(torch.compile(all_ops, fullgraph=True)(*gpu), all_ops(*gpu))

@@ -23,16 +23,20 @@ def all_ops(grads, q_out, q_in, eig, out_grads, acts, feats, probs, weights, vec
     )
 
 
-def test_compiled_equals_eager():
-    dt = torch.float64
+def all_ops_inputs(dt: torch.dtype = torch.float64) -> tuple:
+    """Small valid arguments of :func:`all_ops`, in its order."""
     feats, probs, weights = ce_head_problem(2, 5, 4, 3, dt)
-    inputs = (
+    return (
         torch.randn(3, 4, 5, dtype=dt), orthogonal(4, dt), orthogonal(5, dt), torch.rand(4, 5, dtype=dt),
         torch.randn(6, 2, 4, dtype=dt), torch.randn(6, 2, 5, dtype=dt),
         feats, probs, weights, torch.randn(2, 2, 3, 4, dtype=dt),
         torch.randn(2, 5, 3, 7, dtype=dt), torch.randn(2, 2, 7, dtype=dt),
         spd(2, 6, dt), torch.randn(2, 2, 6, dtype=dt), torch.full((2,), 5.0, dtype=dt), torch.randn(2, 7, 3, dtype=dt),
     )
+
+
+def test_compiled_equals_eager():
+    inputs = all_ops_inputs()
     torch._dynamo.reset()
     compiled = torch.compile(all_ops, fullgraph=True)
     torch.testing.assert_close(compiled(*inputs), all_ops(*inputs))
