@@ -7,6 +7,7 @@ the experiment's fresh score tasks (one column per score task). Prints products 
 preconditioner's up-front products, the true residual reached and the wall time.
 
     python benchmarks/cg_iterations.py --run runs/table1-mnist --seed 0 --ranks 0,20
+    python benchmarks/cg_iterations.py --run runs/table1-omniglot --solves edit
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="an experiment's --out folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ranks", default="0,20", help="preconditioner ranks to compare")
+    parser.add_argument("--solves", default="edit,scores", help="which solves to time: edit and/or scores")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="also write the rows as JSON")
     args = parser.parse_args()
+    if not set(args.solves.split(",")) <= {"edit", "scores"}:
+        parser.error(f"--solves: edit and/or scores, comma-separated; got {args.solves!r}")
     torch.set_num_threads(args.threads)
 
     config = load_experiment_config(Path(args.run) / "config.json")
@@ -46,8 +50,9 @@ def main() -> None:
         began = time.perf_counter()
         analyzer = InfluenceAnalyzer(trained.problem, trained.lam, trained.train, config=influence)
         setup = time.perf_counter() - began
-        for name, job in (("edit (1 column)", lambda a=analyzer: a.edit(tasks=removed)),
-                          (f"scores ({len(scored)} columns)", lambda a=analyzer: a.scores(scored))):
+        jobs = {"edit": ("edit (1 column)", lambda a=analyzer: a.edit(tasks=removed)),
+                "scores": (f"scores ({len(scored)} columns)", lambda a=analyzer: a.scores(scored))}
+        for name, job in (jobs[key] for key in args.solves.split(",")):
             began = time.perf_counter()
             job()
             seconds = time.perf_counter() - began
