@@ -51,10 +51,11 @@ def run_demo(config: ExperimentConfig, ws: Workspace) -> dict:
     plots.histogram(ws.out / "task_scores.png", {"tasks": scores.tasks.tolist()},
                     "predicted test-loss change on removal", "task influence scores", cutoff,
                     f"{len(harmful)} most harmful, removed by the edit")
+    worst = sorted(rows, key=lambda r: r[4])[:10]
     plots.histogram(ws.out / "instance_scores.png", {"training instances": scores.train.flatten().tolist(),
                                                      "validation instances": scores.val.flatten().tolist()},
-                    "predicted test-loss change on removal", "instance influence scores")
-    worst = sorted(rows, key=lambda r: r[4])[:10]
+                    "predicted test-loss change on removal", "instance influence scores",
+                    worst[-1][4] if worst else None, f"{len(worst)} most harmful (results.json)")
     summary = trained.summary
     result = {"trained_accuracy": summary["meta_test_accuracy"], "analysed_accuracy": asdict(accuracy(trained, trained.lam)),
               "edited_accuracy": asdict(accuracy(trained, edited)), "anchor_rho": summary["rho"],
