@@ -2,11 +2,11 @@
 // batched over tasks and vectors: out[t, b] = (H_t + damping I) vecs[t, b]. CPU: csrc/operators.h;
 // CUDA: cuda/ce_head_hvp.cu (a block per task and vector).
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include "cuda_support.h"
 #include "inputs.h"
 #include "operators.h"
+#include "registration.h"
 
 namespace metaif {
 namespace {
@@ -39,10 +39,6 @@ at::Tensor ce_head_hvp(const at::Tensor& feats, const at::Tensor& probs, const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("ce_head_hvp", &ce_head_hvp); }
-
-#if defined(METAIF_WITH_CUDA)
-TORCH_LIBRARY_IMPL(metaif, CUDA, m) { m.impl("ce_head_hvp", &ce_head_hvp); }
-#endif
+METAIF_IMPL_ALL_DEVICES(m.impl("ce_head_hvp", &ce_head_hvp);)
 
 }  // namespace metaif

@@ -2,13 +2,13 @@
 // (csrc/solvers.h) and on CUDA (cuda/cg.cu: a block per task and column, every iteration in one
 // launch); maxiter -1 means the operator's dimension.
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <tuple>
 
 #include "cuda_support.h"
 #include "inputs.h"
 #include "operators.h"
+#include "registration.h"
 #include "solvers.h"
 
 namespace metaif {
@@ -89,16 +89,6 @@ CgResult cg_ce_head(const at::Tensor& feats, const at::Tensor& probs, const std:
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) {
-  m.impl("cg_dense", &cg_dense);
-  m.impl("cg_ce_head", &cg_ce_head);
-}
-
-#if defined(METAIF_WITH_CUDA)
-TORCH_LIBRARY_IMPL(metaif, CUDA, m) {
-  m.impl("cg_dense", &cg_dense);
-  m.impl("cg_ce_head", &cg_ce_head);
-}
-#endif
+METAIF_IMPL_ALL_DEVICES(m.impl("cg_dense", &cg_dense); m.impl("cg_ce_head", &cg_ce_head);)
 
 }  // namespace metaif

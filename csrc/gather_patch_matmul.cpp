@@ -4,7 +4,6 @@
 // there, instead of writing and re-reading the whole layer output through memory.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <atomic>
 #include <vector>
@@ -12,6 +11,7 @@
 #include "blas.h"
 #include "cuda_support.h"
 #include "patch_args.h"
+#include "registration.h"
 
 namespace metaif {
 namespace {
@@ -68,10 +68,6 @@ at::Tensor gather_patch_matmul(const at::Tensor& cols, const at::Tensor& index, 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("gather_patch_matmul", &gather_patch_matmul); }
-
-#if defined(METAIF_WITH_CUDA)
-TORCH_LIBRARY_IMPL(metaif, CUDA, m) { m.impl("gather_patch_matmul", &gather_patch_matmul); }
-#endif
+METAIF_IMPL_ALL_DEVICES(m.impl("gather_patch_matmul", &gather_patch_matmul);)
 
 }  // namespace metaif

@@ -4,7 +4,6 @@
 // GEMM; images are accumulated in double. CUDA: cuda/gather_patch_matmul_t.cu.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <atomic>
 #include <vector>
@@ -12,6 +11,7 @@
 #include "blas.h"
 #include "cuda_support.h"
 #include "patch_args.h"
+#include "registration.h"
 
 namespace metaif {
 namespace {
@@ -75,10 +75,6 @@ at::Tensor gather_patch_matmul_t(const at::Tensor& cols, const at::Tensor& index
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("gather_patch_matmul_t", &gather_patch_matmul_t); }
-
-#if defined(METAIF_WITH_CUDA)
-TORCH_LIBRARY_IMPL(metaif, CUDA, m) { m.impl("gather_patch_matmul_t", &gather_patch_matmul_t); }
-#endif
+METAIF_IMPL_ALL_DEVICES(m.impl("gather_patch_matmul_t", &gather_patch_matmul_t);)
 
 }  // namespace metaif

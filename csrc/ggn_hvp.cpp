@@ -3,11 +3,11 @@
 // GEMMs around the Hessian rows (csrc/operators.h); CUDA: two batched cuBLAS products (ATen)
 // around one elementwise kernel (cuda/ggn_hvp.cu).
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include "checks.h"
 #include "cuda_support.h"
 #include "operators.h"
+#include "registration.h"
 
 namespace metaif {
 namespace {
@@ -55,10 +55,6 @@ at::Tensor ggn_hvp(const at::Tensor& jac, const at::Tensor& probs, const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("ggn_hvp", &ggn_hvp); }
-
-#if defined(METAIF_WITH_CUDA)
-TORCH_LIBRARY_IMPL(metaif, CUDA, m) { m.impl("ggn_hvp", &ggn_hvp); }
-#endif
+METAIF_IMPL_ALL_DEVICES(m.impl("ggn_hvp", &ggn_hvp);)
 
 }  // namespace metaif

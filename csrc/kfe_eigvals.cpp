@@ -4,7 +4,6 @@
 // one example at a time, in a reused tile. For t = 1 the rotated DW_n is an outer product and
 // the whole sum collapses to a single GEMM of the squared rotated vectors.
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <optional>
@@ -14,6 +13,7 @@
 #include "blas.h"
 #include "checks.h"
 #include "cuda_support.h"
+#include "registration.h"
 
 namespace metaif {
 namespace {
@@ -111,10 +111,6 @@ at::Tensor kfe_eigvals(const at::Tensor& out_grads, const at::Tensor& acts,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) { m.impl("kfe_eigvals", &kfe_eigvals); }
-
-#if defined(METAIF_WITH_CUDA)
-TORCH_LIBRARY_IMPL(metaif, CUDA, m) { m.impl("kfe_eigvals", &kfe_eigvals); }
-#endif
+METAIF_IMPL_ALL_DEVICES(m.impl("kfe_eigvals", &kfe_eigvals);)
 
 }  // namespace metaif

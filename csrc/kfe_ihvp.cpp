@@ -4,7 +4,6 @@
 // and the eigenvalue division run per matrix while it is hot in cache. CUDA: rotate (cuBLAS),
 // scale (cuda/kfe_ihvp.cu), rotate back (cuBLAS).
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <vector>
 
@@ -12,6 +11,7 @@
 #include "blas.h"
 #include "checks.h"
 #include "cuda_support.h"
+#include "registration.h"
 #include "status_message.h"
 
 namespace metaif {
@@ -184,16 +184,6 @@ std::vector<at::Tensor> kfe_ihvp_grouped(at::TensorList grads, at::TensorList q_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) {
-  m.impl("kfe_ihvp", &kfe_ihvp);
-  m.impl("kfe_ihvp_grouped", &kfe_ihvp_grouped);
-}
-
-#if defined(METAIF_WITH_CUDA)
-TORCH_LIBRARY_IMPL(metaif, CUDA, m) {
-  m.impl("kfe_ihvp", &kfe_ihvp);
-  m.impl("kfe_ihvp_grouped", &kfe_ihvp_grouped);
-}
-#endif
+METAIF_IMPL_ALL_DEVICES(m.impl("kfe_ihvp", &kfe_ihvp); m.impl("kfe_ihvp_grouped", &kfe_ihvp_grouped);)
 
 }  // namespace metaif

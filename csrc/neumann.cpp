@@ -2,11 +2,11 @@
 // CPU (csrc/solvers.h) and on CUDA (cuda/neumann.cu: a block per task and column, every term in
 // one launch).
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include "cuda_support.h"
 #include "inputs.h"
 #include "operators.h"
+#include "registration.h"
 #include "solvers.h"
 
 namespace metaif {
@@ -79,16 +79,6 @@ at::Tensor neumann_ce_head(const at::Tensor& feats, const at::Tensor& probs, con
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metaif, CPU, m) {
-  m.impl("neumann_dense", &neumann_dense);
-  m.impl("neumann_ce_head", &neumann_ce_head);
-}
-
-#if defined(METAIF_WITH_CUDA)
-TORCH_LIBRARY_IMPL(metaif, CUDA, m) {
-  m.impl("neumann_dense", &neumann_dense);
-  m.impl("neumann_ce_head", &neumann_ce_head);
-}
-#endif
+METAIF_IMPL_ALL_DEVICES(m.impl("neumann_dense", &neumann_dense); m.impl("neumann_ce_head", &neumann_ce_head);)
 
 }  // namespace metaif
