@@ -259,8 +259,8 @@ class Bound:
         if len(batch) < world.size:
             raise ValueError(f"{len(batch)} tasks cannot be shared by {world.size} ranks: use at most {len(batch)}")
         if isinstance(problem, UnrolledProblem):
-            self.binding = UnrolledBinding(problem, lam, batch, min(chunk, 32), world)
             chunk = min(chunk, 32)  # the unrolled steps keep K copies of every activation per task
+            self.binding = UnrolledBinding(problem, lam, batch, chunk, world)
         elif path == "auto" and isinstance(problem, FeatureHeadProblem):
             self.binding = BodyBinding(problem, lam, batch, image_chunk, inner, inner_damping, passes, theta0, world)
         else:
