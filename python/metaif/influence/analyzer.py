@@ -120,18 +120,25 @@ class InfluenceAnalyzer:
                      inner=cfg.inner, inner_damping=cfg.inner_damping, passes=cfg.body_passes, theta0=theta0,
                      progress=cfg.progress and self.world.writer, world=self.world)
 
-    def _by_owner(self, positions: torch.Tensor, compute) -> torch.Tensor:
-        """Rows for requests about the tasks at ``positions [k]``: each rank computes the requests
-        of its span of the tasks (``compute(select)``, ``select`` their indices into the request),
-        and every rank gets all of them in request order."""
+    def _by_owner(self, positions: torch.Tensor, compute, row_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Rows ``[k, *row_shape]`` (default ``[k, p]``) for requests about the tasks at ``positions
+        [k]``: each rank computes the requests of its span of the tasks, ``chunk`` at a time
+        (``compute(select)``, ``select`` their indices into the request), and every rank gets all of
+        them in request order."""
+        row_shape = (self.lam.numel(),) if row_shape is None else row_shape
         if not self.world.distributed:
-            return compute(torch.arange(len(positions), device=positions.device))
+            return self._chunked(torch.arange(len(positions), device=positions.device), compute, row_shape)
         owner = self.world.owner(positions.cpu(), len(self.tasks))
         mine = torch.nonzero(owner == self.world.rank).flatten().to(positions.device)
-        gathered = self.world.gather_rows(compute(mine))
+        gathered = self.world.gather_rows(self._chunked(mine, compute, row_shape))
         out = torch.empty_like(gathered)
         out[torch.argsort(owner, stable=True).to(out.device)] = gathered  # gathered in rank order
         return out
+
+    def _chunked(self, select: torch.Tensor, compute, row_shape: tuple[int, ...]) -> torch.Tensor:
+        """``compute`` over chunks of ``config.chunk`` requests of ``select``, concatenated."""
+        parts = [compute(select[idx]) for idx in task_chunks(len(select), self.config.chunk, select.device)]
+        return torch.cat(parts) if parts else self.lam.new_zeros(0, *row_shape)
 
     def _own(self, positions: torch.Tensor) -> torch.Tensor:
         """The ``positions`` in this rank's span of the tasks."""
@@ -164,13 +171,10 @@ class InfluenceAnalyzer:
         positions = _positions(positions, len(self.tasks), device=self.lam.device)
 
         def compute(select: torch.Tensor) -> torch.Tensor:
-            out = [self.lam.new_zeros(0, self.lam.numel())]
-            for idx in task_chunks(len(select), self.config.chunk, self.lam.device):
-                at = positions[select[idx]]
-                rows, ones = self.binding.rows(at), self.lam.new_ones(len(idx))
-                cot = rows.direct_cotangent(ones) if direct else rows.gradient_cotangent(ones)
-                out.append(self.binding.pull_each(cot, at))
-            return torch.cat(out)
+            at = positions[select]
+            rows, ones = self.binding.rows(at), self.lam.new_ones(len(select))
+            cot = rows.direct_cotangent(ones) if direct else rows.gradient_cotangent(ones)
+            return self.binding.pull_each(cot, at)
 
         return self._by_owner(positions, compute)
 
@@ -309,10 +313,8 @@ class InfluenceAnalyzer:
                 local = local + (self.c[idx, None] * rows.outer_theta_hvp(v.expand(len(idx), -1))).sum(0)
             return out + self.world.sum_(local)
 
-        a = self._by_owner(positions, lambda select: torch.cat(
-            [self.lam.new_zeros(0, self.lam.numel())] + [self.binding.rows(positions[select[idx]]).outer_theta_grad()
-                                                         for idx in task_chunks(len(select), self.config.chunk,
-                                                                                self.lam.device)]))
+        a = self._by_owner(positions, lambda select: self.binding.rows(positions[select]).outer_theta_grad(),
+                           (self.binding.theta.shape[1],))
         solver = DampingRetry(MatvecOperator.per_vector(matvec, self.lam), self.config.solver)
         return self.c[positions, None] * solver.solve(a).x
 
@@ -320,12 +322,9 @@ class InfluenceAnalyzer:
         """Per-item lambda-gradients ``[k, p]``; ``cotangent(tasks, onehot [B, width])`` gives the
         context cotangents of a chunk of items."""
         def compute(select: torch.Tensor) -> torch.Tensor:
-            out = [self.lam.new_zeros(0, self.lam.numel())]
-            for idx in task_chunks(len(select), self.config.chunk, self.lam.device):
-                tasks = items[select[idx], 0]
-                onehot = torch.nn.functional.one_hot(items[select[idx], 1], width).to(self.lam)
-                out.append(self.binding.pull_each(cotangent(tasks, onehot), tasks))
-            return torch.cat(out)
+            tasks = items[select, 0]
+            onehot = torch.nn.functional.one_hot(items[select, 1], width).to(self.lam)
+            return self.binding.pull_each(cotangent(tasks, onehot), tasks)
 
         return self._by_owner(items[:, 0], compute)
 
@@ -372,7 +371,7 @@ class InfluenceAnalyzer:
             rows = self.binding.rows(items[select, 0])
             return rows.inner_tangent(torch.nn.functional.one_hot(items[select, 1], width).to(self.lam))
 
-        return self._by_owner(items[:, 0], compute)
+        return self._by_owner(items[:, 0], compute, (self.binding.theta.shape[1],))
 
     def loss_difference(self, items) -> torch.Tensor:
         """math.md §9: predicted change of task k's validation loss when training point j leaves
@@ -387,7 +386,7 @@ class InfluenceAnalyzer:
             w = self.weights.w_tr[items[select, 0], items[select, 1]]
             return -w * (rows.outer_theta_grad() * tangent).sum(-1)
 
-        return self._by_owner(items[:, 0], compute)
+        return self._by_owner(items[:, 0], compute, ())
 
     # ---- editing and scores --------------------------------------------------------------------
 
