@@ -113,6 +113,8 @@ def test_sigint_and_a_second_run_on_the_same_folder(tmp_path):
         second = subprocess.run(long_run, capture_output=True, text=True, timeout=120)
         assert second.returncode == 4 and f"in use by process {first.pid}" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1
+        while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:  # interrupt the training
+            time.sleep(0.05)
         first.send_signal(signal.SIGINT)
         _, err = first.communicate(timeout=60)
     finally:
