@@ -68,4 +68,7 @@ def die_on_rank_one(folder: str) -> None:
         world.sum_(torch.ones(3))
         world.barrier()
     finally:
-        (Path(folder) / "rank0_seconds").write_text(f"{time.monotonic() - began:.2f}")
+        # whole or not at all: the launcher may stop this rank while it writes
+        partial = Path(folder) / "rank0_seconds.partial"
+        partial.write_text(f"{time.monotonic() - began:.2f}")
+        os.replace(partial, Path(folder) / "rank0_seconds")
