@@ -92,3 +92,23 @@ def test_imaml_trains(setting):
                         progress=False)
     assert result.losses[-1] < result.losses[0] and result.inner_grad_norm < 1e-4
     assert 0.0 <= evaluate(problem, result.lam, test.subset(list(range(4)))).mean <= 1.0
+
+
+def test_full_objective_is_what_the_polish_minimises():
+    """Its gradient is the derivative of its value (central differences, float64, with a task and
+    two instances weighted out), and a polish from lambda ends where that gradient vanishes."""
+    from metaif.meta import Weights, full_objective
+    from tests.helpers import make_problem, make_taskset
+
+    tasks, problem = make_taskset(6, seed=2), make_problem("logistic", gamma=0.05)
+    weights = Weights.uniform(tasks, torch.float64).without_positions(tasks=[1], val=[(2, 0)], train=[(3, 1)])
+    lam = problem.init_lambda(0, torch.float64)
+    value, grad = full_objective(problem, tasks, lam, weights)
+    d = torch.randn(lam.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eps = 1e-5
+    slope = (full_objective(problem, tasks, lam + eps * d, weights)[0]
+             - full_objective(problem, tasks, lam - eps * d, weights)[0]) / (2 * eps)
+    assert abs(slope - float(grad @ d)) <= 1e-6 * abs(slope)
+    assert value != full_objective(problem, tasks, lam)[0]  # the weights count
+    polished = solve_outer(problem, tasks, lam, weights, tol=1e-10, max_iter=500).lam
+    assert float(full_objective(problem, tasks, polished, weights)[1].abs().max()) <= 1e-9

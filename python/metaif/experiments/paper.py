@@ -84,7 +84,7 @@ TABLE1_METHODS = [("task", "Retrain"), ("task", "Direct IF"), ("task", "task-IF"
 PROTOCOLS = ("harmful", "random")
 
 
-def _removal_sets(protocol: str, fraction: float, seed: int, scores=None, shapes=None) -> dict:
+def removal_sets(protocol: str, fraction: float, seed: int, scores=None, shapes=None) -> dict:
     """Task positions and ``(position, index)`` training / validation instances to remove: the
     ``fraction`` with the most negative influence scores ("harmful"), or drawn at random with
     ``seed`` ("random", the paper's protocol)."""
@@ -132,7 +132,7 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
                 began = time.perf_counter()
                 scores = analyzer.scores(score_tasks(trained, config.analysis))
                 counted = setup_s + time.perf_counter() - began
-            removal = _removal_sets(protocol, config.fraction, seed, scores, shapes)
+            removal = removal_sets(protocol, config.fraction, seed, scores, shapes)
 
             def edited(counted: float, **items):
                 """An edit's accuracy; its runtime adds the ``counted`` analysis seconds."""

@@ -10,7 +10,9 @@ Hessian takes the Hessian ``variant`` per call (default: the config's).
 
 from __future__ import annotations
 
+import itertools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -424,21 +426,30 @@ class InfluenceAnalyzer:
              variant: str | None = None) -> torch.Tensor:
         """``λ̂_{-S} = λ* + H^{-1} removal_gradient(S)`` (math.md §11), one solve; ``method``
         "direct" uses the direct IF (tasks and validation instances); ``refine`` Newton steps
-        re-solve the inner problems with S removed (warm-started; H kept from λ*)."""
+        re-solve the inner problems with S removed (warm-started; H kept from λ*), ``[p]``."""
         if method not in ("task-if", "direct"):
             raise ValueError(f"method must be 'task-if' or 'direct', got {method!r}")
+        if not (isinstance(refine, int) and refine >= 0):
+            raise ValueError(f"refine must be an integer >= 0 (Newton steps), got {refine!r}")
         direct = method == "direct"
         variant = DIRECT if direct else self._variant(variant)
         lam = self.lam + self.solve(self.removal_gradient(tasks, val, train, direct)[None], variant)[0]
-        if refine:
-            removed = self.weights.without_positions(tasks, val, train)
-            theta = self.binding.theta
-            for _ in range(refine):
-                state = self._bind(lam, removed, theta0=theta)
-                theta = state.theta
-                grad = state.gradient(removed.c) + outer_l2(self.problem, lam)[1]
-                lam = lam - self.solve(grad[None], variant)[0]
-        return lam
+        return next(itertools.islice(self.newton_steps(lam, tasks, val, train, variant), refine, None))
+
+    def newton_steps(self, lam: torch.Tensor, tasks=(), val=(), train=(),
+                     variant: str | None = None) -> Iterator[torch.Tensor]:
+        """``lam``, then endlessly ``λ <- λ - (H + μI)^{-1} D_λ L_{-S}(λ)`` toward the optimum without S
+        (math.md §11's ``refine``): each step re-solves the inner problems at the new λ (warm-started
+        from the last θ) and reuses this analyzer's total Hessian at λ*; iterates ``[p]``."""
+        variant = self._variant(variant, allow_direct=True)
+        removed = self.weights.without_positions(tasks, val, train)
+        theta = self.binding.theta
+        while True:
+            yield lam
+            state = self._bind(lam, removed, theta0=theta)
+            theta = state.theta
+            grad = state.gradient(removed.c) + outer_l2(self.problem, lam)[1]
+            lam = lam - self.solve(grad[None], variant)[0]
 
     def test_gradient(self, test: TaskSet, partial: bool = False) -> torch.Tensor:
         """``D_lambda f`` of the mean query loss over ``test`` tasks after adaptation (math.md §12),

@@ -10,10 +10,10 @@ from .heads import FeatureHead, bilevel
 from .imaml import ImamlConfig, ImamlProblem
 from .implicit import total_gradient
 from .problem import BilevelProblem, FeatureHeadProblem, HeadCurvature, TrainableProblem, UnrolledProblem, anchored, outer_l2
-from .train import Accuracy, TrainConfig, TrainResult, evaluate, meta_train, retrain, solve_outer
+from .train import Accuracy, TrainConfig, TrainResult, evaluate, full_objective, meta_train, retrain, solve_outer
 from .unrolled import MamlConfig, MamlProblem
 
 __all__ = ["Accuracy", "AnilConfig", "AnilProblem", "BilevelProblem", "Bound", "FeatureHead", "FeatureHeadProblem",
            "HeadCurvature", "ImamlConfig", "ImamlProblem", "MamlConfig", "MamlProblem", "TaskBatch", "TrainConfig",
            "TrainResult", "TrainableProblem", "UnrolledProblem", "Weights", "anchored", "bilevel", "evaluate",
-           "meta_gradient", "meta_train", "outer_l2", "retrain", "solve_outer", "total_gradient"]
+           "full_objective", "meta_gradient", "meta_train", "outer_l2", "retrain", "solve_outer", "total_gradient"]

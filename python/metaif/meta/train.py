@@ -25,8 +25,8 @@ from .batch import TaskBatch, Weights
 from .binding import meta_gradient
 from .problem import TrainableProblem, outer_l2
 
-__all__ = ["DTYPES", "Accuracy", "TrainConfig", "TrainResult", "device_of", "evaluate", "meta_train", "outer_gradient",
-           "retrain", "solve_outer"]
+__all__ = ["DTYPES", "Accuracy", "TrainConfig", "TrainResult", "device_of", "evaluate", "full_objective", "meta_train",
+           "outer_gradient", "retrain", "solve_outer"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -111,6 +111,39 @@ def training_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights
     return _by_tasks(world, gradient, batch, task_weights)
 
 
+def _active(weights: Weights) -> torch.Tensor:
+    """Positions of the tasks with positive weight (on the CPU)."""
+    return torch.nonzero(weights.c.cpu() > 0).flatten()
+
+
+def _weighted_batch(tasks: TaskSet, weights: Weights, rows: torch.Tensor,
+                    like: torch.Tensor) -> tuple[TaskBatch, torch.Tensor]:
+    """Task positions ``rows`` as one batch with their instance weights (dtype and device of ``like``)
+    and their task weights."""
+    on_device = rows.to(like.device)
+    batch = TaskBatch.from_taskset(tasks, rows, like.dtype, weights.w_tr[on_device], weights.w_val[on_device],
+                                   like.device)
+    return batch, weights.c[on_device]
+
+
+def _objective(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor,
+               world: World) -> tuple[float, torch.Tensor, dict]:
+    """The full-batch outer objective, its gradient ``[p]`` and the gradient's info."""
+    grad, info = outer_gradient(problem, lam, batch, task_weights, world)
+    value, l2_grad = outer_l2(problem, lam)
+    return info["weighted_loss"] + value, grad + l2_grad, info
+
+
+def full_objective(problem: TrainableProblem, tasks: TaskSet, lam: torch.Tensor,
+                   weights: Weights | None = None) -> tuple[float, torch.Tensor]:
+    """What :func:`solve_outer` minimises, ``sum_i c_i L_i(lambda) + gamma/2 ||lambda - anchor||^2``
+    over all of ``tasks`` (``weights`` default uniform), at ``lam [p]``: its value and gradient ``[p]``."""
+    weights = weights.to(lam) if weights is not None else Weights.uniform(tasks, lam.dtype, lam.device)
+    batch, task_weights = _weighted_batch(tasks, weights, _active(weights), lam)
+    value, grad, _ = _objective(problem, lam.detach(), batch, task_weights, World.current())
+    return value, grad
+
+
 @dataclass
 class TrainResult:
     """The trained ``lam [p]``, the outer losses per step (or per L-BFGS evaluation), the last
@@ -170,7 +203,7 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         start, result.losses, spent = state["step"], state["losses"], state.get("seconds", 0.0)
-    active = torch.nonzero(weights.c.cpu() > 0).flatten()
+    active = _active(weights)
     batch_size = len(active) if config.meta_batch == 0 else min(config.meta_batch, len(active))
     if batch_size < world.size:
         raise ValueError(f"a meta-batch of {batch_size} tasks cannot be shared by {world.size} ranks: raise "
@@ -180,10 +213,9 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
     for step in bar:
         draw = torch.randperm(len(active), generator=gen, device="cpu")[:batch_size]
         rows = active if batch_size == len(active) else active[draw]
-        on_device = rows.to(device)
-        batch = TaskBatch.from_taskset(tasks, rows, dtype, weights.w_tr[on_device], weights.w_val[on_device], device)
+        batch, task_weights = _weighted_batch(tasks, weights, rows, lam)
         scale = len(active) / batch_size  # unbiased estimate of sum over all active tasks
-        grad, info = training_gradient(problem, lam.detach(), batch, weights.c[on_device] * scale, world)
+        grad, info = training_gradient(problem, lam.detach(), batch, task_weights * scale, world)
         opt.zero_grad()
         lam.grad = grad + outer_l2(problem, lam.detach())[1]
         opt.step()
@@ -214,9 +246,7 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
     """
     dtype, device, world = lam0.dtype, lam0.device, World.current()
     weights = weights.to(lam0) if weights is not None else Weights.uniform(tasks, dtype, device)
-    active = torch.nonzero(weights.c.cpu() > 0).flatten()
-    on_device = active.to(device)
-    batch = TaskBatch.from_taskset(tasks, active, dtype, weights.w_tr[on_device], weights.w_val[on_device], device)
+    batch, task_weights = _weighted_batch(tasks, weights, _active(weights), lam0)
     lam = lam0.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS([lam], lr=1.0, max_iter=chunk, history_size=50, tolerance_grad=tol,
                             tolerance_change=0.0, line_search_fn="strong_wolfe")
@@ -234,13 +264,11 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
         result.losses, result.iterations, spent = state["losses"], state["iterations"], state["seconds"]
 
     def closure():
-        grad, info = outer_gradient(problem, lam.detach(), batch, weights.c[on_device], world)
-        value, l2_grad = outer_l2(problem, lam.detach())
-        lam.grad = grad + l2_grad
-        result.losses.append(info["weighted_loss"] + value)
+        value, lam.grad, info = _objective(problem, lam.detach(), batch, task_weights, world)
+        result.losses.append(value)
         result.inner_grad_norm = info["inner_grad_norm"]
         result.grad_norm = float(lam.grad.norm())
-        return lam.new_tensor(result.losses[-1])
+        return lam.new_tensor(value)
 
     began = time.perf_counter()
     bar = tqdm(total=max_iter, initial=min(result.iterations, max_iter), desc=desc, disable=not (progress and world.writer),
