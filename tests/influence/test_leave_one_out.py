@@ -8,7 +8,8 @@ import torch
 
 from metaif.experiments.loo import leave_one_out, random_directions, spearman
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig
-from metaif.meta import Weights, solve_outer
+from metaif.linalg import MetaifWarning
+from metaif.meta import Weights, full_objective, solve_outer
 from tests.helpers import make_problem, make_taskset
 
 SOLVER = InfluenceConfig(solver=SolverConfig(method="cg", rtol=1e-10, max_iter=1000))
@@ -108,3 +109,18 @@ def test_newton_refinement_converges_to_the_re_solved_optimum(trained):
     torch.testing.assert_close(trained.edit(**removal, refine=2), iterates[2])
     with pytest.raises(ValueError, match="refine must be an integer >= 0"):
         trained.edit(tasks=[0], refine=-1)
+
+
+def test_newton_refinement_never_climbs(trained, monkeypatch):
+    """Steps 30 times too long are halved until the objective without the removed items falls; an
+    ascent direction ends the refinement with a warning at the last iterate."""
+    removal = {"tasks": list(range(0, 30, 3))}
+    weights = Weights.uniform(trained.tasks, torch.float64).without_positions(**removal)
+    solve = trained.solve
+    monkeypatch.setattr(trained, "solve", lambda b, variant=None: 30 * solve(b, variant))
+    iterates = list(itertools.islice(trained.newton_steps(trained.lam, **removal), 4))
+    values = [full_objective(trained.problem, trained.tasks, lam, weights)[0] for lam in iterates]
+    assert len(values) == 4 and all(b < a for a, b in zip(values, values[1:])), values
+    monkeypatch.setattr(trained, "solve", lambda b, variant=None: -solve(b, variant))
+    with pytest.warns(MetaifWarning, match="Newton refinement stopped"):
+        torch.testing.assert_close(trained.edit(**removal, refine=2), trained.edit(**removal))

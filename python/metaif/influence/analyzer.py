@@ -28,6 +28,9 @@ from .config import DIRECT, VARIANTS, InfluenceConfig
 
 __all__ = ["InfluenceAnalyzer", "Scores"]
 
+# Newton refinement's backtracking: sufficient-decrease constant and the most halvings of a step
+_ARMIJO, _HALVINGS = 1e-4, 10
+
 # the per-row Hessian each variant differentiates (math.md §4): gamma adds Gamma I to gn
 _ROW_HESSIAN = {"exact": "exact", "gn": "gn", "gamma": "gn", DIRECT: DIRECT}
 
@@ -434,22 +437,43 @@ class InfluenceAnalyzer:
         direct = method == "direct"
         variant = DIRECT if direct else self._variant(variant)
         lam = self.lam + self.solve(self.removal_gradient(tasks, val, train, direct)[None], variant)[0]
-        return next(itertools.islice(self.newton_steps(lam, tasks, val, train, variant), refine, None))
+        *_, last = itertools.islice(self.newton_steps(lam, tasks, val, train, variant), refine + 1)
+        return last
 
     def newton_steps(self, lam: torch.Tensor, tasks=(), val=(), train=(),
                      variant: str | None = None) -> Iterator[torch.Tensor]:
-        """``lam``, then endlessly ``λ <- λ - (H + μI)^{-1} D_λ L_{-S}(λ)`` toward the optimum without S
-        (math.md §11's ``refine``): each step re-solves the inner problems at the new λ (warm-started
-        from the last θ) and reuses this analyzer's total Hessian at λ*; iterates ``[p]``."""
+        """``lam``, then the iterates of math.md §11's ``refine`` toward the optimum without S, ``[p]``
+        each: the direction ``-(H + μI)^{-1} D_λ L_{-S}(λ)`` re-solves the inner problems at λ
+        (warm-started from the last θ) and reuses this analyzer's total Hessian at λ*. H at λ* only
+        approximates the curvature where a large removal leads, so a full step can climb: each step is
+        halved (at most ``_HALVINGS`` times) until ``L_{-S}`` decreases enough (Armijo); where no step
+        does, a warning says so and the iteration ends at the last iterate."""
         variant = self._variant(variant, allow_direct=True)
         removed = self.weights.without_positions(tasks, val, train)
-        theta = self.binding.theta
+
+        def at(point: torch.Tensor, theta0: torch.Tensor) -> tuple[Bound, float]:
+            state = self._bind(point, removed, theta0=theta0)
+            return state, float((removed.c * state.outer_losses()).sum()) + outer_l2(self.problem, point)[0]
+
+        state, value = at(lam, self.binding.theta)
         while True:
             yield lam
-            state = self._bind(lam, removed, theta0=theta)
-            theta = state.theta
             grad = state.gradient(removed.c) + outer_l2(self.problem, lam)[1]
-            lam = lam - self.solve(grad[None], variant)[0]
+            step = -self.solve(grad[None], variant)[0]
+            slope = float(grad @ step)
+            accepted = None
+            for halving in range(_HALVINGS + 1) if slope < 0 else ():  # slope >= 0: no descent to find
+                trial, trial_value = at(lam + 0.5 ** halving * step, state.theta)
+                if trial_value <= value + _ARMIJO * 0.5 ** halving * slope:
+                    accepted = 0.5 ** halving
+                    break
+            if accepted is None:
+                warnings.warn(f"Newton refinement stopped: no step along -(H + mu I)^-1 D_lambda L_-S down to "
+                              f"{0.5 ** _HALVINGS:g} of it lowers the objective without the removed items "
+                              f"({value:.6g}; slope {slope:.3g}); the last iterate is returned", MetaifWarning,
+                              stacklevel=2)
+                return
+            lam, state, value = lam + accepted * step, trial, trial_value
 
     def test_gradient(self, test: TaskSet, partial: bool = False) -> torch.Tensor:
         """``D_lambda f`` of the mean query loss over ``test`` tasks after adaptation (math.md §12),
