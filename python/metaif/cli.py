@@ -194,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--remove-tasks", help="comma-separated task positions")
             p.add_argument("--remove-val", help="validation instances 'position:index,...'")
             p.add_argument("--remove-train", help="training instances 'position:index,...'")
-            p.add_argument("--refine", type=int, default=0, help="Newton refinement steps re-solving the inner problems "
-                                                                 "(default: 0)")
+            p.add_argument("--refine", type=int, default=0, help="Newton refinement steps re-solving the inner problems, "
+                                                                 "each halved until the objective without the removed "
+                                                                 "items falls (default: 0)")
     return parser
 
 

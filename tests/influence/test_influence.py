@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig, SolverError
+from metaif.linalg import MetaifWarning
 from metaif.meta import FeatureHead, Weights, bilevel, total_gradient
 from tests.helpers import make_problem, make_taskset, randn, task_tuples
 
@@ -107,6 +108,18 @@ def test_edit_is_additive(pair, tasks):
         an.edit(train=[(0, 0)], method="direct")
     with pytest.raises(ValueError, match="variant 'direct' is the direct-IF baseline"):
         an.task_influence(variant="direct")
+
+
+def test_an_edit_that_empties_a_support_class_says_it_is_far_from_first_order(pair):
+    """3-way 3-shot, class-major: a task's first three support examples are its class 0; task 2's
+    first one already has weight 0."""
+    an = InfluenceAnalyzer(pair[0].problem, pair[0].lam, pair[0].tasks, weights=pair[0].weights, config=ITERATIVE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        an.edit(train=[(0, 0), (0, 1), (2, 1)])
+    for emptied, touched in (([(0, 0), (0, 1), (0, 2)], 1), ([(2, 1), (2, 2), (4, 0)], 2)):
+        with pytest.warns(MetaifWarning, match=f"last support example of a class in 1 of the {touched} tasks"):
+            an.edit(train=emptied)
 
 
 def test_the_analyzer_solves_with_its_total_hessian(pair):

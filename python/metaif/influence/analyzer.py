@@ -436,9 +436,30 @@ class InfluenceAnalyzer:
             raise ValueError(f"refine must be an integer >= 0 (Newton steps), got {refine!r}")
         direct = method == "direct"
         variant = DIRECT if direct else self._variant(variant)
+        if len(train):
+            self._warn_emptied_classes(self._pairs(train, "train"))
         lam = self.lam + self.solve(self.removal_gradient(tasks, val, train, direct)[None], variant)[0]
         *_, last = itertools.islice(self.newton_steps(lam, tasks, val, train, variant), refine + 1)
         return last
+
+    def _warn_emptied_classes(self, items: torch.Tensor) -> None:
+        """Warns when removing training ``items [k, 2]`` takes some task's last support example of a
+        class (integer labels only): that task's inner problem then changes far beyond first order."""
+        y = self.tasks.y_train
+        if y.is_floating_point():
+            return
+        touched = torch.unique(items[:, 0].cpu())
+        kept = self.weights.w_tr.detach().cpu().clone()
+        kept[items[:, 0].cpu(), items[:, 1].cpu()] = 0.0
+        onehot = torch.nn.functional.one_hot(y[touched], int(y.max()) + 1).to(kept.dtype)  # [t, n, classes]
+        before = torch.einsum("tn,tnc->tc", self.weights.w_tr.detach().cpu()[touched], onehot)
+        after = torch.einsum("tn,tnc->tc", kept[touched], onehot)
+        emptied = int(((before > 0) & (after == 0)).any(1).sum())
+        if emptied:
+            warnings.warn(f"the removed training instances take the last support example of a class in {emptied} of "
+                          f"the {len(touched)} tasks they touch: those inner problems change far beyond first order, "
+                          f"so the edit may be far from retraining (refine=r Newton steps, or a retrain, measure "
+                          f"it)", MetaifWarning, stacklevel=3)
 
     def newton_steps(self, lam: torch.Tensor, tasks=(), val=(), train=(),
                      variant: str | None = None) -> Iterator[torch.Tensor]:
