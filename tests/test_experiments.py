@@ -3,6 +3,7 @@ exist, have the documented structure, and make sense."""
 
 import csv
 import json
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +13,8 @@ import torch
 from metaif import cli
 from metaif.experiments import paper
 from metaif.experiments.commands import QUICK
-from metaif.experiments.common import AnalysisConfig, ExperimentConfig, Workspace
+from metaif.experiments.common import AnalysisConfig, ExperimentConfig, Workspace, retrain_without, train_model
+from metaif.linalg import MetaifWarning
 from metaif.meta.run import RunConfig
 
 SMALL = ["--train-tasks", "60", "--test-tasks", "40", "--steps", "20", "--score-tasks", "20", "--polish", "40",
@@ -77,3 +79,16 @@ def test_a_saved_experiment_config_round_trips(tmp_path):
                               fraction=0.1)
     save_config(tmp_path, config)
     assert load_experiment_config(tmp_path / "config.json") == config
+
+
+def test_a_retrain_that_stops_at_its_cap_says_so(tmp_path):
+    run = replace(RunConfig(), **{**QUICK, "train_tasks": 40, "test_tasks": 20})
+    analysis = AnalysisConfig(polish=30, anchor=1.0, polish_tol=1e-4)
+    trained = train_model(run, analysis, Workspace(tmp_path, progress=False))
+    with pytest.warns(MetaifWarning, match="retraining stopped at its cap of 2 L-BFGS iterations"):
+        capped = retrain_without(trained, replace(analysis, polish=2), tasks=[0, 1, 2])
+    assert capped.iterations == 2 and capped.grad_norm > 1e-4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MetaifWarning)
+        done = retrain_without(trained, replace(analysis, polish=500), tasks=[0, 1, 2])
+    assert 2 < done.iterations < 500

@@ -24,7 +24,7 @@ from ..data import sample_tasks
 from ..data.tasks import TaskSet
 from ..influence import InfluenceAnalyzer, InfluenceConfig, Scores, SolverConfig
 from ..linalg import MetaifWarning
-from ..meta import Accuracy, TrainConfig, Weights, anchored, evaluate, meta_train, solve_outer
+from ..meta import Accuracy, TrainConfig, TrainResult, Weights, anchored, evaluate, meta_train, solve_outer
 from ..meta.run import RunConfig, build, load_config, pools, run, validation_tasks
 from ..meta.train import device_of
 from ..utils.config import check, check_choice, config, finite, results_settings, setting
@@ -223,19 +223,24 @@ def accuracy(trained: Trained, lam: torch.Tensor) -> Accuracy:
 
 
 def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=(), train=(),
-                    checkpoint: Path | None = None, progress: bool = False):
+                    checkpoint: Path | None = None, progress: bool = False) -> TrainResult:
     """Warm-started retraining without the given task positions / ``(position, j)`` instances
-    (resuming from ``checkpoint``); returns (lambda, wall seconds)."""
+    (resuming from ``checkpoint``): the retrained lambda, wall seconds and, for L-BFGS, its
+    iterations and final ``||D_lambda L||``. Warns when L-BFGS stops at its cap (``analysis.polish``)
+    instead of its tolerance."""
     weights = Weights.uniform(trained.train, trained.lam.dtype, trained.lam.device).without_positions(tasks, val, train)
-    if analysis.retrain == "lbfgs":
-        result = solve_outer(trained.problem, trained.train, trained.lam, weights, tol=analysis.polish_tol,
-                             max_iter=max(analysis.polish, 1), checkpoint=checkpoint, progress=progress,
-                             desc="retrain (L-BFGS)")
-    else:
+    if analysis.retrain != "lbfgs":
         config = replace(trained.run.train, steps=analysis.retrain_steps)
-        result = meta_train(trained.problem, trained.train, config, lam0=trained.lam, weights=weights,
-                            checkpoint=checkpoint, progress=progress)
-    return result.lam, result.wall_time
+        return meta_train(trained.problem, trained.train, config, lam0=trained.lam, weights=weights,
+                          checkpoint=checkpoint, progress=progress)
+    cap = max(analysis.polish, 1)
+    result = solve_outer(trained.problem, trained.train, trained.lam, weights, tol=analysis.polish_tol, max_iter=cap,
+                         checkpoint=checkpoint, progress=progress, desc="retrain (L-BFGS)")
+    if result.iterations >= cap:
+        warnings.warn(f"retraining stopped at its cap of {cap} L-BFGS iterations (--polish) with ||D_lambda L|| = "
+                      f"{result.grad_norm:.2e}, not at --polish-tol {analysis.polish_tol:g}: the retrained lambda is on "
+                      f"its way to the optimum without the removed items", MetaifWarning, stacklevel=2)
+    return result
 
 
 def save_config(out: Path, config: ExperimentConfig) -> None:

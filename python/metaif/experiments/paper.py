@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import corrupt_labels
+from ..meta import TrainResult
 from ..meta.run import build
 from ..utils.config import results_settings
 from ..utils.io import Ledger, remove_files, write_atomic, write_json
@@ -69,7 +70,7 @@ def _ledger(ws: Workspace, settings: dict) -> Ledger:
     return Ledger(ws.out / "ledger.json")
 
 
-def _retrained(trained: Trained, analysis: AnalysisConfig, ws: Workspace, key: str, **removal) -> tuple:
+def _retrained(trained: Trained, analysis: AnalysisConfig, ws: Workspace, key: str, **removal) -> TrainResult:
     """Warm-started retraining for ledger entry ``key``, checkpointed until the entry is written."""
     path = ws.out / "retrain" / (key.replace("/", "_").replace(" ", "_") + ".pt")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,8 +143,9 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
                         "damping": analyzer.damping_used}
 
             def retrained(key, **items):
-                lam, seconds = _retrained(trained, config.analysis, ws, f"{seed}/{protocol}/{key}", **items)
-                return {"accuracy": accuracy(trained, lam).mean, "seconds": seconds}
+                result = _retrained(trained, config.analysis, ws, f"{seed}/{protocol}/{key}", **items)
+                return {"accuracy": accuracy(trained, result.lam).mean, "seconds": result.wall_time,
+                        "iterations": result.iterations, "grad_norm": result.grad_norm}
 
             jobs = {"task/Retrain": lambda: retrained("task", tasks=removal["tasks"]),
                     "task/Direct IF": lambda: edited(setup_s, tasks=removal["tasks"], method="direct"),
@@ -198,7 +200,7 @@ def _curve(ledger: Ledger, key: str, trained: Trained, analysis: AnalysisConfig,
             count = round(f * len(order))
             if count == 0:
                 return accuracy(trained, trained.lam).mean
-            lam, _ = _retrained(trained, analysis, ws, f"{key}/{f:.3f}", **{kind: order[:count]})
+            lam = _retrained(trained, analysis, ws, f"{key}/{f:.3f}", **{kind: order[:count]}).lam
             return accuracy(trained, lam).mean
         accs.append(ledger.run(f"{key}/{f:.3f}", job))
     return accs
