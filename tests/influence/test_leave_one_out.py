@@ -116,6 +116,9 @@ def test_newton_refinement_never_climbs(trained, monkeypatch):
     ascent direction ends the refinement with a warning at the last iterate."""
     removal = {"tasks": list(range(0, 30, 3))}
     weights = Weights.uniform(trained.tasks, torch.float64).without_positions(**removal)
+    with monkeypatch.context() as patched:
+        patched.setattr(trained, "_bind", lambda *a, **k: pytest.fail("edit(refine=0) re-solved the inner problems"))
+        trained.edit(**removal)
     solve = trained.solve
     monkeypatch.setattr(trained, "solve", lambda b, variant=None: 30 * solve(b, variant))
     iterates = list(itertools.islice(trained.newton_steps(trained.lam, **removal), 4))

@@ -476,9 +476,9 @@ class InfluenceAnalyzer:
             state = self._bind(point, removed, theta0=theta0)
             return state, float((removed.c * state.outer_losses()).sum()) + outer_l2(self.problem, point)[0]
 
+        yield lam  # before any binding: edit(refine=0) costs no more than the plain edit
         state, value = at(lam, self.binding.theta)
         while True:
-            yield lam
             grad = state.gradient(removed.c) + outer_l2(self.problem, lam)[1]
             step = -self.solve(grad[None], variant)[0]
             slope = float(grad @ step)
@@ -495,6 +495,7 @@ class InfluenceAnalyzer:
                               stacklevel=2)
                 return
             lam, state, value = lam + accepted * step, trial, trial_value
+            yield lam
 
     def test_gradient(self, test: TaskSet, partial: bool = False) -> torch.Tensor:
         """``D_lambda f`` of the mean query loss over ``test`` tasks after adaptation (math.md §12),
