@@ -448,12 +448,11 @@ class InfluenceAnalyzer:
         y = self.tasks.y_train
         if y.is_floating_point():
             return
-        touched = torch.unique(items[:, 0].cpu())
-        kept = self.weights.w_tr.detach().cpu().clone()
-        kept[items[:, 0].cpu(), items[:, 1].cpu()] = 0.0
+        touched = torch.unique(items[:, 0]).cpu()
+        kept = self.weights.without_positions(train=items.tolist()).w_tr.detach().cpu()[touched]
         onehot = torch.nn.functional.one_hot(y[touched], int(y.max()) + 1).to(kept.dtype)  # [t, n, classes]
         before = torch.einsum("tn,tnc->tc", self.weights.w_tr.detach().cpu()[touched], onehot)
-        after = torch.einsum("tn,tnc->tc", kept[touched], onehot)
+        after = torch.einsum("tn,tnc->tc", kept, onehot)
         emptied = int(((before > 0) & (after == 0)).any(1).sum())
         if emptied:
             warnings.warn(f"the removed training instances take the last support example of a class in {emptied} of "
@@ -474,7 +473,7 @@ class InfluenceAnalyzer:
 
         def at(point: torch.Tensor, theta0: torch.Tensor) -> tuple[Bound, float]:
             state = self._bind(point, removed, theta0=theta0)
-            return state, float((removed.c * state.outer_losses()).sum()) + outer_l2(self.problem, point)[0]
+            return state, state.weighted_loss(removed.c) + outer_l2(self.problem, point)[0]
 
         yield lam  # before any binding: edit(refine=0) costs no more than the plain edit
         state, value = at(lam, self.binding.theta)
@@ -483,10 +482,10 @@ class InfluenceAnalyzer:
             step = -self.solve(grad[None], variant)[0]
             slope = float(grad @ step)
             accepted = None
-            for halving in range(_HALVINGS + 1) if slope < 0 else ():  # slope >= 0: no descent to find
-                trial, trial_value = at(lam + 0.5 ** halving * step, state.theta)
-                if trial_value <= value + _ARMIJO * 0.5 ** halving * slope:
-                    accepted = 0.5 ** halving
+            for t in (0.5 ** h for h in range(_HALVINGS + 1)) if slope < 0 else ():  # slope >= 0: no descent
+                trial, trial_value = at(lam + t * step, state.theta)
+                if trial_value <= value + _ARMIJO * t * slope:
+                    accepted = t
                     break
             if accepted is None:
                 warnings.warn(f"Newton refinement stopped: no step along -(H + mu I)^-1 D_lambda L_-S down to "

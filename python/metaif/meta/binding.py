@@ -303,6 +303,10 @@ class Bound:
                 self.binding.scatter(buf, rows.direct_cotangent(ci) if direct else rows.gradient_cotangent(ci), idx)
         return self.binding.pull(buf)
 
+    def weighted_loss(self, c: torch.Tensor) -> float:
+        """``sum_i c_i L_i(theta_i, lambda)`` for task weights ``c [m]`` (the objective without its l2 term)."""
+        return float((c.to(self.lam) * self.outer_losses()).sum())
+
     def outer_losses(self) -> torch.Tensor:
         """``L_i(theta_i, lambda)`` per task ``[m]`` (gathered over the ranks)."""
         own = [rows.outer(rows.theta, rows.xi, rows.w_val).detach() for rows in self.rows]
@@ -318,6 +322,6 @@ def meta_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: to
     bound = Bound(problem, lam, batch, world=world)
     c = task_weights.to(lam)
     grad = bound.gradient(c)
-    weighted = float((c * bound.outer_losses()).sum())
+    weighted = bound.weighted_loss(c)
     return grad, {"outer_loss": weighted / float(c.sum()), "weighted_loss": weighted,
                   "inner_grad_norm": float(bound.inner_norm.max())}
