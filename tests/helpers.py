@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from metaif.data import TaskConfig, load_digits, sample_tasks, split_classes
-from metaif.meta import AnilConfig, AnilProblem, ImamlConfig, ImamlProblem, TaskBatch
+from metaif.meta import AnilConfig, AnilProblem, ImamlConfig, ImamlProblem, MamlConfig, MamlProblem, TaskBatch
+from metaif.meta.unrolled import default_model
 from metaif.models import mlp
 
 TOLERANCES = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=2e-5)}
@@ -63,7 +64,11 @@ def task_tuples(tasks, w_tr=None, w_val=None):
 
 
 def make_problem(form: str, gamma: float = 1e-3):
-    """A small float64-ready problem: ``imaml``, or ANIL with a ``logistic`` / ``ridge`` head."""
+    """A small float64-ready problem: ``imaml``, classic ``maml`` (K = 2 steps on a linear softmax
+    model), or ANIL with a ``logistic`` / ``ridge`` head."""
+    if form == "maml":
+        return MamlProblem(default_model(mlp(64, ()), 3), MamlConfig(ways=3, inner_steps=2, inner_lr=0.05,
+                                                                    gamma=0.02))
     if form == "imaml":
         return ImamlProblem(mlp(64, (3,), "tanh"), ImamlConfig(ways=3, delta=2.0, gamma=gamma, inner_tol=1e-12,
                                                                inner_max_iter=500, cg_rtol=1e-13, cg_max_iter=500))

@@ -4,10 +4,12 @@ import warnings
 
 import pytest
 import torch
+from torch.func import grad, hessian
 
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig, SolverError
 from metaif.linalg import MetaifWarning
 from metaif.meta import FeatureHead, Weights, bilevel, total_gradient
+from metaif.meta.binding import Binding, BodyBinding, SeamBinding, UnrolledBinding
 from tests.helpers import make_problem, make_taskset, randn, task_tuples
 
 
@@ -162,24 +164,76 @@ def test_indefinite_hessian_and_bad_input_raise_clear_errors(pair):
         fast.task_influence([5])
 
 
-def test_imaml_direct_if_is_degenerate_and_first_order_baseline_exists(small_tasks):
+def test_imaml_direct_if_is_degenerate_and_first_order_baselines_follow_their_formula(small_tasks):
+    """iMAML's direct IF is 0; the J := I baselines (math.md §6) are ``c_k (gamma I + sum_i c_i
+    grad^2_theta L_i + mu I)^{-1}`` of ``grad_theta L_k`` (tasks) and ``w_kj grad_theta l(z'_kj)``
+    (validation instances), built here from dense autograd Hessians."""
     problem = make_problem("imaml", gamma=0.05)
     an = InfluenceAnalyzer(problem, problem.init_lambda(0, torch.float64), small_tasks,
-                           config=InfluenceConfig(solver=SolverConfig(damping=1.0)))
+                           config=InfluenceConfig(solver=SolverConfig(damping=1.0, rtol=1e-12, max_iter=500)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert float(an.direct_influence().abs().sum()) == 0.0
     assert any("identically 0" in str(w.message) for w in caught)
-    first = an.first_order_influence()
-    assert first.shape == (3, an.lam.numel()) and torch.isfinite(first).all()
+    seam, lam, theta = bilevel(problem), an.lam, an.binding.theta
+    data = task_tuples(small_tasks, an.weights.w_tr, an.weights.w_val)
+    curvature = (problem.gamma + 1.0) * torch.eye(lam.numel(), dtype=torch.float64)
+    for i, (*_, x_val, y_val, w_val) in enumerate(data):
+        curvature += an.c[i] * hessian(lambda th: seam.outer_objective(th, lam, x_val, y_val, w_val))(theta[i])
+
+    def outer_grad(k: int, w: torch.Tensor) -> torch.Tensor:
+        x_val, y_val = data[k][3], data[k][4]
+        return grad(lambda th: seam.outer_objective(th, lam, x_val, y_val, w))(theta[k])
+
+    tasks_expected = torch.stack([an.c[k] * torch.linalg.solve(curvature, outer_grad(k, data[k][5]))
+                                  for k in range(len(data))])
+    torch.testing.assert_close(an.first_order_influence(), tasks_expected)
+    items = [(0, 1), (2, 3)]
+    val_expected = torch.stack([an.c[k] * an.weights.w_val[k, j] * torch.linalg.solve(
+        curvature, outer_grad(k, torch.nn.functional.one_hot(torch.tensor(j), len(data[k][5])).double()))
+        for k, j in items])
+    torch.testing.assert_close(an.first_order_val_influence(items), val_expected)
     # the dense solver feeds the seam views of its identity as directions: it must agree with CG
     dense = InfluenceAnalyzer(problem, an.lam, small_tasks, config=InfluenceConfig(
         solver=SolverConfig(method="dense", damping=1.0)))
     exact, iterative = dense.task_influence(), an.task_influence()
     assert float((exact - iterative).norm() / exact.norm()) < 1e-5
-    with pytest.raises(ValueError, match="same space"):
-        InfluenceAnalyzer(make_problem("ridge"), make_problem("ridge").init_lambda(0, torch.float64),
-                          small_tasks).first_order_influence()
+    ridge = InfluenceAnalyzer(make_problem("ridge"), make_problem("ridge").init_lambda(0, torch.float64), small_tasks)
+    for baseline in (lambda: ridge.first_order_influence(), lambda: ridge.first_order_val_influence([(0, 0)])):
+        with pytest.raises(ValueError, match="same space"):
+            baseline()
+
+
+def test_every_binding_declares_the_binding_protocol(pair, small_tasks):
+    """The analyzer reaches every binding through the declared Protocol, nothing else."""
+    fast, seam = pair
+    maml_problem = make_problem("maml")
+    maml = InfluenceAnalyzer(maml_problem, maml_problem.init_lambda(0, torch.float64), small_tasks)
+    for analyzer, kind in ((fast, BodyBinding), (seam, SeamBinding), (maml, UnrolledBinding)):
+        assert type(analyzer.binding) is kind and isinstance(analyzer.binding, Binding)
+        assert analyzer.bound.binding is analyzer.binding
+    assert not isinstance(object(), Binding)
+
+
+def test_refinement_levels_are_computed_once(tasks, monkeypatch):
+    """edit(refine=2) after edit(refine=1) takes one more Newton step, not two: each step re-binds
+    the inner problems at least once (its Armijo trial)."""
+    problem = make_problem("ridge")
+    fast = InfluenceAnalyzer(problem, problem.init_lambda(0, torch.float64), tasks, config=InfluenceConfig(
+        variant="gn", solver=SolverConfig(damping=1.0, rtol=1e-12, max_iter=500)))
+    removal = {"tasks": [0, 3]}
+    calls = []
+    bind = fast.session.bind
+    monkeypatch.setattr(fast.session, "bind", lambda *a, **k: calls.append(1) or bind(*a, **k))
+    first = fast.edit(**removal, refine=1)
+    after_one = len(calls)
+    second = fast.edit(**removal, refine=2)
+    assert after_one >= 2 and 1 <= len(calls) - after_one < after_one, (after_one, len(calls))
+    torch.testing.assert_close(fast.edit(**removal, refine=1), first)
+    assert not torch.equal(first, second)
+    fast.set_solver(fast.config.solver)  # a new solver forgets the kept iterates
+    torch.testing.assert_close(fast.edit(**removal, refine=1), first)
+    assert len(calls) - after_one >= after_one + 1
 
 
 def test_inner_if_predicts_the_leave_one_out_head(pair, tasks):
@@ -228,7 +282,7 @@ def test_ekfac_inner_solver_is_exact_for_the_ridge_head_and_close_for_softmax(ta
         exact = InfluenceAnalyzer(problem, lam, tasks)
         ekfac = InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(inner="ekfac"))
         rhs = randn(5 * problem.theta_dim, 3).view(5, -1)
-        a, b = exact.state.rows[0].solve(rhs), ekfac.state.rows[0].solve(rhs)
+        a, b = exact.bound.rows[0].solve(rhs), ekfac.bound.rows[0].solve(rhs)
         assert (a - b).norm() <= tol * a.norm(), head
         if head == "ridge":
             v = randn(lam.numel(), 4)
@@ -246,10 +300,10 @@ def test_pooled_ekfac_bases(tasks):
     rhs = randn(3 * problem.theta_dim, 5).view(3, -1)
     per_task, pooled = (InfluenceAnalyzer(problem, lam, one, config=InfluenceConfig(inner=inner))
                         for inner in ("ekfac", "ekfac-pooled"))
-    torch.testing.assert_close(pooled.state.rows[0].solve(rhs[:1]), per_task.state.rows[0].solve(rhs[:1]))
+    torch.testing.assert_close(pooled.bound.rows[0].solve(rhs[:1]), per_task.bound.rows[0].solve(rhs[:1]))
     exact, pooled = (InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(inner=inner))
                      for inner in ("auto", "ekfac-pooled"))
-    a, b = exact.state.rows[0].solve(rhs[:1].expand(5, -1)), pooled.state.rows[0].solve(rhs[:1].expand(5, -1))
+    a, b = exact.bound.rows[0].solve(rhs[:1].expand(5, -1)), pooled.bound.rows[0].solve(rhs[:1].expand(5, -1))
     assert (a - b).norm() <= 0.15 * a.norm()  # 5% here; per-task bases give 1.3%
     assert torch.isfinite(pooled.hvp(randn(lam.numel(), 6))).all()
     b = exact.binding

@@ -74,12 +74,8 @@ def test_each_if_is_the_derivative_of_the_re_solved_optimum(trained):
 def test_classic_maml_influence_ranks_items_like_re_solving():
     """Classic MAML (K = 2 steps) on a linear softmax model: the unrolled objective polished to
     stationarity by L-BFGS, every task and sampled instances re-solved without them."""
-    from metaif.meta import MamlConfig, MamlProblem
-    from metaif.meta.unrolled import default_model
-    from metaif.models import mlp
-
     tasks = make_taskset(30, seed=3, queries=5)
-    problem = MamlProblem(default_model(mlp(64, ()), 3), MamlConfig(ways=3, inner_steps=2, inner_lr=0.05, gamma=0.02))
+    problem = make_problem("maml")
     lam = solve_outer(problem, tasks, problem.init_lambda(0, torch.float64), tol=1e-12, max_iter=3000).lam
     analyzer = InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(solver=SolverConfig(method="dense")))
     assert analyzer.diagnostics["total_grad_norm"] < 1e-7
@@ -117,13 +113,14 @@ def test_newton_refinement_never_climbs(trained, monkeypatch):
     removal = {"tasks": list(range(0, 30, 3))}
     weights = Weights.uniform(trained.tasks, torch.float64).without_positions(**removal)
     with monkeypatch.context() as patched:
-        patched.setattr(trained, "_bind", lambda *a, **k: pytest.fail("edit(refine=0) re-solved the inner problems"))
+        patched.setattr(trained.session, "bind", lambda *a, **k: pytest.fail("edit(refine=0) re-solved the inner problems"))
         trained.edit(**removal)
-    solve = trained.solve
-    monkeypatch.setattr(trained, "solve", lambda b, variant=None: 30 * solve(b, variant))
+    solve = trained.hessian.solve
+    monkeypatch.setattr(trained.hessian, "solve", lambda b, variant=None: 30 * solve(b, variant))
     iterates = list(itertools.islice(trained.newton_steps(trained.lam, **removal), 4))
     values = [full_objective(trained.problem, trained.tasks, lam, weights)[0] for lam in iterates]
     assert len(values) == 4 and all(b < a for a, b in zip(values, values[1:])), values
-    monkeypatch.setattr(trained, "solve", lambda b, variant=None: -solve(b, variant))
+    monkeypatch.setattr(trained.hessian, "solve", lambda b, variant=None: -solve(b, variant))
+    trained.editor.forget()
     with pytest.warns(MetaifWarning, match="Newton refinement stopped"):
         torch.testing.assert_close(trained.edit(**removal, refine=2), trained.edit(**removal))

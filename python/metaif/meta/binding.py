@@ -19,6 +19,8 @@ the same objects.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from torch.func import grad, hessian, jvp, vmap
 from tqdm.auto import tqdm
@@ -32,7 +34,7 @@ from .problem import FeatureHeadProblem, UnrolledProblem
 from .rows import Context, Rows
 from .unrolled import UnrolledRows
 
-__all__ = ["PATHS", "BodyBinding", "Bound", "LambdaContext", "SeamBinding", "UnrolledBinding", "chunk_spans",
+__all__ = ["PATHS", "Binding", "BodyBinding", "Bound", "LambdaContext", "SeamBinding", "UnrolledBinding", "chunk_spans",
            "meta_gradient", "task_chunks"]
 
 PATHS = ("auto", "seam")
@@ -49,6 +51,43 @@ def task_chunks(n: int, size: int, device: torch.device | None = None, first: in
     return [torch.arange(start, end, device=device) for start, end in chunk_spans(n, size, first)]
 
 
+@runtime_checkable
+class Binding(Protocol):
+    """A problem solved at one lambda on a batch of ``m`` tasks: every member the influence engine
+    and outer training may use. The *context* of a row is what lambda reaches the row's objectives
+    through (features of its inputs, or lambda itself); context tangents and cotangents are tuples
+    of ``[B, ...]`` tensors, the buffer of :meth:`zeros` holds summed cotangents of all rows."""
+
+    lam: torch.Tensor          # [p], detached
+    batch: TaskBatch
+    world: World
+    theta: torch.Tensor        # [m, q]: every task's inner solution (gathered over the ranks)
+    inner_norm: torch.Tensor   # [m]: ||grad_theta F_i|| at theta_i (a stationarity diagnostic)
+    blockwise: bool            # whether a block of directions [k, p] may be vmapped through the rows
+
+    def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> Rows:
+        """The rows of tasks ``idx [B]`` (this rank's span only), validation weights ``w_val [B, v]``
+        replacing the batch's."""
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        """What every row's context tangent along ``v [p]`` is cut from."""
+
+    def context_tangent(self, tangent: torch.Tensor, idx: torch.Tensor) -> Context:
+        """The context tangents of rows ``idx`` from :meth:`tangent`'s output."""
+
+    def zeros(self) -> torch.Tensor:
+        """An empty cotangent buffer."""
+
+    def scatter(self, into: torch.Tensor, cot: Context, idx: torch.Tensor) -> None:
+        """Add the context cotangents ``cot`` of rows ``idx`` into the buffer ``into``."""
+
+    def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+        """``J^T m + d/dlambda <g, J v>`` of buffers ``m``, ``g`` to lambda-space ``[p]``, summed over the ranks."""
+
+    def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:
+        """One lambda-space vector per row, ``[B, p]``, from the context cotangents of rows ``idx``."""
+
+
 class BodyBinding:
     """Feature-head problems: lambda is the body, theta_i the head. ``image_chunk`` bounds the
     body passes' memory; ``inner`` names the head solver (:data:`~metaif.curvature.HEAD_SOLVERS`),
@@ -56,6 +95,8 @@ class BodyBinding:
     warm-starts the heads ``[B, q]``. Over several ranks (``world``) each solves the heads of its
     span of the tasks and runs the body passes of its span of the inputs; heads, features and
     tangents are gathered, and pull-backs sum over the ranks."""
+
+    blockwise = False  # each direction runs its own body passes
 
     def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, image_chunk: int = 1024,
                  inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
@@ -123,6 +164,8 @@ class LambdaContext:
     pull-back is the identity with no second-order term, and a block of directions can be vmapped
     through the rows (``blockwise``)."""
 
+    lam: torch.Tensor
+    world: World
     blockwise = True
 
     def tangent(self, v: torch.Tensor) -> torch.Tensor:
@@ -250,6 +293,8 @@ class Bound:
     :class:`SeamBinding` otherwise; "seam" forces the latter for feature-head problems.
     ``inner``, ``inner_damping``, ``passes``, ``image_chunk`` and ``theta0`` are the bindings'.
     """
+
+    binding: Binding
 
     def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, *, path: str = "auto", chunk: int = 256,
                  image_chunk: int = 1024, inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
