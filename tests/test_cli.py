@@ -6,13 +6,18 @@ from metaif import bench, cli
 
 
 def test_train_command_writes_results(tmp_path, capsys):
+    """A short run learns: meta-test accuracy above the untrained body's 95% interval (which is above
+    chance, 1/5: the heads adapt even on random features)."""
     out = tmp_path / "run"
-    assert cli.main(["train", "--dataset", "digits", "--steps", "4", "--meta-batch", "4", "--train-tasks", "20",
-                     "--test-tasks", "10", "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["train", "--dataset", "digits", "--split", "image", "--steps", "20", "--meta-batch", "8",
+                     "--lr", "1e-2", "--train-tasks", "40", "--test-tasks", "100", "--out", str(out), "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert 0 <= results["meta_test_accuracy"]["mean"] <= 1 and results["form"] == "anil"
+    trained, untrained = results["meta_test_accuracy"], results["baseline_accuracy"]
+    assert untrained["mean"] - untrained["ci95"] > 0.2, untrained
+    assert trained["mean"] - trained["ci95"] > untrained["mean"] + untrained["ci95"], (trained, untrained)
+    assert results["form"] == "anil"
     config = json.loads((out / "config.json").read_text())
-    assert config["train"]["steps"] == 4 and (out / "checkpoint.pt").exists()
+    assert config["train"]["steps"] == 20 and (out / "checkpoint.pt").exists()
     assert json.loads(capsys.readouterr().out)["dataset"] == "digits"
 
 
@@ -20,4 +25,23 @@ def test_bench_quick_filtered(tmp_path):
     result = bench.main(["--quick", "--only", "woodbury", "--repeats", "1", "--json", str(tmp_path / "b.json")])
     assert result == 0
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert rows and rows[0]["op"] == "woodbury_solve" and rows[0]["speedup"] > 0
+    # the fused kernel against its PyTorch composition: about 50x here, so a ratio below 1 is a
+    # defect of the kernel or of the benchmark, not noise
+    assert rows and rows[0]["op"] == "woodbury_solve" and rows[0]["speedup"] > 1, rows[0]
+
+
+def test_a_solver_registered_after_import_is_a_method_and_a_flag():
+    """The solver choices are read from the registry when needed, not copied at import."""
+    from metaif.linalg import SOLVERS, SolverConfig, register_solver
+    from metaif.linalg.dense import DenseSolver
+
+    @register_solver
+    class LateSolver(DenseSolver):
+        name = "late-test-solver"
+
+    try:
+        assert SolverConfig(method="late-test-solver").method == "late-test-solver"
+        args = cli.build_parser().parse_args(["score", "--solver", "late-test-solver", "--out", "x"])
+        assert cli.config_from_args(args).analysis.influence.solver.method == "late-test-solver"
+    finally:
+        del SOLVERS["late-test-solver"]

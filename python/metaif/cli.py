@@ -1,35 +1,26 @@
-"""The ``metaif`` command.
+"""The ``metaif`` command: its parser, its dispatch to the experiment commands, and its exit codes.
 
 Every flag maps onto one field of a config dataclass (:class:`~metaif.experiments.common.ExperimentConfig`
-and the configs it embeds); its help text and default come from that field, so ``--help`` and
-``help(SomeConfig)`` say the same. Flags are validated by building the config before any work
-starts.
+and the configs it embeds) through :mod:`metaif.utils.flags`; flags are validated by building the
+config before any work starts. ``--nproc`` runs the command on local ranks
+(:func:`metaif.parallel.launch_command`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import signal
 import sys
 import warnings
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import bench
+from .utils.flags import Flag, add_flags, apply_flags
 
 __all__ = ["main"]
-
-
-@dataclass(frozen=True)
-class Flag:
-    """``--name`` sets the field at ``path`` of an ExperimentConfig."""
-
-    name: str
-    path: tuple[str, ...]
 
 
 RUN_FLAGS = [Flag(name, ("run", name.replace("-", "_"))) for name in (
@@ -55,72 +46,6 @@ RETRAIN_FLAGS = [Flag("retrain", ("analysis", "retrain")), Flag("retrain-steps",
 FRACTION_FLAG = Flag("fraction", ("fraction",))
 SEEDS_FLAG = Flag("seeds", ("seeds",))
 PROTOCOLS_FLAG = Flag("protocols", ("protocols",))
-
-
-def _field(config_type: type, path: tuple[str, ...]) -> dataclasses.Field:
-    """The dataclass field at ``path`` under ``config_type``."""
-    cls = config_type
-    for name in path[:-1]:
-        cls = next(f for f in dataclasses.fields(cls) if f.name == name).default_factory().__class__
-    return next(f for f in dataclasses.fields(cls) if f.name == path[-1])
-
-
-def _default(config: object, path: tuple[str, ...]):
-    for name in path:
-        config = getattr(config, name)
-    return config
-
-
-def _parser_type(field: dataclasses.Field):
-    kind = str(field.type).replace(" ", "")
-    if kind.startswith("tuple[int"):
-        return lambda text: tuple(int(x) for x in text.split(","))
-    if kind.startswith("tuple[float"):
-        return lambda text: tuple(float(x) for x in text.split(","))
-    if kind.startswith("tuple[str"):
-        return lambda text: tuple(text.split(","))
-    return {"int": int, "float": float, "float|None": float}.get(kind, str)
-
-
-def add_flags(parser: argparse.ArgumentParser, flags: list[Flag], base: object) -> None:
-    """One option per flag, typed, with the field's help, choices and the default of ``base``."""
-    from .experiments.common import ExperimentConfig
-
-    for flag in flags:
-        field = _field(ExperimentConfig, flag.path)
-        default = _default(base, flag.path)
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        if str(field.type) == "bool":  # a switch: absent leaves the config's value
-            parser.add_argument(f"--{flag.name}", action="store_const", const=True, default=None,
-                                help=f"{field.metadata.get('help', '')} (default: {'on' if default else 'off'})")
-            continue
-        parser.add_argument(f"--{flag.name}", type=_parser_type(field), choices=field.metadata.get("choices"),
-                            default=None, metavar=None if field.metadata.get("choices") else flag.name.upper(),
-                            help=f"{field.metadata.get('help', '')} (default: {shown})")
-
-
-def _set_all(config, values: dict[tuple[str, ...], object]):
-    """``config`` with every ``path: value`` set, one ``replace`` per config (validation sees the
-    final combination, not a half-updated one)."""
-    direct = {path[0]: value for path, value in values.items() if len(path) == 1}
-    nested: dict[str, dict] = {}
-    for path, value in values.items():
-        if len(path) > 1:
-            nested.setdefault(path[0], {})[path[1:]] = value
-    direct.update({name: _set_all(getattr(config, name), sub) for name, sub in nested.items()})
-    return replace(config, **direct)
-
-
-def apply_flags(args: argparse.Namespace, flags: list[Flag], base):
-    """``base`` with every flag the user gave applied (``--seed`` also seeds training)."""
-    values = {}
-    for flag in flags:
-        value = getattr(args, flag.name.replace("-", "_"), None)
-        if value is not None:
-            values[flag.path] = value
-            if flag.name == "seed":
-                values[("run", "train", "seed")] = value
-    return _set_all(base, values) if values else base
 
 
 def _items(text: str | None) -> list[tuple[int, int]]:
@@ -208,7 +133,7 @@ def config_from_args(args: argparse.Namespace):
     base = load_experiment_config(args.config) if args.config else _base(args.command)
     if getattr(args, "quick", False):
         base = quick(base, args.name)
-    return apply_flags(args, _flags_of(args.command), base)
+    return apply_flags(args, _flags_of(args.command), base, also={"seed": ("run", "train", "seed")})
 
 
 def _positions(text: str | None) -> list[int]:
@@ -286,44 +211,6 @@ def _threads(requested: int | None) -> int:
     return value
 
 
-def _rank_main(argv: list[str]) -> None:
-    """One rank of ``--nproc``: the command, quiet on stdout unless rank 0; a failure ends the process
-    with the command's exit code (the launcher reports it)."""
-    from .parallel import World
-
-    if not World.current().writer:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (the rank's whole life)
-    code = main(argv)
-    if code:
-        sys.exit(code)
-
-
-def _launch(argv: list[str], nproc: int) -> int:
-    from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
-
-    from .parallel import launch
-
-    rank_argv = []
-    skip = False
-    for arg in argv:  # every flag but --nproc, whose value the ranks must not see
-        if skip or arg.startswith("--nproc="):
-            skip = False
-            continue
-        skip = arg == "--nproc"
-        if not skip:
-            rank_argv.append(arg)
-    try:
-        launch(nproc, _rank_main, rank_argv)
-    except ProcessExitedException as err:
-        print(f"metaif: rank {err.error_index} of {nproc} exited with code {err.exit_code}; the run stopped "
-              f"(rerun to resume from --out)", file=sys.stderr)
-        return err.exit_code if err.exit_code and err.exit_code > 0 else 1
-    except ProcessRaisedException as err:
-        print(f"metaif: rank {err.error_index} of {nproc} failed: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -333,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.nproc < 1:
         parser.error(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1:
-        return _launch(argv, args.nproc)
+        from .parallel import launch_command
+
+        return launch_command(main, argv, args.nproc)
     from .parallel import init_from_env
 
     init_from_env()  # under torchrun: join its group

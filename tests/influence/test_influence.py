@@ -303,8 +303,11 @@ def test_pooled_ekfac_bases(tasks):
     torch.testing.assert_close(pooled.bound.rows[0].solve(rhs[:1]), per_task.bound.rows[0].solve(rhs[:1]))
     exact, pooled = (InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(inner=inner))
                      for inner in ("auto", "ekfac-pooled"))
-    a, b = exact.bound.rows[0].solve(rhs[:1].expand(5, -1)), pooled.bound.rows[0].solve(rhs[:1].expand(5, -1))
-    assert (a - b).norm() <= 0.15 * a.norm()  # 5% here; per-task bases give 1.3%
+    per_task = InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(inner="ekfac"))
+    a, b, c = (an.bound.rows[0].solve(rhs[:1].expand(5, -1)) for an in (exact, pooled, per_task))
+    # measured: 6.3% pooled, 1.5% per task; pooling trades accuracy for one basis, never more than 2x
+    # of that margin, and never better than the per-task bases it averages
+    assert (a - c).norm() <= 0.03 * a.norm() and (a - c).norm() < (a - b).norm() <= 0.1 * a.norm()
     assert torch.isfinite(pooled.hvp(randn(lam.numel(), 6))).all()
     b = exact.binding
     with pytest.raises(ValueError, match="needs bases"):

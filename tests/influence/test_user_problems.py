@@ -6,8 +6,17 @@ import torch
 
 from metaif.data import TaskSet
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig, finite_difference_hvp
-from metaif.meta import AnilConfig, AnilProblem, FeatureHeadProblem, HeadCurvature, ImamlConfig, ImamlProblem, Weights
+from metaif.meta import (
+    AnilConfig,
+    AnilProblem,
+    FeatureHeadProblem,
+    HeadCurvature,
+    ImamlConfig,
+    ImamlProblem,
+    Weights,
+)
 from metaif.meta.binding import BodyBinding
+from metaif.meta.problem import HeadSolveSettings
 from metaif.meta.train import outer_gradient
 from metaif.models import mlp
 from tests.helpers import make_taskset, randn, task_tuples
@@ -54,6 +63,22 @@ def test_a_user_body_and_head_problem_equals_the_built_in_anil():
     batch = TaskBatch.from_taskset(tasks, dtype=torch.float64)
     c = Weights.uniform(tasks, torch.float64).c
     torch.testing.assert_close(outer_gradient(mine, lam, batch, c)[0], outer_gradient(builtin, lam, batch, c)[0])
+
+
+def test_a_user_head_declares_where_its_solve_stops():
+    """HeadSolveSettings is read by declaration: one Newton step leaves the heads short of
+    stationarity, the default steps reach it."""
+    tasks = make_taskset(3, seed=2)
+    body = mlp(64, (5,), "tanh")
+    lam = body.init(0, torch.float64)
+
+    class OneStep(SoftmaxHead):
+        inner_tol, inner_max_iter = 1e-12, 1
+
+    short, default = OneStep(body, 3, 0.3, 1e-3), SoftmaxHead(body, 3, 0.3, 1e-3)
+    assert isinstance(short, HeadSolveSettings) and not isinstance(default, HeadSolveSettings)
+    norms = [float(InfluenceAnalyzer(p, lam, tasks).binding.inner_norm.max()) for p in (short, default)]
+    assert norms[0] > 1e-4 and norms[1] < 1e-9, norms
 
 
 def test_plain_tensors_with_real_valued_targets():

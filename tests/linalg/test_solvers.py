@@ -107,6 +107,19 @@ def test_minres_solves_symmetric_indefinite_systems():
         solve(dense_operator(a), b, SolverConfig(method="cg"))
 
 
+def test_a_solve_that_missed_rtol_advises_what_can_help():
+    """MINRES stops on its own residual estimate (float64 recurrences); in float32 the true residual
+    stays above it, and more iterations cannot help: the error must not advise raising max_iter.
+    A column that used every product is told to raise it."""
+    a = with_spectrum(torch.logspace(0, 5, 40).tolist()).float()
+    b = randn((2, 40), 6).float()
+    with pytest.raises(NotConverged) as floor:
+        solve(dense_operator(a), b, SolverConfig(method="minres", rtol=1e-7, max_iter=500))
+    assert "more products would not help" in str(floor.value) and "raise max_iter" not in str(floor.value)
+    with pytest.raises(NotConverged, match="after 3 products; raise max_iter"):
+        solve(dense_operator(a), b, SolverConfig(method="minres", rtol=1e-7, max_iter=3))
+
+
 @pytest.mark.parametrize("smallest", [-1e-3, -1.0])
 def test_neumann_refuses_an_indefinite_operator(smallest):
     a = with_spectrum([smallest] + [1.0] * 19)

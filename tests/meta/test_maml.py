@@ -132,8 +132,7 @@ def test_zero_steps_is_m_estimation_and_a_quadratic_loss_makes_exact_equal_gn(ta
     hess = sum(float(c) * torch.func.hessian(lambda la: problem.data_loss(la, *d[3:]))(lam) for c, d in zip(an.c, data))
     torch.testing.assert_close(an.hvp(v), hess @ v + problem.gamma * v)
     regression = [(x, y.double(), w, xv, yv.double(), wv) for x, y, w, xv, yv, wv in data]
-    linear = MamlProblem(default_model(mlp(64, ()), 1), MamlConfig(ways=1, loss="squared", inner_steps=3,
-                                                                   inner_lr=0.1))
+    linear = MamlProblem(default_model(mlp(64, ()), 1), MamlConfig(loss="squared", inner_steps=3, inner_lr=0.1))
     lam = linear.init_lambda(0, torch.float64)
     from metaif.data import TaskSet
     real = TaskSet.from_tensors(torch.stack([d[0] for d in regression]), torch.stack([d[1] for d in regression]),
@@ -182,3 +181,14 @@ def test_training_exact_and_first_order(tasks):
         assert problem.outer_gradient(trained, batch, c)[1]["outer_loss"] < before
     with pytest.raises(ValueError, match="first_order must be False with meta_sgd"):
         MamlConfig(first_order=True, meta_sgd=True)
+
+
+def test_ways_is_optional_and_checked_against_the_model_when_given():
+    """Real-valued targets need no class count; a given one must match the model's outputs."""
+    assert MamlConfig(loss="squared").ways is None
+    MamlProblem(default_model(mlp(64, ()), 3), MamlConfig(ways=3))
+    with pytest.raises(ValueError, match="MamlConfig.ways is 5, so the softmax loss needs 5 model outputs, but the "
+                                         "model has 3"):
+        MamlProblem(default_model(mlp(64, ()), 3), MamlConfig(ways=5))
+    with pytest.raises(ValueError, match="MamlConfig.ways must be None or an integer >= 1"):
+        MamlConfig(ways=0)

@@ -1,11 +1,16 @@
-"""The solver configuration shared by every registered solver."""
+"""The solver configuration shared by every registered solver, and the names it may take."""
 
 from __future__ import annotations
 
-from ..utils.config import check, check_choice, config, finite, setting
-from .registry import SOLVERS
+from typing import Any
 
-__all__ = ["SolverConfig"]
+from ..utils.config import check, check_choice, config, finite, setting
+
+__all__ = ["SOLVERS", "SolverConfig"]
+
+#: name -> solver class, filled by :func:`~metaif.linalg.register_solver`; read when a config is
+#: checked or the command line is built, so a solver registered after import is a valid method
+SOLVERS: dict[str, Any] = {}
 
 FAILURE_POLICIES = ("raise", "warn")
 
@@ -14,7 +19,7 @@ FAILURE_POLICIES = ("raise", "warn")
 class SolverConfig:
     """How to apply ``(A + damping I)^{-1}`` for an operator ``A`` given only by products."""
 
-    method: str = setting("cg", "solver (a name registered in metaif.linalg.SOLVERS)", choices=tuple(SOLVERS))
+    method: str = setting("cg", "solver (a name registered in metaif.linalg.SOLVERS)", choices=lambda: tuple(SOLVERS))
     damping: float = setting(0.0, "damping mu >= 0 added to the operator")
     rtol: float = setting(1e-6, "relative true residual ||b - A x|| / ||b|| an iterative solve must reach")
     max_iter: int = setting(200, "operator products per column (cg, minres, neumann)")

@@ -12,15 +12,13 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
+from .config import SOLVERS, SolverConfig
 from .operator import LinearOperator
 from .result import Diverged, MetaifWarning, NotConverged, NotPositiveDefinite, SolveResult
-
-if TYPE_CHECKING:
-    from .config import SolverConfig
 
 __all__ = ["SOLVERS", "DampingRetry", "Solver", "register_solver", "solve"]
 
@@ -41,9 +39,6 @@ class Solver(ABC):
 
     @abstractmethod
     def solve(self, b: torch.Tensor) -> SolveResult: ...
-
-
-SOLVERS: dict[str, type[Solver]] = {}
 
 
 def register_solver(cls: type[Solver]) -> type[Solver]:
@@ -114,12 +109,23 @@ class DampingRetry:
                 self.solver = self._attempt()
         if not result.converged:
             message = (f"{result.method} stopped at relative residual {float(result.residual.max()):.2e} > rtol "
-                       f"{self.config.rtol:g} after {int(result.iterations.max())} products; raise max_iter or "
-                       f"damping, or use another solver")
+                       f"{self.config.rtol:g} after {int(result.iterations.max())} products; {self._advice(result)}")
             if self.config.on_failure == "raise":
                 raise NotConverged(message)
             warnings.warn(message, MetaifWarning, stacklevel=2)
         return result
+
+
+    def _advice(self, result: SolveResult) -> str:
+        """What may help a solve that missed rtol: more products only where a failed column used them all."""
+        if result.iterations is None or result.residual is None:
+            return "raise damping, or use another solver"
+        failed = result.residual > self.config.rtol
+        if bool((result.iterations[failed] >= self.config.max_iter).any()):
+            return "raise max_iter or damping, or use another solver"
+        return ("it stopped before max_iter (its residual estimate reached rtol, or the residual stagnated at the "
+                "rounding floor of the operator's dtype), so more products would not help: raise damping or rtol, or "
+                "solve in float64")
 
 
 def solve(op: LinearOperator, b: torch.Tensor, config: SolverConfig) -> SolveResult:

@@ -12,11 +12,12 @@ import torch
 from torch.func import grad, hessian, vmap
 
 from ..curvature import head_solver, pooled_kfe_bases
-from .problem import BilevelProblem, FeatureHeadProblem, HeadCurvature
+from .problem import BilevelProblem, FeatureHeadProblem, HeadCurvature, HeadSolveSettings
 
 __all__ = ["FeatureHead", "bilevel", "damped_newton"]
 
 NEWTON_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+DEFAULT_NEWTON_STEPS = 50
 
 
 def damped_newton(objective: Callable, gradient: Callable, newton_step: Callable, theta: torch.Tensor,
@@ -56,8 +57,9 @@ class FeatureHead:
         self.problem, self.body, self.gamma = problem, problem.body, problem.gamma
         self.theta_dim = problem.theta_dim
         self.fast = isinstance(problem, HeadCurvature)
-        self.inner_tol = getattr(problem, "inner_tol", None)
-        self.inner_max_iter = getattr(problem, "inner_max_iter", 50)
+        settings = isinstance(problem, HeadSolveSettings)
+        self.inner_tol = problem.inner_tol if settings else None
+        self.inner_max_iter = problem.inner_max_iter if settings else DEFAULT_NEWTON_STEPS
 
     # ---- feature space, B tasks ----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ unlocks faster paths; the engine looks at what a problem declares, never at its 
   :class:`BilevelProblem` methods derived from it (:class:`~metaif.meta.heads.FeatureHead`).
 * :class:`HeadCurvature`: the head is linear with a GLM loss, so its Hessian has the exact
   few-shot factor (Woodbury) and an EK-FAC form.
+* :class:`HeadSolveSettings`: where the generic head solve of a feature-head problem stops.
 
 The outer objective adds ``gamma/2 ||lam - anchor||^2`` (math.md §1 with an optional centre:
 ``anchor`` is an attribute of the problem, absent or ``None`` for 0); :func:`outer_l2` is the one
@@ -32,7 +33,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["BilevelProblem", "FeatureHeadProblem", "HeadCurvature", "TrainableProblem", "UnrolledProblem", "anchored",
+__all__ = ["BilevelProblem", "FeatureHeadProblem", "HeadCurvature", "HeadSolveSettings", "TrainableProblem",
+           "UnrolledProblem", "anchored",
            "outer_l2"]
 
 
@@ -89,6 +91,16 @@ class FeatureHeadProblem(Protocol):
     def head_outer_objective(self, theta: torch.Tensor, phi: torch.Tensor, y: torch.Tensor,
                              w: torch.Tensor) -> torch.Tensor:
         """``L_i`` of B tasks ``[B]``."""
+
+
+@runtime_checkable
+class HeadSolveSettings(Protocol):
+    """Optional, with :class:`FeatureHeadProblem` (both members, or neither): where the generic
+    damped-Newton head solve stops. Without them it stops at a gradient norm set by the dtype
+    (``metaif.meta.heads.NEWTON_TOL``) or after 50 steps."""
+
+    inner_tol: float       # ||grad_theta F_i|| to reach
+    inner_max_iter: int    # Newton steps at most
 
 
 @runtime_checkable

@@ -28,7 +28,8 @@ __all__ = ["MamlConfig", "MamlProblem", "UnrolledRows"]
 class MamlConfig:
     """Classic MAML: K unrolled gradient steps on each task's train split."""
 
-    ways: int = setting(5, "classes per task (the network's outputs)")
+    ways: int | None = setting(None, "classes per task: when given, the model's outputs are checked against it "
+                                     "(None: not checked, as for real-valued targets)")
     loss: str = setting("softmax", "loss of the network's outputs: softmax, squared, binary", choices=tuple(LOSSES))
     inner_steps: int = setting(5, "K, gradient steps of the inner adaptation (0: no adaptation)")
     inner_lr: float = setting(0.4, "alpha, the inner step size (the initial one with meta_sgd)")
@@ -43,7 +44,8 @@ class MamlConfig:
 
     def __post_init__(self) -> None:
         check_choice(self, "vectorize", self.vectorize, ("auto", "on", "off"))
-        check(isinstance(self.ways, int) and self.ways >= 1, self, "ways", "an integer >= 1", self.ways)
+        check(self.ways is None or isinstance(self.ways, int) and self.ways >= 1, self, "ways",
+              "None or an integer >= 1", self.ways)
         check_choice(self, "loss", self.loss, LOSSES)
         check(isinstance(self.inner_steps, int) and self.inner_steps >= 0, self, "inner_steps", "an integer >= 0",
               self.inner_steps)
@@ -62,6 +64,9 @@ class MamlProblem:
     def __init__(self, model: FlatModel, config: MamlConfig) -> None:
         self.model, self.config = model, config
         self.loss = get_loss(config.loss)
+        if config.ways is not None and model.out_features != self.loss.outputs(config.ways):
+            raise ValueError(f"MamlConfig.ways is {config.ways}, so the {config.loss} loss needs "
+                             f"{self.loss.outputs(config.ways)} model outputs, but the model has {model.out_features}")
         self.gamma = config.gamma
         self.params = model.num_params
         self._convolutional = any(isinstance(m, nn.Conv2d) for m in model.module.modules())

@@ -1,12 +1,14 @@
-"""Starting the ranks of a run: ``launch`` spawns ``nproc`` local processes on loopback (what
-``metaif ... --nproc N`` does); :func:`init_from_env` joins the group that torchrun describes in
-the environment. Collectives time out (``METAIF_DIST_TIMEOUT`` seconds, default 300), so a rank
-that dies or hangs stops the others with an error instead of a hang."""
+"""Starting the ranks of a run: ``launch`` spawns ``nproc`` local processes on loopback and
+:func:`launch_command` runs a command line on them (what ``metaif ... --nproc N`` does);
+:func:`init_from_env` joins the group that torchrun describes in the environment. Collectives time
+out (``METAIF_DIST_TIMEOUT`` seconds, default 300), so a rank that dies or hangs stops the others
+with an error instead of a hang."""
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -16,7 +18,7 @@ import torch.multiprocessing as mp
 
 from .world import World
 
-__all__ = ["DEFAULT_TIMEOUT_S", "init_from_env", "launch"]
+__all__ = ["DEFAULT_TIMEOUT_S", "init_from_env", "launch", "launch_command"]
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -66,3 +68,38 @@ def launch(nproc: int, target: Callable, *args) -> None:
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     mp.spawn(_rank_entry, args=(nproc, _free_port(), target, args), nprocs=nproc, join=True)
+
+
+def _rank_command(command: Callable[[list[str]], int], argv: list[str]) -> None:
+    """One rank of :func:`launch_command`: the command, quiet on stdout unless rank 0; a failure ends
+    the process with the command's exit code (the launcher reports it)."""
+    if not World.current().writer:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (the rank's whole life)
+    code = command(argv)
+    if code:
+        sys.exit(code)
+
+
+def launch_command(command: Callable[[list[str]], int], argv: list[str], nproc: int, flag: str = "--nproc") -> int:
+    """``command(argv)`` (a module-level function returning an exit code) on ``nproc`` local ranks,
+    without ``flag`` and its value in ``argv`` (the ranks must not launch again); the exit code of the
+    run: 0, or the failing rank's, with one line on stderr saying which rank stopped it."""
+    rank_argv = []
+    skip = False
+    for arg in argv:
+        if skip or arg.startswith(f"{flag}="):
+            skip = False
+            continue
+        skip = arg == flag
+        if not skip:
+            rank_argv.append(arg)
+    try:
+        launch(nproc, _rank_command, command, rank_argv)
+    except mp.ProcessExitedException as err:
+        print(f"metaif: rank {err.error_index} of {nproc} exited with code {err.exit_code}; the run stopped "
+              f"(rerun to resume from --out)", file=sys.stderr)
+        return err.exit_code if err.exit_code and err.exit_code > 0 else 1
+    except mp.ProcessRaisedException as err:
+        print(f"metaif: rank {err.error_index} of {nproc} failed: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
+        return 1
+    return 0

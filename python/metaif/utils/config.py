@@ -14,18 +14,21 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["check", "check_choice", "config", "field_help", "finite", "results_settings", "setting"]
+__all__ = ["check", "check_choice", "config", "field_choices", "field_help", "finite", "results_settings", "setting"]
 
 T = TypeVar("T")
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Iterable[str] | None = None,
+def setting(default: Any = dataclasses.MISSING, help: str = "", *,
+            choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
             factory: Callable[[], Any] | None = None, shapes_results: bool = True) -> Any:
-    """A dataclass field with ``help`` (and optional ``choices``) in its metadata; ``shapes_results``
+    """A dataclass field with ``help`` (and optional ``choices``: names, or a function that lists
+    them when asked, for a registry that may grow after import) in its metadata; ``shapes_results``
     False marks a field that changes where a run goes but not what it computes beyond rounding (the
     device): :func:`results_settings` leaves it out."""
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None,
-                "shapes_results": shapes_results}
+    if choices is not None and not callable(choices):
+        choices = tuple(choices)
+    metadata = {"help": help, "choices": choices, "shapes_results": shapes_results}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -38,6 +41,12 @@ def results_settings(cfg: Any) -> Any:
         return cfg
     return {f.name: results_settings(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
             if f.metadata.get("shapes_results", True)}
+
+
+def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The names field ``f`` may take now (``None``: any value)."""
+    choices = f.metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 def field_help(cls: type, name: str) -> str:
