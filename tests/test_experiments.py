@@ -13,9 +13,10 @@ import torch
 from metaif import cli
 from metaif.experiments import paper
 from metaif.experiments.commands import QUICK
-from metaif.experiments.common import AnalysisConfig, ExperimentConfig, Workspace, retrain_without, train_model
+from metaif.experiments.common import AnalysisConfig, ExperimentConfig, Workspace, train_model
+from metaif.experiments.retrain import retrain_without
+from metaif.experiments.run import RunConfig
 from metaif.linalg import MetaifWarning
-from metaif.meta.run import RunConfig
 
 SMALL = ["--train-tasks", "60", "--test-tasks", "40", "--steps", "20", "--score-tasks", "20", "--polish", "40",
          "--quiet"]

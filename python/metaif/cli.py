@@ -160,9 +160,9 @@ def run_command(args: argparse.Namespace, config) -> int:
     with lock_folder(args.out) if writer else contextlib.nullcontext(Path(args.out)) as out:
         ws = Workspace(out, force=args.force, progress=writer and not args.quiet and sys.stderr.isatty())
         if args.command == "train":
-            from .meta.run import run
+            from .experiments.run import run
 
-            print(json.dumps(run(config.run, out, progress=ws.progress, force=ws.force), indent=2))
+            print(json.dumps(run(config.run, out, progress=ws.progress, force=ws.force).summary, indent=2))
             return 0
         if args.command == "demo":
             return commands.demo(config, ws)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from metaif.data import TaskConfig, load_digits, sample_tasks, split_classes
+from metaif.experiments.retrain import retrain
 from metaif.meta import (
     AnilConfig,
     AnilProblem,
@@ -12,7 +13,6 @@ from metaif.meta import (
     TrainConfig,
     evaluate,
     meta_train,
-    retrain,
     solve_outer,
 )
 from metaif.models import mlp

@@ -24,12 +24,12 @@ from ..data import sample_tasks
 from ..data.tasks import TaskSet
 from ..influence import InfluenceAnalyzer, InfluenceConfig, Scores, SolverConfig
 from ..linalg import MetaifWarning
-from ..meta import Accuracy, TrainConfig, TrainResult, Weights, anchored, evaluate, meta_train, solve_outer
-from ..meta.run import RunConfig, build, load_config, pools, run, validation_tasks
+from ..meta import Accuracy, TrainConfig, anchored, evaluate, solve_outer
 from ..meta.train import device_of
 from ..utils.config import check, check_choice, config, finite, results_settings, setting
 from ..utils.io import save_torch, write_json
 from ..utils.store import Stage
+from .run import RunConfig, build, load_config, pools, run, validation_tasks
 
 
 def _influence_default() -> InfluenceConfig:
@@ -129,9 +129,9 @@ def train_model(config: RunConfig, analysis: AnalysisConfig, ws: Workspace, trai
     tasks, and return lambda*; ``train`` replaces the sampled task set (e.g. a corrupted copy)."""
     problem, sampled, test = build(config)
     tasks = sampled if train is None else train
-    summary = dict(run(config, ws.out, progress=ws.progress, tasks=train, force=ws.force))
+    trained = run(config, ws.out, progress=ws.progress, tasks=train, force=ws.force, built=(problem, sampled, test))
+    summary, lam_trained = dict(trained.summary), trained.lam
     device = device_of(config.train)
-    lam_trained = torch.load(ws.out / "lambda.pt", weights_only=True, map_location=device)
     settings = {"model": summary["task_set"], "steps": config.train.steps, "run": results_settings(config),
                 "polish": {k: getattr(analysis, k) for k in ("polish", "polish_tol", "anchor", "anchor_grid",
                                                              "validation_tasks")}}
@@ -220,27 +220,6 @@ def score_tasks(trained: Trained, analysis: AnalysisConfig) -> TaskSet:
 def accuracy(trained: Trained, lam: torch.Tensor) -> Accuracy:
     """Meta-test accuracy of ``lam`` with its 95% interval."""
     return evaluate(trained.problem, lam, trained.test)
-
-
-def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=(), train=(),
-                    checkpoint: Path | None = None, progress: bool = False) -> TrainResult:
-    """Warm-started retraining without the given task positions / ``(position, j)`` instances
-    (resuming from ``checkpoint``): the retrained lambda, wall seconds and, for L-BFGS, its
-    iterations and final ``||D_lambda L||``. Warns when L-BFGS stops at its cap (``analysis.polish``)
-    instead of its tolerance."""
-    weights = Weights.uniform(trained.train, trained.lam.dtype, trained.lam.device).without_positions(tasks, val, train)
-    if analysis.retrain != "lbfgs":
-        config = replace(trained.run.train, steps=analysis.retrain_steps)
-        return meta_train(trained.problem, trained.train, config, lam0=trained.lam, weights=weights,
-                          checkpoint=checkpoint, progress=progress)
-    cap = max(analysis.polish, 1)
-    result = solve_outer(trained.problem, trained.train, trained.lam, weights, tol=analysis.polish_tol, max_iter=cap,
-                         checkpoint=checkpoint, progress=progress, desc="retrain (L-BFGS)")
-    if result.iterations >= cap:
-        warnings.warn(f"retraining stopped at its cap of {cap} L-BFGS iterations (--polish) with ||D_lambda L|| = "
-                      f"{result.grad_norm:.2e}, not at --polish-tol {analysis.polish_tol:g}: the retrained lambda is on "
-                      f"its way to the optimum without the removed items", MetaifWarning, stacklevel=2)
-    return result
 
 
 def save_config(out: Path, config: ExperimentConfig) -> None:

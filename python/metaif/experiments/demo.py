@@ -10,10 +10,10 @@ from dataclasses import asdict
 import torch
 
 from ..meta import TrainConfig
-from ..meta.run import RunConfig
 from ..utils.io import write_csv, write_json
 from . import plots
 from .common import AnalysisConfig, ExperimentConfig, Workspace, accuracy, save_config, score_all, train_model
+from .run import RunConfig
 
 # Tasks from all ten digits; meta-test draws from the other half of every class's images, and
 # meta-validation (which chooses the polish's anchor) holds out a fifth of the first half.

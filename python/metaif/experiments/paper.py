@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 
 from ..data import corrupt_labels
 from ..meta import TrainResult
-from ..meta.run import build
 from ..utils.config import results_settings
 from ..utils.io import Ledger, remove_files, write_atomic, write_json
 from ..utils.store import Stage
@@ -27,12 +26,13 @@ from .common import (
     Workspace,
     accuracy,
     analyze,
-    retrain_without,
     save_config,
     score_all,
     score_tasks,
     train_model,
 )
+from .retrain import retrain_without
+from .run import build
 
 
 @dataclass(frozen=True)

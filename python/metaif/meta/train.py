@@ -1,4 +1,5 @@
-"""Outer training (Adam on the implicit total gradient), evaluation, checkpoints and retraining.
+"""Outer training (Adam on the implicit total gradient), polishing (full-batch L-BFGS) and evaluation,
+as library functions that resume from a checkpoint of the same run.
 
 The objective is math.md §1's: sum_i c_i L_i(theta_i(lambda), lambda) + gamma/2 ||lambda||^2 with
 c_i = 1/m. Training samples meta-batches of tasks (seeded); removing tasks or instances sets
@@ -18,15 +19,15 @@ from tqdm.auto import tqdm
 from ..data.tasks import TaskSet
 from ..ops import has_kernels
 from ..parallel import World
+from ..utils.checkpoint import Checkpoint
 from ..utils.config import check, check_choice, config, finite, results_settings, setting
-from ..utils.io import save_torch
-from ..utils.store import StaleResults, differences, fingerprint
+from ..utils.store import StaleResults, fingerprint
 from .batch import TaskBatch, Weights
 from .binding import meta_gradient
 from .problem import TrainableProblem, outer_l2
 
 __all__ = ["DTYPES", "Accuracy", "TrainConfig", "TrainResult", "device_of", "evaluate", "full_objective", "meta_train",
-           "outer_gradient", "retrain", "solve_outer"]
+           "outer_gradient", "solve_outer"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -164,12 +165,6 @@ def _tensor_digest(t: torch.Tensor | None) -> str | None:
     return None if t is None else fingerprint(t.detach().cpu().double().numpy().tobytes().hex())
 
 
-def _check_identity(path: Path, state: dict, identity: dict) -> None:
-    if state.get("identity") != identity:
-        changed = "; ".join(differences(state.get("identity"), identity)[:6])
-        raise StaleResults(f"{path}: a checkpoint of another run ({changed}); delete it, or rerun with --force")
-
-
 def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, lam0: torch.Tensor | None = None,
                weights: Weights | None = None, checkpoint: str | Path | None = None,
                progress: bool = True) -> TrainResult:
@@ -191,13 +186,12 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
                 "lam0": _tensor_digest(lam0), "weights": fingerprint([weights.c.tolist(), weights.w_tr.tolist(),
                                                                     weights.w_val.tolist()])}
     result, start, spent = TrainResult(lam.detach()), 0, 0.0
-    path = Path(checkpoint) if checkpoint else None
-    if path is not None and path.exists():
-        state = torch.load(path, weights_only=False, map_location=device)
-        _check_identity(path, state, identity)
+    saved = Checkpoint(checkpoint, identity, device)
+    state = saved.load()
+    if state is not None:
         if state["step"] > config.steps:
-            raise StaleResults(f"{path}: the checkpoint has {state['step']} steps, more than the {config.steps} asked "
-                               f"for; rerun with --force to train again, or ask for at least {state['step']}")
+            raise StaleResults(f"{saved.path}: the checkpoint has {state['step']} steps, more than the {config.steps} "
+                               f"asked for; rerun with --force to train again, or ask for at least {state['step']}")
         with torch.no_grad():
             lam.copy_(state["lam"])
         opt.load_state_dict(state["opt"])
@@ -222,10 +216,9 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
         result.losses.append(info["outer_loss"])
         result.inner_grad_norm = info["inner_grad_norm"]
         bar.set_postfix(loss=f"{info['outer_loss']:.4f}")
-        if path is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
-            save_torch(path, {"identity": identity, "lam": lam.detach(), "opt": opt.state_dict(),
-                              "gen": gen.get_state(), "step": step + 1, "losses": result.losses,
-                              "seconds": spent + time.perf_counter() - began})
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            saved.save(lam=lam.detach(), opt=opt.state_dict(), gen=gen.get_state(), step=step + 1,
+                       losses=result.losses, seconds=spent + time.perf_counter() - began)
     result.lam, result.wall_time = lam.detach().clone(), spent + time.perf_counter() - began
     result.iterations = config.steps
     return result
@@ -254,10 +247,9 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
                 "anchor": _tensor_digest(getattr(problem, "anchor", None)), "form": getattr(problem, "form", None),
                 "weights": fingerprint([weights.c.tolist(), weights.w_tr.tolist(), weights.w_val.tolist()])}
     result, spent = TrainResult(lam.detach()), 0.0
-    path = Path(checkpoint) if checkpoint else None
-    if path is not None and path.exists():
-        state = torch.load(path, weights_only=False, map_location=device)
-        _check_identity(path, state, identity)
+    saved = Checkpoint(checkpoint, identity, device)
+    state = saved.load()
+    if state is not None:
         with torch.no_grad():
             lam.copy_(state["lam"])
         opt.load_state_dict(state["opt"])
@@ -285,10 +277,8 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
         bar.update(done)
         bar.set_postfix(loss=f"{result.losses[-1]:.5g}", grad=f"{result.grad_norm:.2e}",
                         s=f"{spent + time.perf_counter() - began:.0f}")
-        if path is not None:
-            save_torch(path, {"identity": identity, "lam": lam.detach(), "opt": opt.state_dict(),
-                              "losses": result.losses, "iterations": result.iterations,
-                              "seconds": spent + time.perf_counter() - began})
+        saved.save(lam=lam.detach(), opt=opt.state_dict(), losses=result.losses, iterations=result.iterations,
+                   seconds=spent + time.perf_counter() - began)
         if done < opt.param_groups[0]["max_iter"]:  # converged (or stalled: no descent direction left)
             break
         if before_loss is not None and before_loss - result.losses[-1] <= rounding * abs(result.losses[-1]):
@@ -328,20 +318,3 @@ def evaluate(problem: TrainableProblem, lam: torch.Tensor, tasks: TaskSet, batch
     acc = torch.cat(accs).cpu()
     half = 1.96 * float(acc.std(unbiased=True)) / math.sqrt(len(acc)) if len(acc) > 1 else float("nan")
     return Accuracy(float(acc.mean()), half, len(acc))
-
-
-def retrain(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, lam_star: torch.Tensor | None = None,
-            remove_tasks=(), remove_instances=(), warm_start: bool = True, test: TaskSet | None = None,
-            progress: bool = False) -> TrainResult:
-    """Re-solve with tasks/instances removed (their weights zeroed, all others kept), with the same
-    seed and schedule: warm-started from ``lam_star`` (the ground truth influence functions
-    approximate) or from the seeded initialisation (``warm_start=False``). With ``test`` tasks the
-    result carries the new meta-test accuracy."""
-    if warm_start and lam_star is None:
-        raise ValueError("retrain(warm_start=True) needs lam_star")
-    weights = Weights.uniform(tasks, DTYPES[config.dtype]).without(tasks, remove_tasks, remove_instances)
-    result = meta_train(problem, tasks, config, lam0=lam_star if warm_start else None, weights=weights,
-                        progress=progress)
-    if test is not None:
-        result.accuracy = evaluate(problem, result.lam, test, dtype=DTYPES[config.dtype])
-    return result

@@ -1,22 +1,24 @@
-"""One meta-training run from a small config: data, split, tasks, model, form, training, evaluation."""
+"""One meta-training run from a small config: data, split, tasks, model, form, training, evaluation,
+and the files it leaves in its output folder."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 from ..curvature import get_loss
 from ..data import TaskConfig, TaskSet, hold_out, load_dataset, sample_tasks, split_classes, split_images
+from ..meta import AnilConfig, AnilProblem, ImamlConfig, ImamlProblem, MamlConfig, MamlProblem, TrainConfig, evaluate, meta_train
+from ..meta.train import device_of
+from ..meta.unrolled import default_model
 from ..models import FlatModel, conv4, mlp
 from ..utils.config import check, check_choice, config, finite, results_settings, setting
 from ..utils.io import save_torch, write_json
 from ..utils.store import Stage
-from .anil import AnilConfig, AnilProblem
-from .imaml import ImamlConfig, ImamlProblem
-from .train import TrainConfig, evaluate, meta_train
-from .unrolled import MamlConfig, MamlProblem, default_model
 
 HEAD_LOSSES = {"logistic": "softmax", "ridge": "squared", "binary": "binary"}
 DATASETS = ("digits", "omniglot", "mnist", "miniimagenet")
@@ -136,18 +138,28 @@ def validation_tasks(config: RunConfig, count: int) -> TaskSet:
     return sample_tasks(pools(config)[1], TaskConfig(**spec, num_tasks=count, seed=config.seed + 20_000))
 
 
+@dataclass
+class Run:
+    """A finished run: the trained ``lam [p]`` (on the run's device) and its summary (accuracies with
+    95% intervals, seconds, the task set's fingerprint)."""
+
+    lam: torch.Tensor
+    summary: dict
+
+
 def run(config: RunConfig, out: str | Path, progress: bool = True, tasks: TaskSet | None = None,
-        force: bool = False) -> dict:
+        force: bool = False, built: tuple | None = None) -> Run:
     """Train (resuming from ``out/checkpoint.pt``), evaluate against the untrained baseline, and
     write ``config.json``, ``lambda.pt`` and ``results.json`` to ``out``; ``tasks`` replaces the
-    sampled meta-train set (e.g. a label-corrupted copy).
+    sampled meta-train set (e.g. a label-corrupted copy); ``built`` is :func:`build`'s result when the
+    caller has it already.
 
     The trained model is a :class:`~metaif.utils.store.Stage`: a finished run with the same settings
     is returned as recorded (not re-timed), a larger ``steps`` extends it, and other settings raise
     :class:`~metaif.utils.store.StaleResults` unless ``force`` (which trains again).
     """
     out = Path(out)
-    problem, train, test = build(config)
+    problem, train, test = build(config) if built is None else built
     train = train if tasks is None else tasks
     identity = results_settings(config)
     settings = {"run": {**identity, "train": {k: v for k, v in identity["train"].items()
@@ -156,7 +168,8 @@ def run(config: RunConfig, out: str | Path, progress: bool = True, tasks: TaskSe
     stage = Stage(out, "train", settings, ["checkpoint.pt", "lambda.pt", "results.json", "config.json"], force)
     record = stage.open()
     if record is not None and record["steps"] == config.train.steps:
-        return record["summary"]
+        lam = torch.load(out / "lambda.pt", weights_only=True, map_location=device_of(config.train))
+        return Run(lam, record["summary"])
     write_json(out / "config.json", asdict(config))
     result = meta_train(problem, train, config.train, checkpoint=out / "checkpoint.pt", progress=progress)
     baseline = evaluate(problem, problem.init_lambda(config.train.seed).to(result.lam.device), test)
@@ -169,7 +182,7 @@ def run(config: RunConfig, out: str | Path, progress: bool = True, tasks: TaskSe
                "inner_grad_norm": result.inner_grad_norm, "task_set": train.fingerprint()}
     write_json(out / "results.json", summary)
     stage.finish(steps=config.train.steps, summary=summary)
-    return summary
+    return Run(result.lam, summary)
 
 
 def load_config(path: str | Path) -> RunConfig:

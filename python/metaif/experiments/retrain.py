@@ -1,0 +1,57 @@
+"""Retraining without tasks or instances: the ground truth that influence estimates approximate
+(their weights zeroed, all others kept; math.md §1), warm-started from lambda* or from scratch."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..data.tasks import TaskSet
+from ..linalg import MetaifWarning
+from ..meta import TrainConfig, TrainResult, Weights, evaluate, meta_train, solve_outer
+from ..meta.problem import TrainableProblem
+from ..meta.train import DTYPES
+from .common import AnalysisConfig, Trained
+
+__all__ = ["retrain", "retrain_without"]
+
+
+def retrain(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, lam_star: torch.Tensor | None = None,
+            remove_tasks=(), remove_instances=(), warm_start: bool = True, test: TaskSet | None = None,
+            progress: bool = False) -> TrainResult:
+    """Re-solve with tasks/instances removed (their weights zeroed, all others kept), with the same
+    seed and schedule: warm-started from ``lam_star`` (the ground truth influence functions
+    approximate) or from the seeded initialisation (``warm_start=False``). With ``test`` tasks the
+    result carries the new meta-test accuracy."""
+    if warm_start and lam_star is None:
+        raise ValueError("retrain(warm_start=True) needs lam_star")
+    weights = Weights.uniform(tasks, DTYPES[config.dtype]).without(tasks, remove_tasks, remove_instances)
+    result = meta_train(problem, tasks, config, lam0=lam_star if warm_start else None, weights=weights,
+                        progress=progress)
+    if test is not None:
+        result.accuracy = evaluate(problem, result.lam, test, dtype=DTYPES[config.dtype])
+    return result
+
+
+def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=(), train=(),
+                    checkpoint: Path | None = None, progress: bool = False) -> TrainResult:
+    """Warm-started retraining without the given task positions / ``(position, j)`` instances
+    (resuming from ``checkpoint``): the retrained lambda, wall seconds and, for L-BFGS, its
+    iterations and final ``||D_lambda L||``. Warns when L-BFGS stops at its cap (``analysis.polish``)
+    instead of its tolerance."""
+    weights = Weights.uniform(trained.train, trained.lam.dtype, trained.lam.device).without_positions(tasks, val, train)
+    if analysis.retrain != "lbfgs":
+        config = replace(trained.run.train, steps=analysis.retrain_steps)
+        return meta_train(trained.problem, trained.train, config, lam0=trained.lam, weights=weights,
+                          checkpoint=checkpoint, progress=progress)
+    cap = max(analysis.polish, 1)
+    result = solve_outer(trained.problem, trained.train, trained.lam, weights, tol=analysis.polish_tol, max_iter=cap,
+                         checkpoint=checkpoint, progress=progress, desc="retrain (L-BFGS)")
+    if result.iterations >= cap:
+        warnings.warn(f"retraining stopped at its cap of {cap} L-BFGS iterations (--polish) with ||D_lambda L|| = "
+                      f"{result.grad_norm:.2e}, not at --polish-tol {analysis.polish_tol:g}: the retrained lambda is on "
+                      f"its way to the optimum without the removed items", MetaifWarning, stacklevel=2)
+    return result
