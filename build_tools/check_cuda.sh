@@ -19,7 +19,7 @@ shopt -s nullglob
 for src in cuda/*.cu; do
   echo "nvcc: $src"
   nvcc -std=c++17 -O3 -Werror all-warnings -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-    -Icuda -Icsrc -c "$src" -o "$work/$(basename "$src").o"
+    -Iinclude -c "$src" -o "$work/$(basename "$src").o"
 done
 
 cuda_include=$(dirname "$(dirname "$(command -v nvcc)")")/include
@@ -29,7 +29,7 @@ printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > "$work/shim/c10/cu
 mapfile -t torch_includes < <("$python" -c "import torch.utils.cpp_extension as c; print('\n'.join(c.include_paths()))")
 python_include=$("$python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 flags=(-std=c++17 -fsyntax-only -Wall -Wextra -Wno-unused-parameter -Wno-psabi -Wno-c++20-extensions -fopenmp-simd
-       -Werror -DMETAIF_WITH_CUDA -Icsrc -Icuda "${torch_includes[@]/#/-isystem}" "-isystem$python_include" "-I$work/shim"
+       -Werror -DMETAIF_WITH_CUDA -Iinclude "${torch_includes[@]/#/-isystem}" "-isystem$python_include" "-I$work/shim"
        "-I$cuda_include")
 for src in csrc/*.cpp; do
   echo "c++ (METAIF_WITH_CUDA): $src"

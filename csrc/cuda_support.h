@@ -10,7 +10,7 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "kernels.h"
+#include "metaif/kernels.h"
 #include "status_message.h"
 
 namespace metaif {

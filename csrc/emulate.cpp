@@ -1,9 +1,13 @@
 // torch.ops.metaif_emulate: the CUDA kernels' per-task code run on the CPU, for the tests. Each op
 // takes the arguments of its torch.ops.metaif namesake and runs, column by column as the CUDA
-// kernels do a block per column, the same team algorithm (cuda/task_solvers.cuh,
-// cuda/task_operators.cuh) or per-element function (patch_shape.h) that the kernel runs: by one
-// thread (threads = 0) or by a block of `threads` std::threads (thread_team.h). Launch
+// kernels do a block per column, the same team algorithm (metaif/task_solvers.cuh,
+// metaif/task_operators.cuh) or per-element function (metaif/patch_shape.h) that the kernel runs:
+// by one thread (threads = 0) or by a block of `threads` std::threads (thread_team.h). Launch
 // configuration and memory placement are all that the GPU adds.
+//
+// A test-only extension module of its own, metaif._emulate, built with -DMETAIF_TEST_OPS=ON and
+// left out of the wheel; importing it registers the ops.
+#include <Python.h>
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -14,8 +18,8 @@
 #include "patch_args.h"
 #include "solvers.h"
 #include "status_message.h"
-#include "task_solvers.cuh"
-#include "team.cuh"
+#include "metaif/task_solvers.cuh"
+#include "metaif/team.cuh"
 #include "thread_team.h"
 
 namespace metaif {
@@ -233,3 +237,13 @@ TORCH_LIBRARY_IMPL(metaif_emulate, CPU, m) {
 }
 
 }  // namespace metaif
+
+extern "C" PyObject* PyInit__emulate(void) {
+  if (const char* error = metaif::blas::routines().error) {
+    PyErr_SetString(PyExc_ImportError, error);
+    return nullptr;
+  }
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_emulate", nullptr, -1, nullptr,
+                                   nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -8,7 +8,7 @@
 
 #include "checks.h"
 #include "operators.h"
-#include "task_operators.cuh"
+#include "metaif/task_operators.cuh"
 
 namespace metaif {
 

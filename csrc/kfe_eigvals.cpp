@@ -9,7 +9,7 @@
 #include <optional>
 #include <vector>
 
-#include "arith.h"
+#include "metaif/arith.h"
 #include "blas.h"
 #include "checks.h"
 #include "cuda_support.h"

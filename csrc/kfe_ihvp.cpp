@@ -7,7 +7,7 @@
 
 #include <vector>
 
-#include "arith.h"
+#include "metaif/arith.h"
 #include "blas.h"
 #include "checks.h"
 #include "cuda_support.h"

@@ -10,7 +10,7 @@
 
 #include <vector>
 
-#include "arith.h"
+#include "metaif/arith.h"
 #include "blas.h"
 #include "ce_head_kernel.h"
 

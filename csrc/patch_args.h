@@ -6,7 +6,7 @@
 #include <ATen/ATen.h>
 
 #include "checks.h"
-#include "patch_shape.h"
+#include "metaif/patch_shape.h"
 
 namespace metaif {
 

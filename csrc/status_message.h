@@ -4,7 +4,7 @@
 
 #include <c10/util/Exception.h>
 
-#include "status.h"
+#include "metaif/status.h"
 
 namespace metaif {
 

@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "arith.h"
+#include "metaif/arith.h"
 #include "simd.h"
 
 namespace metaif {

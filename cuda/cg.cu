@@ -1,7 +1,7 @@
 // Batched conjugate gradient: one block per (task, column) runs every iteration in one launch,
 // its vectors in shared memory when they fit.
 #include "launch.cuh"
-#include "task_solvers.cuh"
+#include "metaif/task_solvers.cuh"
 
 namespace metaif::cuda {
 namespace {

@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <cstdio>
 
-#include "kernels.h"
-#include "team.cuh"
+#include "metaif/kernels.h"
+#include "metaif/team.cuh"
 
 namespace metaif::cuda {
 

@@ -1,7 +1,7 @@
 // Batched scaled Neumann series: one block per (task, column) runs the power iteration (when no
 // scale is given) and every term in one launch, its vectors in shared memory when they fit.
 #include "launch.cuh"
-#include "task_solvers.cuh"
+#include "metaif/task_solvers.cuh"
 
 namespace metaif::cuda {
 namespace {

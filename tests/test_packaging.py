@@ -46,6 +46,7 @@ def test_wheel_installs_in_fresh_venv(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         metadata = zf.read(next(n for n in zf.namelist() if n.endswith("METADATA"))).decode()
         assert any(n.startswith("metaif/_C") and n.endswith(".so") for n in zf.namelist())
+        assert not any(n.startswith("metaif/_emulate") for n in zf.namelist())  # test-only ops stay out
     major, minor = torch.__version__.split("+")[0].split(".")[:2]
     pin = f"Requires-Dist: torch<{major}.{int(minor) + 1},>={major}.{minor}"
     assert pin in metadata, metadata

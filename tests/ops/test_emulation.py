@@ -8,6 +8,12 @@ import torch
 from metaif import ops
 from tests.helpers import ce_head_problem, spd, tol
 
+try:
+    import metaif._emulate  # noqa: F401  (registers torch.ops.metaif_emulate)
+except ImportError as err:  # a failure, not a skip: these are the only runs of the CUDA team code here
+    raise ImportError("the test-only emulation ops are not built: install with -Ccmake.define.METAIF_TEST_OPS=ON "
+                      "(the README's set-up command does)") from err
+
 EMULATE = torch.ops.metaif_emulate
 TEAMS = [0, 4]  # 0: one thread; 4: a block of four
 DTYPES = [torch.float64, torch.float32]

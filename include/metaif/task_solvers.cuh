@@ -8,8 +8,8 @@
 #include <cmath>
 #include <cstdint>
 
-#include "arith.h"
-#include "status.h"
+#include "metaif/arith.h"
+#include "metaif/status.h"
 
 namespace metaif::team {
 

@@ -8,10 +8,10 @@
 
 #include <cstdint>
 
-#include "patch_shape.h"
-#include "status.h"
-#include "task_operators.cuh"
-#include "task_solvers.cuh"
+#include "metaif/patch_shape.h"
+#include "metaif/status.h"
+#include "metaif/task_operators.cuh"
+#include "metaif/task_solvers.cuh"
 
 namespace metaif::cuda {
 

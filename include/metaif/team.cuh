@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "arith.h"
+#include "metaif/arith.h"
 
 namespace metaif::team {
 

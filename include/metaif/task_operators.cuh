@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "arith.h"
+#include "metaif/arith.h"
 
 namespace metaif::team {
 
