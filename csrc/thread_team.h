@@ -1,5 +1,5 @@
 // A CUDA block emulated by std::threads, so that the CPU tests run the team algorithms
-// (cuda/task_solvers.cuh, cuda/task_operators.cuh) the way a block does: members split the work
+// (metaif/task_solvers.cuh, metaif/task_operators.cuh) the way a block does: members split the work
 // by rank, meet at barriers, and reduce through one slot each in a fixed order (team.cuh).
 #pragma once
 
