@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from metaif import bench, cli
 
 
@@ -21,6 +23,7 @@ def test_train_command_writes_results(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["dataset"] == "digits"
 
 
+@pytest.mark.slow
 def test_bench_quick_filtered(tmp_path):
     result = bench.main(["--quick", "--only", "woodbury", "--repeats", "1", "--json", str(tmp_path / "b.json")])
     assert result == 0

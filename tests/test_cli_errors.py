@@ -84,6 +84,7 @@ def test_a_busy_folder_is_refused_naming_its_holder(tmp_path, capsys):
     assert not (out / ".metaif.lock").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_and_force_recomputes(tmp_path, capsys):
     out = str(tmp_path / "o")
     assert run_cli(capsys, "score", "--out", out, *TINY)[0] == 0
@@ -101,6 +102,7 @@ def test_quick_does_not_override_given_flags():
     assert config.run.train_tasks == 30 and config.run.train.steps == 50
 
 
+@pytest.mark.slow
 def test_sigint_and_a_second_run_on_the_same_folder(tmp_path):
     out = tmp_path / "o"
     long_run = [sys.executable, "-m", "metaif", "train", "--out", str(out), "--steps", "100000", "--meta-batch", "4",

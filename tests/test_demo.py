@@ -3,7 +3,11 @@ model at least as good as the one it trained, at a stationary point, and writes 
 
 import json
 
+import pytest
+
 from metaif import cli
+
+pytestmark = pytest.mark.slow  # the main job end to end
 
 
 def test_the_demo_analyses_a_model_as_good_as_the_trained_one(tmp_path, capsys):

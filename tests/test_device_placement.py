@@ -42,6 +42,7 @@ PROBLEMS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:neumann stopped")  # ten LiSSA terms: placement is what is checked
 @pytest.mark.parametrize("form", list(PROBLEMS))
 def test_the_analyzer_makes_nothing_on_the_default_device(form):

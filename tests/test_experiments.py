@@ -28,6 +28,7 @@ def shared_run(tmp_path_factory):
     return tmp_path_factory.mktemp("run")
 
 
+@pytest.mark.slow
 def test_score_influence_and_edit_commands(shared_run, capsys):
     out = str(shared_run)
     assert cli.main(["score", "--out", out, *SMALL]) == 0
@@ -50,11 +51,13 @@ def test_score_influence_and_edit_commands(shared_run, capsys):
     assert "it/s" not in err and "s/it" not in err and "%|" not in err, err  # --quiet: no progress bar anywhere
 
 
+@pytest.mark.slow
 def test_edit_without_items_says_what_to_do(shared_run, capsys):
     assert cli.main(["edit", "--out", str(shared_run), *SMALL]) == 2
     assert "give --remove-tasks" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_harmful_ranking_beats_random_and_resumes(tmp_path):
     run = replace(RunConfig(), **{**QUICK, "train_tasks": 100, "test_tasks": 100})
     config = paper.CurveConfig(fractions=(0.0, 0.25, 0.5), experiment=ExperimentConfig(

@@ -82,6 +82,7 @@ def test_gradients_match_the_seam_oracle(pair, tasks):
     assert (got - fd).norm() <= 1e-6 * fd.norm()
 
 
+@pytest.mark.slow
 def test_scores_are_one_solve_projections_of_the_explicit_predictions(pair, tasks):
     fast, _ = pair
     fast = InfluenceAnalyzer(fast.problem, fast.lam, tasks, weights=fast.weights, config=ITERATIVE)
@@ -134,6 +135,7 @@ def test_the_analyzer_solves_with_its_total_hessian(pair):
     assert an.last_solve.converged and float(an.last_solve.residual[0]) <= 1e-12 and an.damping_used == 1.5
 
 
+@pytest.mark.slow
 def test_indefinite_hessian_and_bad_input_raise_clear_errors(pair):
     fast, _ = pair
     gn = InfluenceAnalyzer(fast.problem, fast.lam, fast.tasks, weights=fast.weights,

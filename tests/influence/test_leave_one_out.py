@@ -12,6 +12,8 @@ from metaif.linalg import MetaifWarning
 from metaif.meta import Weights, full_objective, solve_outer
 from tests.helpers import make_problem, make_taskset
 
+pytestmark = pytest.mark.slow  # every test re-solves the meta-problem (tens of seconds)
+
 SOLVER = InfluenceConfig(solver=SolverConfig(method="cg", rtol=1e-10, max_iter=1000))
 
 

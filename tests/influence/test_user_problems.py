@@ -2,6 +2,7 @@
 gets the unique-input path and equals the built-in ANIL; plain per-task tensors with real-valued
 targets; the built-in forms with other losses (float64)."""
 
+import pytest
 import torch
 
 from metaif.data import TaskSet
@@ -38,6 +39,7 @@ class SoftmaxHead:
         return self.head_outer_objective(theta, phi, y, w) + self.delta / 2 * theta.pow(2).sum(-1)
 
 
+@pytest.mark.slow
 def test_a_user_body_and_head_problem_equals_the_built_in_anil():
     tasks = make_taskset(6, seed=2)
     body = mlp(64, (5,), "tanh")

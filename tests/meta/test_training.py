@@ -85,6 +85,7 @@ def test_meta_training_beats_random_features_on_digits(setting):
     assert after.mean > before.mean
 
 
+@pytest.mark.slow
 def test_imaml_trains(setting):
     _, train, test = setting
     problem = ImamlProblem(mlp(64, (16,), "tanh"), ImamlConfig(ways=5, delta=1.0, inner_max_iter=30))

@@ -1,5 +1,6 @@
 """Every op traces under torch.compile(fullgraph=True) through its fake kernel and gives the eager result."""
 
+import pytest
 import torch
 
 from metaif import ops
@@ -35,6 +36,7 @@ def all_ops_inputs(dt: torch.dtype = torch.float64) -> tuple:
     )
 
 
+@pytest.mark.slow
 def test_compiled_equals_eager():
     inputs = all_ops_inputs()
     torch._dynamo.reset()

@@ -41,6 +41,7 @@ print(json.dumps(counts), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_cases_in_a_subprocess_neither_crash_nor_answer_wrongly():
     done = subprocess.run([sys.executable, "-c", WORKER, "0", "12"], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)

@@ -11,6 +11,8 @@ from torch.multiprocessing import ProcessExitedException
 from metaif.parallel import World, launch
 from tests.parallel.ranks import die_on_rank_one, influence_results, save_influence_results
 
+pytestmark = pytest.mark.slow  # every test starts processes
+
 TOLERANCE = dict(rtol=1e-10, atol=1e-12)
 
 
