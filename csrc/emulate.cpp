@@ -7,7 +7,8 @@
 //
 // A test-only extension module of its own, metaif._emulate, built with -DMETAIF_TEST_OPS=ON and
 // left out of the wheel; importing it registers the ops.
-#include <Python.h>
+#include "python_module.h"  // first: it includes Python.h
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -239,11 +240,7 @@ TORCH_LIBRARY_IMPL(metaif_emulate, CPU, m) {
 }  // namespace metaif
 
 extern "C" PyObject* PyInit__emulate(void) {
-  if (const char* error = metaif::blas::routines().error) {
-    PyErr_SetString(PyExc_ImportError, error);
-    return nullptr;
-  }
   static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_emulate", nullptr, -1, nullptr,
                                    nullptr, nullptr, nullptr, nullptr};
-  return PyModule_Create(&module_def);
+  return metaif::create_module(&module_def);
 }

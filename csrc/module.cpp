@@ -1,20 +1,13 @@
-// The metaif._C extension module: an empty Python module whose import runs the static
-// initialisers below, which register every op under torch.ops.metaif. Tensor APIs live on
-// TORCH_LIBRARY (no pybind11), so the module needs no Python-side bindings at all. The import
-// fails with a clear ImportError when the BLAS routines the CPU kernels call are missing.
-#include <Python.h>
+// The metaif._C extension module: its import registers every op under torch.ops.metaif
+// (python_module.h).
+#include "python_module.h"  // first: it includes Python.h
+
 #include <torch/library.h>
 
-#include "blas.h"
-
 extern "C" PyObject* PyInit__C(void) {
-  if (const char* error = metaif::blas::routines().error) {
-    PyErr_SetString(PyExc_ImportError, error);
-    return nullptr;
-  }
   static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
                                    nullptr, nullptr, nullptr, nullptr};
-  return PyModule_Create(&module_def);
+  return metaif::create_module(&module_def);
 }
 
 // Schemas of the public ops; implementations are registered next to their kernels

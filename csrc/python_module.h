@@ -1,0 +1,21 @@
+// The extension modules (metaif._C, the tests' metaif._emulate) are empty Python modules whose
+// import runs the static initialisers that register their ops (TORCH_LIBRARY: no pybind11, no
+// Python-side bindings). The import fails with a clear ImportError when the BLAS routines the CPU
+// kernels call are missing.
+#pragma once
+
+#include <Python.h>
+
+#include "blas.h"
+
+namespace metaif {
+
+inline PyObject* create_module(PyModuleDef* def) {
+  if (const char* error = blas::routines().error) {
+    PyErr_SetString(PyExc_ImportError, error);
+    return nullptr;
+  }
+  return PyModule_Create(def);
+}
+
+}  // namespace metaif
