@@ -1,6 +1,6 @@
 """What the experiments and commands share: an output folder that resumes honestly, a trained and
-polished lambda*, an analyzer, removal by retraining or editing, and the meta-test accuracy of the
-result.
+polished lambda*, an analyzer and its scores, and the meta-test accuracy of a lambda (retraining
+without items is :mod:`.retrain`, one training run :mod:`.run`).
 
 Polishing (math.md §15.10): influence functions linearise around a stationary point, so the
 Adam-trained lambda is polished by full-batch L-BFGS. The objective polished is the training
