@@ -65,6 +65,20 @@ def test_truncated_lowrank_and_lissa_approximate():
     assert (lissa.x - expected).norm() < 0.5 * expected.norm()
 
 
+def test_the_python_cg_names_the_kernels_constants():
+    """linalg/cg.py's residual-replacement and stagnation constants are the ones the compiled CG
+    kernels read from include/metaif/arith.h."""
+    import re
+    from pathlib import Path
+
+    from metaif.linalg import cg
+
+    header = (Path(__file__).resolve().parents[2] / "include" / "metaif" / "arith.h").read_text()
+    named = dict(re.findall(r"constexpr \w+ (k\w+) = ([0-9.]+);", header))
+    assert (int(named["kReplaceEvery"]), int(named["kStalls"]), float(named["kStallProgress"])) == \
+        (cg.REPLACE_EVERY, cg.STALLS, cg.STALL_PROGRESS)
+
+
 def test_cg_reports_the_true_residual_in_float32():
     """Condition 1e6 in float32: the recursive residual drifts far below the true one."""
     misses = 0

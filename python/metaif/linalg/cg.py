@@ -5,8 +5,10 @@ singular operator it can claim convergence that never happened). Here every colu
 convergence is checked against its true residual, recomputed from ``x``, and after a false claim
 continues from it (residual replacement, as also every ``replace_every`` iterations); a column
 whose true residual no longer falls by 1% over three false claims stops there (the tolerance is
-out of this precision's reach). The reported residual is always a true one. The compiled
-``cg_dense`` / ``cg_ce_head`` kernels follow the same rules.
+out of this precision's reach). The reported residual is always a true one. This is the generic-operator version (any
+``matvec``, preconditioning, column masking); the compiled ``cg_dense`` / ``cg_ce_head`` kernels follow
+the same rules with the same constants, named below as ``include/metaif/arith.h`` names them (a
+test reads the header and compares).
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from .lanczos import lanczos
 from .registry import Solver, register_solver
 from .result import NotPositiveDefinite, SolveResult
 
-__all__ = ["CGSolver", "conjugate_gradient"]
+__all__ = ["CGSolver", "REPLACE_EVERY", "STALLS", "STALL_PROGRESS", "conjugate_gradient"]
+
+REPLACE_EVERY = 50    # arith::kReplaceEvery: iterations between residual replacements
+STALLS = 3            # arith::kStalls: false convergence claims without progress that stop a column
+STALL_PROGRESS = 0.98  # arith::cg_stalled: a true residual^2 below this times the best one is progress
 
 
 def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -28,7 +34,7 @@ def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, rtol: float,
-                       max_iter: int, replace_every: int = 50,
+                       max_iter: int, replace_every: int = REPLACE_EVERY,
                        precond: Callable[[torch.Tensor], torch.Tensor] | None = None) -> CGResult:
     """Solve ``A_t x = b[t, c]`` for a batch of operators ``A_t`` (``matvec: [T, B, *s] -> [T, B, *s]``),
     each column converging on its own to ``||b - A x|| <= rtol ||b||`` (true residual).
@@ -91,10 +97,10 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
             z = prec(r)
             rz_new = torch.where(checked, _dot(r, z), rz_new)
             false_claim = claims & (rs_new.sqrt() > target)
-            improved = false_claim & (rs_new < 0.98 * best_false)
+            improved = false_claim & (rs_new < STALL_PROGRESS * best_false)
             best_false = torch.where(improved, rs_new, best_false)
             stalls = torch.where(improved, 0, stalls) + false_claim.long()
-            stop = (claims & ~false_claim) | (false_claim & (stalls > 3))
+            stop = (claims & ~false_claim) | (false_claim & (stalls > STALLS))
         going = active & ~stop
         p = torch.where(going.view(shape), z + scaled(torch.where(going, beta, 0.0)) * p, p)
         rs, rz = torch.where(active, rs_new, rs), torch.where(active, rz_new, rz)
