@@ -38,8 +38,12 @@ class Editor:
         self._path = None
 
     def _key(self, tasks, val, train, variant: str) -> tuple:
+        """The removal set and variant as a hashable value (checked: a bad item raises here)."""
         s = self.session
-        pairs = lambda items, split: tuple(map(tuple, s.pairs(items, split).tolist())) if len(items) else ()  # noqa: E731
+
+        def pairs(items, split: str) -> tuple:
+            return tuple(map(tuple, s.pairs(items, split).tolist())) if len(items) else ()
+
         return (tuple(s.positions(tasks, "removed tasks").tolist()), pairs(val, "val"), pairs(train, "train"), variant)
 
     def edit(self, tasks=(), val=(), train=(), method: str = "task-if", refine: int = 0,

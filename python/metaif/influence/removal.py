@@ -195,23 +195,26 @@ class RemovalPredictions:
         if direct and len(train):
             raise ValueError("the direct IF has no training instances (they reach lambda only through theta)")
         if len(val):
-            items = s.pairs(val, "val")
-            w_val = s.weights.w_val
-            touched = s.own(torch.unique(items[:, 0]))
-            buf = s.binding.zeros()
-            if len(touched):
-                rows = s.binding.rows(touched, w_val=(w_val * mask(items, w_val))[touched])
-                cot = rows.direct_cotangent(s.c[touched]) if direct else rows.gradient_cotangent(s.c[touched])
-                s.binding.scatter(buf, cot, touched)
-            total = total + s.binding.pull(buf)
+            def val_cotangent(touched: torch.Tensor, w_val: torch.Tensor) -> Context:
+                rows = s.binding.rows(touched, w_val=w_val)
+                return rows.direct_cotangent(s.c[touched]) if direct else rows.gradient_cotangent(s.c[touched])
+
+            total = total + self._pulled(s.pairs(val, "val"), s.weights.w_val, val_cotangent)
         if len(train):
-            items = s.pairs(train, "train")
-            w_tr = s.weights.w_tr
-            touched = s.own(torch.unique(items[:, 0]))
-            buf = s.binding.zeros()
-            if len(touched):
-                cot = s.binding.rows(touched).train_cotangent((w_tr * mask(items, w_tr))[touched],
-                                                              s.config.third_order_train)
-                s.binding.scatter(buf, _scale_rows(cot, s.c[touched]), touched)
-            total = total - s.binding.pull(buf)
+            def train_cotangent(touched: torch.Tensor, w_tr: torch.Tensor) -> Context:
+                cot = s.binding.rows(touched).train_cotangent(w_tr, s.config.third_order_train)
+                return _scale_rows(cot, s.c[touched])
+
+            total = total - self._pulled(s.pairs(train, "train"), s.weights.w_tr, train_cotangent)
         return total
+
+    def _pulled(self, items: torch.Tensor, weights: torch.Tensor,
+                cotangent: Cotangent) -> torch.Tensor:
+        """The lambda-space sum ``[p]`` of the context cotangents of the instances ``items [k, 2]``:
+        ``cotangent(touched, w)`` of this rank's touched tasks with ``weights`` kept only at the items."""
+        s = self.session
+        touched = s.own(torch.unique(items[:, 0]))
+        buf = s.binding.zeros()
+        if len(touched):
+            s.binding.scatter(buf, cotangent(touched, (weights * mask(items, weights))[touched]), touched)
+        return s.binding.pull(buf)

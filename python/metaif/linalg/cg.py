@@ -5,10 +5,11 @@ singular operator it can claim convergence that never happened). Here every colu
 convergence is checked against its true residual, recomputed from ``x``, and after a false claim
 continues from it (residual replacement, as also every ``replace_every`` iterations); a column
 whose true residual no longer falls by 1% over three false claims stops there (the tolerance is
-out of this precision's reach). The reported residual is always a true one. This is the generic-operator version (any
-``matvec``, preconditioning, column masking); the compiled ``cg_dense`` / ``cg_ce_head`` kernels follow
-the same rules with the same constants, named below as ``include/metaif/arith.h`` names them (a
-test reads the header and compares).
+out of this precision's reach). The reported residual is always a true one.
+
+This is the generic-operator version (any ``matvec``, preconditioning, column masking); the compiled
+``cg_dense`` / ``cg_ce_head`` kernels follow the same rules with the same constants, named below as
+``include/metaif/arith.h`` names them (a test reads the header and compares).
 """
 
 from __future__ import annotations
