@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import bench
 from .utils.flags import Flag, add_flags, apply_flags
+from .utils.progress import stage
 
 __all__ = ["main"]
 
@@ -39,6 +40,7 @@ ANALYSIS_FLAGS = [
     Flag("rank", ("analysis", "influence", "solver", "rank")),
     Flag("precondition", ("analysis", "influence", "solver", "precondition")),
     Flag("retries", ("analysis", "influence", "solver", "retries")),
+    Flag("on-failure", ("analysis", "influence", "solver", "on_failure")),
     Flag("score-tasks", ("analysis", "score_tasks")),
     Flag("polish", ("analysis", "polish")),
     Flag("anchor", ("analysis", "anchor"))]
@@ -88,6 +90,14 @@ other settings (--force recomputes them); 5 a numerical failure (a solve that di
 met an indefinite Hessian); 6 a missing optional package; 130 interrupted (rerun to resume)."""
 
 
+def default_out(command: str, name: str | None = None, quick: bool = False) -> str:
+    """The output folder of a command without ``--out``: ``runs/<command>``; the analyses (influence,
+    score, edit) share ``runs/analysis`` and its trained model; experiments ``runs/<name>[-quick]``."""
+    if command == "experiment":
+        return f"runs/{name}-quick" if quick else f"runs/{name}"
+    return "runs/analysis" if command in ("influence", "score", "edit") else f"runs/{command}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaif", description="Data influence in meta-learning.", epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,11 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--quick", action="store_true",
                            help="small digits run that finishes in minutes (flags you give still win)")
         p.add_argument("--config", help="a saved config.json; the flags you give override it")
-        p.add_argument("--out", required=command != "demo", default="runs/demo" if command == "demo" else None,
-                       help="output folder (an interrupted run resumes from it)")
+        p.add_argument("--out", default=None, help=f"output folder (an interrupted run resumes from it; default: "
+                                                   f"{default_out(command, '{name}')})")
         p.add_argument("--force", action="store_true",
                        help="recompute results in --out that were made with other settings (default: stop)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--quiet", action="store_true",
+                       help="no progress: neither bars on a terminal nor the stage and heartbeat lines of a log")
         p.add_argument("--threads", type=int, default=None,
                        help="torch threads (default: METAIF_THREADS, else 1; see the README on shared machines)")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -157,8 +168,12 @@ def run_command(args: argparse.Namespace, config) -> int:
         removal = (_positions(args.remove_tasks), _items(args.remove_val), _items(args.remove_train))
         commands.validate_removal(config, *removal)
     writer = World.current().writer
-    with lock_folder(args.out) if writer else contextlib.nullcontext(Path(args.out)) as out:
-        ws = Workspace(out, force=args.force, progress=writer and not args.quiet and sys.stderr.isatty())
+    label = f"experiment {args.name}" if args.command == "experiment" else args.command
+    if writer and not args.quiet:
+        print(f"metaif {label}: output folder {args.out}", file=sys.stderr, flush=True)
+    with lock_folder(args.out) if writer else contextlib.nullcontext(Path(args.out)) as out, \
+            stage(desc=label, disable=not writer or args.quiet, bar=False):
+        ws = Workspace(out, force=args.force, progress=writer and not args.quiet)
         if args.command == "train":
             from .experiments.run import run
 
@@ -217,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench.main_from_args(args)
+    if args.out is None:
+        args.out = default_out(args.command, getattr(args, "name", None), getattr(args, "quick", False))
     if args.nproc < 1:
         parser.error(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1:

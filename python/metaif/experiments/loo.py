@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..influence import InfluenceAnalyzer
 from ..meta import solve_outer
+from ..utils.progress import stage
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -58,7 +58,7 @@ def leave_one_out(analyzer: InfluenceAnalyzer, kind: str, items: list, direction
 
     began = time.perf_counter()
     actual = []
-    for item in tqdm(items, desc=f"re-solve without each {kind} item", disable=not progress, leave=False):
+    for item in stage(items, desc=f"re-solve without each {kind} item", disable=not progress):
         weights = analyzer.weights.without_positions(**{kind: [item]})
         lam = solve_outer(analyzer.problem, analyzer.tasks, analyzer.lam, weights, tol=tol, max_iter=max_iter).lam
         actual.append(directions @ (lam - analyzer.lam))

@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass, field, replace
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data import corrupt_labels
 from ..meta import TrainResult
 from ..utils.config import results_settings
 from ..utils.io import Ledger, remove_files, write_atomic, write_json
+from ..utils.progress import stage
 from ..utils.store import Stage
 from . import plots
 from .common import (
@@ -114,7 +114,7 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
     save_config(out, config)
     ledger = _ledger(ws, {"experiment": "table1", "config": results_settings(config)})
     keys = [f"{protocol}/{level}/{name}" for protocol in config.protocols for level, name in TABLE1_METHODS]
-    for seed in tqdm(config.seeds, desc="table1 seeds", disable=not ws.progress):
+    for seed in stage(config.seeds, desc="table1 seeds", disable=not ws.progress, leave=True):
         run = _seeded(config, seed)
         trained = train_model(run, config.analysis, ws.sub(f"seed{seed}").sub("model"))
         ledger.run(f"{seed}/base", lambda: {"accuracy": accuracy(trained, trained.lam).mean,
@@ -195,7 +195,7 @@ def _curve(ledger: Ledger, key: str, trained: Trained, analysis: AnalysisConfig,
            fractions, ws: Workspace) -> list[float]:
     """Meta-test accuracy after retraining without the first ``f`` of ``order`` for each fraction."""
     accs = []
-    for f in tqdm(fractions, desc=key, disable=not ws.progress, leave=False):
+    for f in stage(fractions, desc=key, disable=not ws.progress):
         def job():
             count = round(f * len(order))
             if count == 0:

@@ -12,6 +12,7 @@ from torch.func import vmap
 
 from ..linalg import DampingRetry, MatvecOperator, SolverConfig, SolveResult
 from ..meta.rows import Rows
+from ..utils.progress import stage
 from .config import DIRECT
 from .session import Session
 
@@ -126,7 +127,9 @@ class TotalHessian:
 
     def solve(self, b: torch.Tensor, variant: str | None = None) -> torch.Tensor:
         """``(H + damping I)^{-1} b`` for ``b [k, p]``; the outcome is kept in :attr:`last_solve`."""
-        self.last_solve = self.solver(variant).solve(b)
+        columns = f"{len(b)} right-hand side{'s' if len(b) != 1 else ''}"
+        with stage(desc=f"total-Hessian solve ({columns})", disable=not self.session.shows_progress):
+            self.last_solve = self.solver(variant).solve(b)
         return self.last_solve.x
 
     @property

@@ -47,7 +47,12 @@ class Session:
                                        device=lam.device)
         return Bound(self.problem, lam, batch, path=cfg.path, chunk=cfg.chunk, image_chunk=cfg.image_chunk,
                      inner=cfg.inner, inner_damping=cfg.inner_damping, passes=cfg.body_passes, theta0=theta0,
-                     progress=cfg.progress and self.world.writer, world=self.world)
+                     progress=self.shows_progress, world=self.world)
+
+    @property
+    def shows_progress(self) -> bool:
+        """Whether long steps report progress (the config asks, and this rank writes)."""
+        return self.config.progress and self.world.writer
 
     def variant(self, variant: str | None, allow_direct: bool = False) -> str:
         """``variant`` (default: the config's), checked."""

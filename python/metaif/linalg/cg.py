@@ -7,9 +7,14 @@ continues from it (residual replacement, as also every ``replace_every`` iterati
 whose true residual no longer falls by 1% over three false claims stops there (the tolerance is
 out of this precision's reach). The reported residual is always a true one.
 
-This is the generic-operator version (any ``matvec``, preconditioning, column masking); the compiled
-``cg_dense`` / ``cg_ce_head`` kernels follow the same rules with the same constants, named below as
-``include/metaif/arith.h`` names them (a test reads the header and compares).
+The rounding floor: in float32 the true residual of a well-solved system stalls near the rounding
+noise of one product, ``||fl(A x) - A x||``, about eps times ``||A|| ||x||`` (so about eps times the
+condition number relative to ``b``), and iterating further can carry ``x`` away again. So ``x`` is
+the iterate of smallest true residual seen at a check, and where a check makes no progress the noise
+is measured from the linearity defect of two more products, ``A x + A y - A(x + y)`` for a random
+``y`` of the norm of ``x`` (three independent noises, hence the division by sqrt 3); a column that
+makes no progress within ``FLOOR_MARGIN`` of it stops there, as accurate as the precision allows,
+and reports it.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from collections.abc import Callable
 import torch
 
 from ..ops import CGResult
+from ..utils.progress import stage
 from .lanczos import lanczos
 from .registry import Solver, register_solver
-from .result import NotPositiveDefinite, SolveResult
+from .result import FLOOR_MARGIN, NotPositiveDefinite, SolveResult
 
-__all__ = ["CGSolver", "REPLACE_EVERY", "STALLS", "STALL_PROGRESS", "conjugate_gradient"]
+__all__ = ["CGSolver", "REPLACE_EVERY", "STALLS", "STALL_PROGRESS", "conjugate_gradient",
+           "rounding_noise"]
 
 REPLACE_EVERY = 50    # arith::kReplaceEvery: iterations between residual replacements
 STALLS = 3            # arith::kStalls: false convergence claims without progress that stop a column
@@ -34,16 +41,33 @@ def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x.double() * y.double()).flatten(2).sum(-1)
 
 
+def rounding_noise(apply: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ax: torch.Tensor,
+                   seed: int = 0) -> torch.Tensor:
+    """``[T, B]`` float64: the norm of the rounding error of one product ``A x`` (``x, ax [T, B, *s]``,
+    ``ax`` the computed ``A x``), from the linearity defect ``A x + A y - A(x + y)`` of a random ``y``
+    with ``||y|| = ||x||`` per column (two products by ``apply``)."""
+    y = torch.randn(x.shape, generator=torch.Generator(x.device).manual_seed(seed), dtype=x.dtype, device=x.device)
+    scale = (_dot(x, x) / _dot(y, y).clamp_min(torch.finfo(torch.float64).tiny)).sqrt()
+    y = y * scale.to(x.dtype).view(x.shape[:2] + (1,) * (x.dim() - 2))
+    defect = ax + apply(y) - apply(x + y)
+    return _dot(defect, defect).sqrt() / 3 ** 0.5
+
+
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, rtol: float,
                        max_iter: int, replace_every: int = REPLACE_EVERY,
-                       precond: Callable[[torch.Tensor], torch.Tensor] | None = None) -> CGResult:
+                       precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       report: Callable[[int, float], None] | None = None) -> CGResult:
     """Solve ``A_t x = b[t, c]`` for a batch of operators ``A_t`` (``matvec: [T, B, *s] -> [T, B, *s]``),
     each column converging on its own to ``||b - A x|| <= rtol ||b||`` (true residual).
 
     With ``T == 1`` the products run on the active columns only (``matvec`` must then accept any
     number of columns). ``precond`` applies an SPD approximation of ``A^{-1}`` (preconditioned CG).
+    ``report(products, residual)`` is called after every iteration with the largest relative
+    (recursive) residual of the active columns.
     Raises :class:`NotPositiveDefinite` on non-positive curvature ``p.Ap``. Reductions are
-    float64; ``resid`` is float64.
+    float64; ``resid`` is float64. ``x`` is the iterate of smallest true residual. ``floor`` is the
+    relative rounding floor of every column that missed its target at a check without progress or at
+    the end (NaN for the others).
     """
     tasks, batch = b.shape[:2]
     shape = (tasks, batch) + (1,) * (b.dim() - 2)
@@ -67,8 +91,35 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     rs, rz = _dot(r, r), _dot(r, z)
     target = rtol * rs.sqrt()
     active = rs > 0
-    best_false = torch.full_like(rs, float("inf"))
+    # the iterate of smallest true residual: past the floor, rounding can carry x away from it
+    x_best, rs_best = x, rs.clone()
+    noise = torch.full_like(rs, float("nan"))
     stalls = torch.zeros_like(rs, dtype=torch.int64)
+
+    def measure_noise(columns: torch.Tensor, ax: torch.Tensor) -> torch.Tensor:
+        """``noise`` with the columns that lack it measured at the current ``x``."""
+        need = columns & noise.isnan()
+        if not bool(need.any()):
+            return noise
+        return torch.where(need, rounding_noise(lambda v: apply(v, need.any(0)), x, ax), noise)
+
+    def check(columns: torch.Tensor, claims: torch.Tensor, last: bool = False) -> tuple[torch.Tensor, ...]:
+        """The true residual of ``columns`` (``[T, B, *s]``), its squared norm and the columns that
+        missed the target without progress on their best, with ``x_best`` updated; false ``claims``
+        without progress count as stalls. The noise is measured where a check made no progress
+        (``last``: wherever the target is missed)."""
+        nonlocal x_best, rs_best, stalls, noise
+        true_r = b - apply(x, columns.any(0))
+        rs_true = _dot(true_r, true_r)
+        missed = columns & (rs_true.sqrt() > target)
+        better = columns & (rs_true < rs_best)
+        progress = columns & (rs_true < STALL_PROGRESS * rs_best)
+        x_best = torch.where(better.view(shape), x, x_best)
+        rs_best = torch.where(better, rs_true, rs_best)
+        stalls = torch.where(progress, 0, stalls) + (claims & missed & ~progress).long()
+        noise = measure_noise(missed & (~progress | last), b - true_r)
+        return true_r, rs_true, missed & ~progress
+
     iterations = torch.zeros(tasks, batch, dtype=torch.int64, device=b.device)
     for k in range(max_iter):
         if not bool(active.any()):
@@ -92,26 +143,24 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         stop = claims
         checked = claims | (active if (k + 1) % replace_every == 0 else torch.zeros_like(active))
         if bool(checked.any()):  # replace the recursive residual by the true one
-            true_r = b - apply(x, checked.any(0))
+            true_r, rs_true, stuck = check(checked, claims)
             r = torch.where(checked.view(shape), true_r, r)
-            rs_new = torch.where(checked, _dot(true_r, true_r), rs_new)
+            rs_new = torch.where(checked, rs_true, rs_new)
             z = prec(r)
             rz_new = torch.where(checked, _dot(r, z), rz_new)
-            false_claim = claims & (rs_new.sqrt() > target)
-            improved = false_claim & (rs_new < STALL_PROGRESS * best_false)
-            best_false = torch.where(improved, rs_new, best_false)
-            stalls = torch.where(improved, 0, stalls) + false_claim.long()
-            stop = (claims & ~false_claim) | (false_claim & (stalls > STALLS))
+            at_floor = stuck & (rs_best.sqrt() <= FLOOR_MARGIN * noise)
+            stop = (claims & (rs_true.sqrt() <= target)) | (stalls > STALLS) | at_floor
         going = active & ~stop
+        if report is not None:
+            report(k + 1, float((rs_new.sqrt() / target * rtol).where(active, 0.0).max()))
         p = torch.where(going.view(shape), z + scaled(torch.where(going, beta, 0.0)) * p, p)
         rs, rz = torch.where(active, rs_new, rs), torch.where(active, rz_new, rz)
         active = going
-    if bool(active.any()):  # stopped by max_iter: report the true residual of what we return
-        true_r = b - apply(x, active.any(0))
-        rs = torch.where(active, _dot(true_r, true_r), rs)
-    b_norm = _dot(b, b).sqrt()
-    residual = torch.where(b_norm > 0, rs.sqrt() / b_norm.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
-    return CGResult(x, iterations, residual, residual <= rtol)
+    if bool(active.any()):  # stopped by max_iter: the true residual of the last iterate decides
+        check(active, torch.zeros_like(active), last=True)
+    b_norm = _dot(b, b).sqrt().clamp_min(torch.finfo(torch.float64).tiny)  # b = 0 has x = 0 and rs = 0
+    residual = rs_best.sqrt() / b_norm
+    return CGResult(x_best, iterations, residual, residual <= rtol, noise / b_norm)
 
 
 @register_solver
@@ -127,12 +176,17 @@ class CGSolver(Solver):
 
     def solve(self, b: torch.Tensor) -> SolveResult:
         precond = None if self.precond is None else (lambda v: self.precond(v[0])[None])
-        res = conjugate_gradient(lambda v: self.matvec(v[0])[None], b[None], self.config.rtol, self.config.max_iter,
-                                 precond=precond)
+        with stage(total=self.config.max_iter, desc="cg", disable=None) as bar:
+            def report(products: int, residual: float) -> None:
+                bar.update(products - bar.n)
+                bar.set_postfix(residual=f"{residual:.2e}")
+
+            res = conjugate_gradient(lambda v: self.matvec(v[0])[None], b[None], self.config.rtol,
+                                     self.config.max_iter, precond=precond, report=report)
         info = {} if self.precond is None else {"precondition_rank": self.precond.rank,
                                                 "precondition_products": self.precond.products}
         return SolveResult(res.x[0], self.name, self.damping, bool(res.converged.all()), res.resid[0], res.iters[0],
-                           info)
+                           info, res.floor[0])
 
 
 class SpectralPreconditioner:

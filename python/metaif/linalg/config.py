@@ -12,7 +12,7 @@ __all__ = ["SOLVERS", "SolverConfig"]
 #: checked or the command line is built, so a solver registered after import is a valid method
 SOLVERS: dict[str, Any] = {}
 
-FAILURE_POLICIES = ("raise", "warn")
+FAILURE_POLICIES = ("floor", "raise", "warn")
 
 
 @config
@@ -33,7 +33,10 @@ class SolverConfig:
     retries: int = setting(0, "times the damping is multiplied by retry_factor and the solve redone when "
                               "the damped operator is not positive definite or the series diverges")
     retry_factor: float = setting(10.0, "factor on the damping at each retry")
-    on_failure: str = setting("raise", "'raise' or 'warn' when an iterative solve misses rtol",
+    on_failure: str = setting("floor", "when an iterative solve misses rtol: 'floor' warns where every missed "
+                                       "column stopped at the rounding floor of the operator's dtype (measured by cg; "
+                                       "rtol is then out of reach, the answer as accurate as the dtype allows) and "
+                                       "raises otherwise; 'raise' always raises (a strict rtol); 'warn' always warns",
                               choices=FAILURE_POLICIES)
 
     def __post_init__(self) -> None:

@@ -108,12 +108,22 @@ class DampingRetry:
                     raise
                 self.solver = self._attempt()
         if not result.converged:
+            at_floor = result.at_floor(self.config.rtol)
             message = (f"{result.method} stopped at relative residual {float(result.residual.max()):.2e} > rtol "
-                       f"{self.config.rtol:g} after {int(result.iterations.max())} products; {self._advice(result)}")
-            if self.config.on_failure == "raise":
+                       f"{self.config.rtol:g} after {int(result.iterations.max())} products; "
+                       f"{self._floor_note(result) if at_floor else self._advice(result)}")
+            if self.config.on_failure == "raise" or (self.config.on_failure == "floor" and not at_floor):
                 raise NotConverged(message)
             warnings.warn(message, MetaifWarning, stacklevel=2)
         return result
+
+    def _floor_note(self, result: SolveResult) -> str:
+        """Why a solve at the rounding floor is accepted, and what would go further."""
+        floor = float(result.floor[result.missed(self.config.rtol)].max())
+        return (f"that is the rounding floor of {str(self.op.dtype).removeprefix('torch.')} products with this "
+                f"operator (measured {floor:.1e}), so rtol is out of reach and the answer is as accurate as this "
+                f"dtype allows; solve in float64 (or raise the damping) for a smaller residual, or set "
+                f"on_failure='raise' (--on-failure raise) to make this an error")
 
 
     def _advice(self, result: SolveResult) -> str:

@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Diverged", "MetaifWarning", "NotConverged", "NotPositiveDefinite", "SolveResult", "SolverError"]
+__all__ = ["FLOOR_MARGIN", "Diverged", "MetaifWarning", "NotConverged", "NotPositiveDefinite", "SolveResult", "SolverError"]
+
+
+#: a true residual within this factor of one product's measured rounding noise is at the floor
+FLOOR_MARGIN = 10.0
 
 
 class MetaifWarning(UserWarning):
@@ -37,7 +41,9 @@ class SolveResult:
     recomputed from ``x`` (``None`` for direct methods, exact up to rounding); ``iterations
     [k]`` counts operator products per column (``None`` for direct methods); ``converged`` says
     whether every column reached the requested tolerance; ``damping`` is the damping used (the
-    retry policy may have raised it); ``info`` holds method-specific details."""
+    retry policy may have raised it); ``floor [k]`` (float64; CG only) is the relative rounding
+    floor measured for the columns that missed it (NaN elsewhere): the smallest residual the
+    operator's dtype can show at ``x``; ``info`` holds method-specific details."""
 
     x: torch.Tensor
     method: str
@@ -46,6 +52,22 @@ class SolveResult:
     residual: torch.Tensor | None = None
     iterations: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    floor: torch.Tensor | None = None
+
+    def missed(self, rtol: float) -> torch.Tensor:
+        """``[k]`` bool: the columns above ``rtol``."""
+        if self.residual is None:
+            return torch.zeros(self.x.shape[0], dtype=torch.bool, device=self.x.device)
+        return self.residual > rtol
+
+    def at_floor(self, rtol: float, margin: float = FLOOR_MARGIN) -> bool:
+        """Whether every column above ``rtol`` is within ``margin`` of its measured rounding floor
+        (the answer is then as accurate as the dtype allows)."""
+        missed = self.missed(rtol)
+        if self.floor is None or not bool(missed.any()):
+            return False
+        floor = self.floor[missed]
+        return bool((~floor.isnan() & (self.residual[missed] <= margin * floor)).all())
 
     def summary(self) -> dict:
         """JSON-ready description (no solution)."""
@@ -54,4 +76,6 @@ class SolveResult:
             out["residual_max"] = float(self.residual.max()) if self.residual.numel() else 0.0
         if self.iterations is not None:
             out["iterations_max"] = int(self.iterations.max()) if self.iterations.numel() else 0
+        if self.floor is not None and not bool(self.floor.isnan().all()):
+            out["floor_max"] = float(self.floor.nan_to_num(0.0).max())
         return out

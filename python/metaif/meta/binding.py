@@ -23,11 +23,11 @@ from typing import Protocol, runtime_checkable
 
 import torch
 from torch.func import grad, hessian, jvp, vmap
-from tqdm.auto import tqdm
 
 from ..curvature import ImageBody
 from ..linalg import NotConverged, conjugate_gradient
 from ..parallel import World
+from ..utils.progress import stage
 from .batch import TaskBatch
 from .heads import FeatureHead, bilevel
 from .problem import FeatureHeadProblem, UnrolledProblem
@@ -205,7 +205,7 @@ class SeamBinding(LambdaContext):
         self.x_tr, self.x_val = batch.x_tr.to(lam.dtype), batch.x_val.to(lam.dtype)
         self.cg_rtol, self.cg_max_iter = SEAM_CG_RTOL[lam.dtype], cg_max_iter
         self.first, last = world.span(len(batch))
-        tasks = tqdm(range(self.first, last), desc="inner problems", leave=False, disable=not progress)
+        tasks = stage(range(self.first, last), desc="inner problems", disable=not progress)
         solved = [self.problem.solve_inner(self.lam, self.x_tr[i], batch.y_tr[i], batch.w_tr[i],
                                            None if theta0 is None else theta0[i]) for i in tasks]
         self.theta = world.gather_rows(torch.stack([s[0] for s in solved]))
@@ -318,7 +318,7 @@ class Bound:
         first, last = world.span(len(batch))
         self.spans = chunk_spans(last, chunk, first)
         self.chunks = task_chunks(last, chunk, batch.pos_tr.device, first)
-        chunks = tqdm(self.chunks, desc="inner states", leave=False, disable=not progress)
+        chunks = stage(self.chunks, desc="inner states", disable=not progress)
         self.rows = [self.binding.rows(idx) for idx in chunks]
 
     @property

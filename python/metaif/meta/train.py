@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.tasks import TaskSet
 from ..ops import has_kernels
 from ..parallel import World
 from ..utils.checkpoint import Checkpoint
 from ..utils.config import check, check_choice, config, finite, results_settings, setting
+from ..utils.progress import stage
 from ..utils.store import StaleResults, fingerprint
 from .batch import TaskBatch, Weights
 from .binding import meta_gradient
@@ -203,7 +203,8 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
         raise ValueError(f"a meta-batch of {batch_size} tasks cannot be shared by {world.size} ranks: raise "
                          f"TrainConfig.meta_batch to at least {world.size}")
     began = time.perf_counter()
-    bar = tqdm(range(start, config.steps), disable=not (progress and world.writer), desc="meta-train", leave=False)
+    bar = stage(range(start, config.steps), total=config.steps, initial=start, desc="meta-train",
+                disable=not (progress and world.writer))
     for step in bar:
         draw = torch.randperm(len(active), generator=gen, device="cpu")[:batch_size]
         rows = active if batch_size == len(active) else active[draw]
@@ -260,30 +261,28 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
         result.losses.append(value)
         result.inner_grad_norm = info["inner_grad_norm"]
         result.grad_norm = float(lam.grad.norm())
+        bar.set_postfix(loss=f"{value:.5g}", grad=f"{result.grad_norm:.2e}", evaluations=len(result.losses))
         return lam.new_tensor(value)
 
     began = time.perf_counter()
-    bar = tqdm(total=max_iter, initial=min(result.iterations, max_iter), desc=desc, disable=not (progress and world.writer),
-               leave=False)
-    rounding = 16 * torch.finfo(dtype).eps
-    while result.iterations < max_iter:
-        before_loss = result.losses[-1] if result.losses else None
-        opt.param_groups[0]["max_iter"] = min(chunk, max_iter - result.iterations)
-        opt.param_groups[0]["max_eval"] = 25 * chunk  # line searches may take several evaluations
-        before = opt.state[lam].get("n_iter", 0)
-        opt.step(closure)
-        done = opt.state[lam].get("n_iter", 0) - before
-        result.iterations += done
-        bar.update(done)
-        bar.set_postfix(loss=f"{result.losses[-1]:.5g}", grad=f"{result.grad_norm:.2e}",
-                        s=f"{spent + time.perf_counter() - began:.0f}")
-        saved.save(lam=lam.detach(), opt=opt.state_dict(), losses=result.losses, iterations=result.iterations,
-                   seconds=spent + time.perf_counter() - began)
-        if done < opt.param_groups[0]["max_iter"]:  # converged (or stalled: no descent direction left)
-            break
-        if before_loss is not None and before_loss - result.losses[-1] <= rounding * abs(result.losses[-1]):
-            break  # a whole chunk gained nothing measurable
-    bar.close()
+    with stage(total=max_iter, initial=min(result.iterations, max_iter), desc=desc,
+               disable=not (progress and world.writer)) as bar:
+        rounding = 16 * torch.finfo(dtype).eps
+        while result.iterations < max_iter:
+            before_loss = result.losses[-1] if result.losses else None
+            opt.param_groups[0]["max_iter"] = min(chunk, max_iter - result.iterations)
+            opt.param_groups[0]["max_eval"] = 25 * chunk  # line searches may take several evaluations
+            before = opt.state[lam].get("n_iter", 0)
+            opt.step(closure)
+            done = opt.state[lam].get("n_iter", 0) - before
+            result.iterations += done
+            bar.update(done)
+            saved.save(lam=lam.detach(), opt=opt.state_dict(), losses=result.losses, iterations=result.iterations,
+                       seconds=spent + time.perf_counter() - began)
+            if done < opt.param_groups[0]["max_iter"]:  # converged (or stalled: no descent direction left)
+                break
+            if before_loss is not None and before_loss - result.losses[-1] <= rounding * abs(result.losses[-1]):
+                break  # a whole chunk gained nothing measurable
     if not result.losses:  # resumed at max_iter: evaluate once for the record
         closure()
     result.lam, result.wall_time = lam.detach().clone(), spent + time.perf_counter() - began

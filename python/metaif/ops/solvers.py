@@ -31,12 +31,15 @@ __all__ = ["CGResult", "cg_ce_head", "cg_dense", "neumann_ce_head", "neumann_den
 
 class CGResult(NamedTuple):
     """Solution ``x`` (shape of b), ``iters [T, B]`` int64, ``resid [T, B]`` the true relative residual
-    ``||b - A x|| / ||b||`` and ``converged [T, B]`` (``resid <= rtol``)."""
+    ``||b - A x|| / ||b||`` and ``converged [T, B]`` (``resid <= rtol``); ``floor [T, B]`` float64,
+    where a solver estimates it, the relative rounding noise of the operator's products at ``x``
+    (the smallest residual this precision can show; NaN where it was not needed)."""
 
     x: torch.Tensor
     iters: torch.Tensor
     resid: torch.Tensor
     converged: torch.Tensor
+    floor: torch.Tensor | None = None
 
 
 def _scale(scale: torch.Tensor | float | None, b: torch.Tensor) -> torch.Tensor | None:
