@@ -1,18 +1,24 @@
 """The metaif command: train writes its results and config; bench runs a filtered quick table."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
 from metaif import bench, cli
 
 
-def test_train_command_writes_results(tmp_path, capsys):
+def test_train_command_writes_results(tmp_path, capsys, monkeypatch):
     """A short run learns: meta-test accuracy above the untrained body's 95% interval (which is above
-    chance, 1/5: the heads adapt even on random features)."""
-    out = tmp_path / "run"
+    chance, 1/5: the heads adapt even on random features). Without --out it writes to runs/train and
+    says so first."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "train"
     assert cli.main(["train", "--dataset", "digits", "--split", "image", "--steps", "20", "--meta-batch", "8",
-                     "--lr", "1e-2", "--train-tasks", "40", "--test-tasks", "100", "--out", str(out), "--quiet"]) == 0
+                     "--lr", "1e-2", "--train-tasks", "40", "--test-tasks", "100"]) == 0
     results = json.loads((out / "results.json").read_text())
     trained, untrained = results["meta_test_accuracy"], results["baseline_accuracy"]
     assert untrained["mean"] - untrained["ci95"] > 0.2, untrained
@@ -20,7 +26,32 @@ def test_train_command_writes_results(tmp_path, capsys):
     assert results["form"] == "anil"
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["steps"] == 20 and (out / "checkpoint.pt").exists()
-    assert json.loads(capsys.readouterr().out)["dataset"] == "digits"
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["dataset"] == "digits"
+    assert printed.err.startswith("metaif train: output folder runs/train\n")
+
+
+def test_every_command_has_a_default_output_folder():
+    assert [cli.default_out(c) for c in ("demo", "train", "score", "influence", "edit")] == \
+        ["runs/demo", "runs/train", "runs/analysis", "runs/analysis", "runs/analysis"]
+    assert cli.default_out("experiment", "table1") == "runs/table1"
+    assert cli.default_out("experiment", "harmful", quick=True) == "runs/harmful-quick"
+
+
+def test_a_logged_run_reports_its_stages_and_a_heartbeat(tmp_path):
+    """stderr to a file, as under nohup: the command's stages beat (here every second) and end with a line."""
+    log = tmp_path / "log"
+    with open(log, "w") as err:
+        code = subprocess.run([sys.executable, "-m", "metaif", "train", "--dataset", "digits", "--steps", "300",
+                               "--meta-batch", "8", "--train-tasks", "40", "--test-tasks", "20", "--out",
+                               str(tmp_path / "run")], stdout=subprocess.DEVNULL, stderr=err,
+                              env={**os.environ, "METAIF_HEARTBEAT": "1"}, timeout=300).returncode
+    text = log.read_text()
+    assert code == 0, text
+    beats = re.findall(r"^\[metaif \d\d:\d\d:\d\d\] train › meta-train: (\d+)/300, loss=[\d.]+, elapsed \d+s", text,
+                       re.MULTILINE)
+    assert len(beats) >= 2 and int(beats[0]) < int(beats[-1]) <= 300, text
+    assert re.search(r"meta-train: done, 300/300, loss=[\d.]+ in \d+s", text), text
 
 
 @pytest.mark.slow

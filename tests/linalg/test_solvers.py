@@ -18,6 +18,8 @@ from metaif.linalg import (
     dense_operator,
     solve,
 )
+from metaif.linalg.cg import rounding_noise
+from metaif.linalg.result import FLOOR_MARGIN
 from tests.helpers import randn
 
 
@@ -95,6 +97,45 @@ def test_cg_reports_the_true_residual_in_float32():
         solve(dense_operator(a), b, SolverConfig(method="cg", rtol=1e-6, max_iter=400))
     with pytest.warns(MetaifWarning, match="stopped at relative residual"):
         solve(dense_operator(a), b, SolverConfig(method="cg", rtol=1e-6, max_iter=400, on_failure="warn"))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rounding_noise_measures_the_error_of_a_float32_product(seed):
+    """The linearity defect of two products estimates ||fl(A x) - A x|| (float64 reference)."""
+    a64 = with_spectrum(torch.logspace(0, 4, 200).tolist(), seed)
+    a = a64.float()
+    x = randn((1, 3, 200), seed + 2, torch.float32)
+    ax = x @ a
+    noise = rounding_noise(lambda v: v @ a, x, ax)
+    actual = (ax.double() - x.double() @ a64).norm(dim=-1)
+    assert ((noise > actual / 3) & (noise < 3 * actual)).all(), (noise / actual).tolist()
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_cg_stops_at_the_rounding_floor_with_its_best_iterate(seed):
+    """Condition 1e4 in float32, rtol 1e-8 out of reach: CG stops at its measured floor long before the
+    cap, returns the iterate of smallest true residual (as accurate as float32 allows, against the
+    float64 solve), and the policy warns there, raises when asked to be strict, and still raises on a
+    miss that is not at the floor."""
+    a64 = with_spectrum(torch.logspace(0, 4, 300).tolist(), seed + 3)
+    a = a64.float()
+    b = randn((4, 300), seed + 4, torch.float32)
+    res = conjugate_gradient(lambda v: v @ a, b[None], 1e-8, 3000)
+    assert not res.converged.any() and (res.iters < 1000).all()
+    assert (res.resid <= FLOOR_MARGIN * res.floor).all() and (res.floor < 1e-3).all()
+    true = (b - res.x[0] @ a).double().norm(dim=-1) / b.double().norm(dim=-1)
+    torch.testing.assert_close(res.resid[0], true, rtol=0.05, atol=0)  # at the floor, recomputing it adds rounding
+    x64 = torch.linalg.solve(a64, b.double().T).T
+    assert float(((res.x[0].double() - x64).norm(dim=-1) / x64.norm(dim=-1)).max()) < 3e-4
+
+    config = SolverConfig(method="cg", rtol=1e-8, max_iter=3000)
+    with pytest.warns(MetaifWarning, match="rounding floor of float32 products"):
+        result = solve(dense_operator(a), b, config)
+    assert result.at_floor(1e-8) and 0 < result.summary()["floor_max"] < 1e-3
+    with pytest.raises(NotConverged, match="rounding floor"):
+        solve(dense_operator(a), b, SolverConfig(method="cg", rtol=1e-8, max_iter=3000, on_failure="raise"))
+    with pytest.raises(NotConverged, match="after 5 products; raise max_iter"):
+        solve(dense_operator(a), b, SolverConfig(method="cg", rtol=1e-8, max_iter=5))
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -63,7 +63,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     With ``T == 1`` the products run on the active columns only (``matvec`` must then accept any
     number of columns). ``precond`` applies an SPD approximation of ``A^{-1}`` (preconditioned CG).
     ``report(products, residual)`` is called after every iteration with the largest relative
-    (recursive) residual of the active columns.
+    (recursive) residual of the active columns, and at the end with the largest true one.
     Raises :class:`NotPositiveDefinite` on non-positive curvature ``p.Ap``. Reductions are
     float64; ``resid`` is float64. ``x`` is the iterate of smallest true residual. ``floor`` is the
     relative rounding floor of every column that missed its target at a check without progress or at
@@ -160,6 +160,8 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         check(active, torch.zeros_like(active), last=True)
     b_norm = _dot(b, b).sqrt().clamp_min(torch.finfo(torch.float64).tiny)  # b = 0 has x = 0 and rs = 0
     residual = rs_best.sqrt() / b_norm
+    if report is not None:
+        report(int(iterations.max()) if iterations.numel() else 0, float(residual.max()) if residual.numel() else 0.0)
     return CGResult(x_best, iterations, residual, residual <= rtol, noise / b_norm)
 
 
