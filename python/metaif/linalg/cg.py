@@ -15,6 +15,11 @@ is measured from the linearity defect of two more products, ``A x + A y - A(x + 
 ``y`` of the norm of ``x`` (three independent noises, hence the division by sqrt 3); a column that
 makes no progress within ``FLOOR_MARGIN`` of it stops there, as accurate as the precision allows,
 and reports it.
+
+This is the generic-operator version (any ``matvec``, preconditioning, column masking). The compiled
+``cg_dense`` / ``cg_ce_head`` kernels follow its replacement and stall rules with the same constants,
+named below as ``include/metaif/arith.h`` names them (a test reads the header and compares); the
+best-iterate and floor rules are this version's only: the kernels solve small per-task systems.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     z = prec(r)
     p = z.clone()
     rs, rz = _dot(r, r), _dot(r, z)
+    b_norm = rs.sqrt().clamp_min(torch.finfo(torch.float64).tiny)  # b = 0 has x = 0 and rs = 0
     target = rtol * rs.sqrt()
     active = rs > 0
     # the iterate of smallest true residual: past the floor, rounding can carry x away from it
@@ -152,13 +158,12 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
             stop = (claims & (rs_true.sqrt() <= target)) | (stalls > STALLS) | at_floor
         going = active & ~stop
         if report is not None:
-            report(k + 1, float((rs_new.sqrt() / target * rtol).where(active, 0.0).max()))
+            report(k + 1, float((rs_new.sqrt() / b_norm).where(active, 0.0).max()))
         p = torch.where(going.view(shape), z + scaled(torch.where(going, beta, 0.0)) * p, p)
         rs, rz = torch.where(active, rs_new, rs), torch.where(active, rz_new, rz)
         active = going
     if bool(active.any()):  # stopped by max_iter: the true residual of the last iterate decides
         check(active, torch.zeros_like(active), last=True)
-    b_norm = _dot(b, b).sqrt().clamp_min(torch.finfo(torch.float64).tiny)  # b = 0 has x = 0 and rs = 0
     residual = rs_best.sqrt() / b_norm
     if report is not None:
         report(int(iterations.max()) if iterations.numel() else 0, float(residual.max()) if residual.numel() else 0.0)
