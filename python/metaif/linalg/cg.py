@@ -34,12 +34,13 @@ from .lanczos import lanczos
 from .registry import Solver, register_solver
 from .result import FLOOR_MARGIN, NotPositiveDefinite, SolveResult
 
-__all__ = ["CGSolver", "REPLACE_EVERY", "STALLS", "STALL_PROGRESS", "conjugate_gradient",
+__all__ = ["CGSolver", "CLAIM_WINDOW", "REPLACE_EVERY", "STALLS", "STALL_PROGRESS", "conjugate_gradient",
            "rounding_noise"]
 
 REPLACE_EVERY = 50    # arith::kReplaceEvery: iterations between residual replacements
 STALLS = 3            # arith::kStalls: false convergence claims without progress that stop a column
 STALL_PROGRESS = 0.98  # arith::cg_stalled: a true residual^2 below this times the best one is progress
+CLAIM_WINDOW = 10     # iterations after a false claim before a column's next claim is checked
 
 
 def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -101,6 +102,9 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     x_best, rs_best = x, rs.clone()
     noise = torch.full_like(rs, float("nan"))
     stalls = torch.zeros_like(rs, dtype=torch.int64)
+    # after a false claim the recursive residual restarts from the true one and claims again within
+    # an iteration or two, before CG can have made progress: the next claim is checked a window later
+    quiet_until = torch.zeros_like(stalls)
 
     def measure_noise(columns: torch.Tensor, ax: torch.Tensor) -> torch.Tensor:
         """``noise`` with the columns that lack it measured at the current ``x``."""
@@ -145,7 +149,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         z = prec(r)
         rz_new = _dot(r, z)
         beta = torch.where(active, rz_new / rz.where(active, torch.ones_like(rz)), 0.0)
-        claims = active & (rs_new.sqrt() <= target)
+        claims = active & (rs_new.sqrt() <= target) & (quiet_until <= k)
         stop = claims
         checked = claims | (active if (k + 1) % replace_every == 0 else torch.zeros_like(active))
         if bool(checked.any()):  # replace the recursive residual by the true one
@@ -154,6 +158,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
             rs_new = torch.where(checked, rs_true, rs_new)
             z = prec(r)
             rz_new = torch.where(checked, _dot(r, z), rz_new)
+            quiet_until = torch.where(claims & (rs_true.sqrt() > target), k + CLAIM_WINDOW, quiet_until)
             at_floor = stuck & (rs_best.sqrt() <= FLOOR_MARGIN * noise)
             stop = (claims & (rs_true.sqrt() <= target)) | (stalls > STALLS) | at_floor
         going = active & ~stop
