@@ -50,10 +50,12 @@ def _emit(text: str) -> None:
 
 def _beat() -> None:
     while True:
-        time.sleep(min(1.0, HEARTBEAT_S / 4))
+        poll = min(0.25, HEARTBEAT_S / 10)
+        time.sleep(poll)
         with _lock:
             logged = [s for s in _open if s.logged]
-            if logged and time.monotonic() - _last_line[0] >= HEARTBEAT_S:
+            # a poll early rather than late: lines between HEARTBEAT_S - poll and HEARTBEAT_S apart
+            if logged and time.monotonic() - _last_line[0] >= HEARTBEAT_S - poll:
                 _emit(" › ".join(s.desc for s in logged[:-1]) + (" › " if len(logged) > 1 else "")
                       + logged[-1].status())
 
