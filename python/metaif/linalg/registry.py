@@ -122,9 +122,8 @@ class DampingRetry:
         floor = float(result.floor[result.missed(self.config.rtol)].max())
         return (f"that is the rounding floor of {str(self.op.dtype).removeprefix('torch.')} products with this "
                 f"operator (measured {floor:.1e}), so rtol is out of reach and the answer is as accurate as this "
-                f"dtype allows; solve in float64 (or raise the damping) for a smaller residual, or set "
-                f"on_failure='raise' (--on-failure raise) to make this an error")
-
+                f"dtype allows; solve in float64 (e.g. an analyzer at lam.double()) or raise the damping for a "
+                f"smaller residual, or set on_failure='raise' (--on-failure raise) to make this an error")
 
     def _advice(self, result: SolveResult) -> str:
         """What may help a solve that missed rtol: more products only where a failed column used them all."""
