@@ -60,3 +60,10 @@ def test_a_stage_over_an_iterable_counts_and_closes(fast_heartbeat, capsys):
     shown = progress.stage(range(3), desc="tasks")
     assert list(shown) == [0, 1, 2] and shown.n == 3 and shown.closed
     assert not progress._open
+
+
+def test_a_stage_ended_by_an_error_says_so(fast_heartbeat, capsys):
+    with pytest.raises(ValueError), progress.stage(total=5, desc="cg") as bar:
+        bar.update(2)
+        raise ValueError("indefinite")
+    assert lines(capsys.readouterr().err)[-1].split("] ")[1].startswith("cg: stopped by ValueError, 2/5")

@@ -92,8 +92,8 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, kind: type | None, *exc: Any) -> None:
+        self.close(None if kind is None else kind.__name__)
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -106,20 +106,23 @@ class Progress:
         if self.bar is not None and not self.closed:
             self.bar.set_postfix(**figures)
 
-    def status(self, done: bool = False) -> str:
-        """``desc: n/total, figures, elapsed[, remaining]`` (or ``desc: done ...`` at the end)."""
+    def status(self, done: bool = False, error: str | None = None) -> str:
+        """``desc: n/total, figures, elapsed[, remaining]`` (at the end ``desc: done ...``, or
+        ``desc: stopped by <error> ...``)."""
         elapsed = time.monotonic() - self.start
         parts = [f"{self.n}/{self.total}"] if self.total is not None else [f"{self.n}"] if self.n else []
         parts += [f"{k}={v}" for k, v in self.postfix.items()]
         if done:
-            return f"{self.desc}: done" + "".join(f", {part}" for part in parts) + f" in {_duration(elapsed)}"
+            ended = "done" if error is None else f"stopped by {error}"
+            return f"{self.desc}: {ended}" + "".join(f", {part}" for part in parts) + f" in {_duration(elapsed)}"
         parts.append(f"elapsed {_duration(elapsed)}")
         if self.total is not None and self.n > self.initial:
             rate = elapsed / (self.n - self.initial)
             parts.append(f"~{_duration(rate * max(self.total - self.n, 0))} left")
         return f"{self.desc}: " + ", ".join(parts)
 
-    def close(self) -> None:
+    def close(self, error: str | None = None) -> None:
+        """End the stage (``error``: the name of the exception that ended it)."""
         if self.closed:
             return
         self.closed = True
@@ -130,7 +133,7 @@ class Progress:
             if self.bar is not None:
                 self.bar.close()
             elif self.logged and time.monotonic() - self.start >= LINE_MIN_S:
-                _emit(self.status(done=True))
+                _emit(self.status(done=True, error=error))
 
 
 def stage(iterable: Iterable | None = None, *, desc: str, total: int | None = None, initial: int = 0,
