@@ -18,7 +18,7 @@ from metaif.linalg import (
     dense_operator,
     solve,
 )
-from metaif.linalg.cg import rounding_noise
+from metaif.linalg.cg import reached, rounding_noise
 from metaif.linalg.result import FLOOR_MARGIN
 from tests.helpers import randn
 
@@ -123,6 +123,7 @@ def test_cg_stops_at_the_rounding_floor_with_its_best_iterate(seed):
     res = conjugate_gradient(lambda v: v @ a, b[None], 1e-8, 3000)
     assert not res.converged.any() and (res.iters < 1000).all()
     assert (res.resid <= FLOOR_MARGIN * res.floor).all() and (res.floor < 1e-3).all()
+    assert reached(res).all() and not reached(conjugate_gradient(lambda v: v @ a, b[None], 1e-8, 5)).any()
     true = (b - res.x[0] @ a).double().norm(dim=-1) / b.double().norm(dim=-1)
     torch.testing.assert_close(res.resid[0], true, rtol=0.05, atol=0)  # at the floor, recomputing it adds rounding
     x64 = torch.linalg.solve(a64, b.double().T).T

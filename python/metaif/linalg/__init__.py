@@ -8,7 +8,7 @@ the batched CG the inner solves use (a :class:`~metaif.ops.CGResult` with the tr
 """
 
 from . import cg, dense, lowrank, minres, neumann  # noqa: F401  (register the solvers)
-from .cg import conjugate_gradient
+from .cg import conjugate_gradient, reached
 from .config import SolverConfig
 from .dense import dense_matrix
 from .operator import LinearOperator, MatvecOperator, dense_operator
@@ -20,4 +20,4 @@ from .woodbury import WoodburyInverse, as_damping, woodbury_solve
 __all__ = ["SOLVERS", "DampingRetry", "Diverged", "LinearOperator", "MatvecOperator",
            "MetaifWarning", "NotConverged", "NotPositiveDefinite", "SolveResult", "Solver", "SolverConfig",
            "SolverError", "as_damping", "conjugate_gradient", "dense_matrix", "dense_operator", "power_iteration",
-           "register_solver", "solve", "WoodburyInverse", "woodbury_solve"]
+           "reached", "register_solver", "solve", "WoodburyInverse", "woodbury_solve"]

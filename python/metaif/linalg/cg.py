@@ -35,7 +35,7 @@ from .registry import Solver, register_solver
 from .result import FLOOR_MARGIN, NotPositiveDefinite, SolveResult
 
 __all__ = ["CGSolver", "CLAIM_WINDOW", "REPLACE_EVERY", "STALLS", "STALL_PROGRESS", "conjugate_gradient",
-           "rounding_noise"]
+           "reached", "rounding_noise"]
 
 REPLACE_EVERY = 50    # arith::kReplaceEvery: iterations between residual replacements
 STALLS = 3            # arith::kStalls: false convergence claims without progress that stop a column
@@ -57,6 +57,14 @@ def rounding_noise(apply: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     y = y * scale.to(x.dtype).view(x.shape[:2] + (1,) * (x.dim() - 2))
     defect = ax + apply(y) - apply(x + y)
     return _dot(defect, defect).sqrt() / 3 ** 0.5
+
+
+def reached(res: CGResult) -> torch.Tensor:
+    """``[T, B]`` bool: the columns that reached rtol or stopped within ``FLOOR_MARGIN`` of their measured
+    rounding floor (as accurate as the dtype allows: what an inner solve may accept)."""
+    if res.floor is None:
+        return res.converged
+    return res.converged | (~res.floor.isnan() & (res.resid <= FLOOR_MARGIN * res.floor))
 
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, rtol: float,

@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import grad, hessian, jvp
 
 from ..curvature import LOSSES, get_loss
-from ..linalg import NotConverged, conjugate_gradient
+from ..linalg import NotConverged, conjugate_gradient, reached
 from ..models.nets import FlatModel
 from ..utils.config import check, check_choice, config, finite, setting
 from .batch import TaskBatch
@@ -123,7 +123,7 @@ class ImamlProblem:
             return jvp(loss_grad, (theta,), (v[0, 0],))[1].view_as(v) + self.delta * v
 
         res = conjugate_gradient(matvec, rhs.view(1, 1, -1), self.config.cg_rtol, self.config.cg_max_iter)
-        if not bool(res.converged.all()):
+        if not bool(reached(res).all()):  # the rounding floor is as far as this dtype goes
             raise NotConverged(f"iMAML inner cg missed rtol {self.config.cg_rtol:g} (relative residual "
                                f"{float(res.resid.max()):.2e}); raise ImamlConfig.cg_max_iter or delta")
         return res.x.view(-1)
