@@ -11,7 +11,16 @@ from ..meta import TrainConfig
 from ..utils.io import save_npz, save_torch, write_csv, write_json
 from . import demo as demo_module
 from . import paper, plots
-from .common import ExperimentConfig, Workspace, accuracy, analyze, save_config, score_all, train_model
+from .common import (
+    ExperimentConfig,
+    Workspace,
+    accuracy,
+    analyze,
+    save_config,
+    score_all,
+    solve_summary,
+    train_model,
+)
 
 QUICK = dict(train_tasks=200, test_tasks=200, train=TrainConfig(steps=50))
 
@@ -45,16 +54,17 @@ def demo(config: ExperimentConfig, ws: Workspace) -> int:
 
 
 def _scored(config: ExperimentConfig, ws: Workspace):
-    """The trained model of ``ws.out`` and its scores; seconds count the scoring, not the set-up."""
+    """The trained model of ``ws.out``, its :class:`Scored` and the seconds of the scoring (not the set-up)."""
     save_config(ws.out, config)
     trained = train_model(config.run, config.analysis, ws.sub("model"))
     scored = score_all(trained, config.analysis, ws.progress)
-    return trained, scored.analyzer, scored.scores, scored.damping, scored.seconds - scored.setup_seconds
+    return trained, scored, scored.seconds - scored.setup_seconds
 
 
 def score(config: ExperimentConfig, ws: Workspace) -> int:
     """Influence scores on new tasks (math.md §12), ranked most harmful first."""
-    trained, analyzer, scores, damping, seconds = _scored(config, ws)
+    trained, scored, seconds = _scored(config, ws)
+    scores, damping = scored.scores, scored.damping
     ids = trained.train.task_ids
     ranked = sorted(((float(s), k, int(ids[k])) for k, s in enumerate(scores.tasks)))
     write_csv(ws.out / "task_scores.csv", ["rank", "position", "task_id", "score"],
@@ -70,7 +80,7 @@ def score(config: ExperimentConfig, ws: Workspace) -> int:
     plots.histogram(ws.out / "instance_scores.png", {"training instances": scores.train.flatten().tolist(),
                                                      "validation instances": scores.val.flatten().tolist()},
                     "predicted test-loss change on removal", "instance influence scores")
-    summary = {"seconds": seconds, "damping": damping, "diagnostics": analyzer.diagnostics,
+    summary = {"seconds": seconds, "damping": damping, "solve": scored.solve, "diagnostics": scored.analyzer.diagnostics,
                "most_harmful_tasks": [tid for _, _, tid in ranked[:10]],
                "most_helpful_tasks": [tid for _, _, tid in ranked[-10:][::-1]]}
     write_json(ws.out / "scores.json", summary)
@@ -81,7 +91,8 @@ def score(config: ExperimentConfig, ws: Workspace) -> int:
 def influence(config: ExperimentConfig, ws: Workspace, deltas: bool) -> int:
     """task-IF removal predictions of every task (norms; all of them with ``deltas``) and the
     direct-IF baseline, plus the instance scores of :func:`score`."""
-    trained, analyzer, scores, damping, seconds = _scored(config, ws)
+    trained, scored, seconds = _scored(config, ws)
+    analyzer, scores = scored.analyzer, scored.scores
     began = time.perf_counter()
     delta = analyzer.task_influence()
     task_s = time.perf_counter() - began
@@ -97,7 +108,7 @@ def influence(config: ExperimentConfig, ws: Workspace, deltas: bool) -> int:
                                                 "variant": config.analysis.influence.variant,
                                                 "solver": config.analysis.influence.solver.method})
     summary = {"scores_seconds": seconds, "task_influence_seconds": task_s, "damping": analyzer.damping_used,
-               "diagnostics": analyzer.diagnostics}
+               "scores_solve": scored.solve, "diagnostics": analyzer.diagnostics}
     write_json(ws.out / "influence.json", summary)
     print(json.dumps(summary, indent=2))
     return 0
@@ -114,7 +125,8 @@ def edit(config: ExperimentConfig, ws: Workspace, tasks, val, train, refine: int
     seconds = time.perf_counter() - began
     save_torch(ws.out / "lambda_edited.pt", lam)
     summary = {"removed": {"tasks": tasks, "val": val, "train": train}, "refine": refine, "seconds": seconds,
-               "damping": analyzer.damping_used, "accuracy_before": asdict(accuracy(trained, trained.lam)),
+               "damping": analyzer.damping_used, "solve": solve_summary(analyzer),
+               "accuracy_before": asdict(accuracy(trained, trained.lam)),
                "accuracy_after": asdict(accuracy(trained, lam))}
     write_json(ws.out / "edit.json", summary)
     print(json.dumps(summary, indent=2))

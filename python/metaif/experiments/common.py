@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -193,13 +193,15 @@ def analyze(trained: Trained, analysis: AnalysisConfig, progress: bool = True) -
 @dataclass
 class Scored:
     """An analyzer at lambda* and its influence scores on fresh tasks, with the damping that
-    worked, the set-up time (inner solves) and the total time (set-up + scores), in seconds."""
+    worked, the set-up time (inner solves) and the total time (set-up + scores), in seconds, and
+    the scores' solve (:func:`solve_summary`)."""
 
     analyzer: InfluenceAnalyzer
     scores: Scores
     damping: float
     setup_seconds: float
     seconds: float
+    solve: dict = field(default_factory=dict)
 
 
 def score_all(trained: Trained, analysis: AnalysisConfig, progress: bool = True) -> Scored:
@@ -208,7 +210,13 @@ def score_all(trained: Trained, analysis: AnalysisConfig, progress: bool = True)
     analyzer = analyze(trained, analysis, progress)
     setup = time.perf_counter() - began
     scores = analyzer.scores(score_tasks(trained, analysis))
-    return Scored(analyzer, scores, analyzer.damping_used, setup, time.perf_counter() - began)
+    return Scored(analyzer, scores, analyzer.damping_used, setup, time.perf_counter() - began, solve_summary(analyzer))
+
+
+def solve_summary(analyzer: InfluenceAnalyzer) -> dict:
+    """How the analyzer's latest total-Hessian solve went (residual, products, damping, the rounding
+    floor where it stopped there), for the results files."""
+    return analyzer.last_solve.summary() if analyzer.last_solve is not None else {}
 
 
 def score_tasks(trained: Trained, analysis: AnalysisConfig) -> TaskSet:

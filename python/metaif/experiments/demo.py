@@ -63,6 +63,7 @@ def run_demo(config: ExperimentConfig, ws: Workspace) -> dict:
               "most_harmful_instances": [{"task_id": r[1], "split": r[2], "index": r[3], "score": r[4]} for r in worst],
               "train_seconds": summary["train_seconds"], "polish_seconds": summary["polish_seconds"],
               "influence_seconds": scored.seconds, "edit_seconds": edit_s, "damping": scored.damping,
+              "solve": scored.solve,
               "diagnostics": analyzer.diagnostics, "anchor_candidates": summary["anchor_candidates"]}
     write_json(ws.out / "results.json", result)
     return result

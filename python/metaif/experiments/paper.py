@@ -29,6 +29,7 @@ from .common import (
     save_config,
     score_all,
     score_tasks,
+    solve_summary,
     train_model,
 )
 from .retrain import retrain_without
@@ -140,7 +141,7 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
                 began = time.perf_counter()
                 lam = analyzer.edit(**items)
                 return {"accuracy": accuracy(trained, lam).mean, "seconds": counted + time.perf_counter() - began,
-                        "damping": analyzer.damping_used}
+                        "damping": analyzer.damping_used, "solve": solve_summary(analyzer)}
 
             def retrained(key, **items):
                 result = _retrained(trained, config.analysis, ws, f"{seed}/{protocol}/{key}", **items)
