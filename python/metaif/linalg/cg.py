@@ -196,7 +196,7 @@ class CGSolver(Solver):
 
     def solve(self, b: torch.Tensor) -> SolveResult:
         precond = None if self.precond is None else (lambda v: self.precond(v[0])[None])
-        with stage(total=self.config.max_iter, desc="cg", disable=None) as bar:
+        with stage(total=self.config.max_iter, desc="cg", disable=None, cap=True) as bar:
             def report(products: int, residual: float) -> None:
                 bar.update(products - bar.n)
                 bar.set_postfix(residual=f"{residual:.2e}")

@@ -265,7 +265,7 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
         return lam.new_tensor(value)
 
     began = time.perf_counter()
-    with stage(total=max_iter, initial=min(result.iterations, max_iter), desc=desc,
+    with stage(total=max_iter, initial=min(result.iterations, max_iter), desc=desc, cap=True,
                disable=not (progress and world.writer)) as bar:
         rounding = 16 * torch.finfo(dtype).eps
         while result.iterations < max_iter:

@@ -65,8 +65,8 @@ class Progress:
     :meth:`update`, :meth:`set_postfix`, :meth:`close`, and use as a context manager."""
 
     def __init__(self, iterable: Iterable | None, desc: str, total: int | None, initial: int, shown: bool,
-                 leave: bool, bar: bool = True) -> None:
-        self.iterable, self.desc, self.n, self.initial = iterable, desc, initial, initial
+                 leave: bool, bar: bool = True, cap: bool = False) -> None:
+        self.iterable, self.desc, self.n, self.initial, self.cap = iterable, desc, initial, initial, cap
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.shown, self.postfix, self.start, self.closed = shown, {}, time.monotonic(), False
         self.bar, self.logged = None, False
@@ -118,7 +118,8 @@ class Progress:
         parts.append(f"elapsed {_duration(elapsed)}")
         if self.total is not None and self.n > self.initial:
             rate = elapsed / (self.n - self.initial)
-            parts.append(f"~{_duration(rate * max(self.total - self.n, 0))} left")
+            left = _duration(rate * max(self.total - self.n, 0))
+            parts.append(f"at most ~{left} left" if self.cap else f"~{left} left")
         return f"{self.desc}: " + ", ".join(parts)
 
     def close(self, error: str | None = None) -> None:
@@ -137,9 +138,10 @@ class Progress:
 
 
 def stage(iterable: Iterable | None = None, *, desc: str, total: int | None = None, initial: int = 0,
-          disable: bool | None = False, leave: bool = False, bar: bool = True) -> Progress:
+          disable: bool | None = False, leave: bool = False, bar: bool = True, cap: bool = False) -> Progress:
     """A stage over ``iterable`` (or of ``total`` steps counted by :meth:`Progress.update`).
     ``disable=None``: shown only inside a shown stage (a library routine that reports to a command);
-    ``bar=False``: no bar on a terminal (a whole command, whose inner stages have theirs), lines in a log."""
+    ``bar=False``: no bar on a terminal (a whole command, whose inner stages have theirs), lines in a log;
+    ``cap``: ``total`` is a cap the stage may stop before (an iterative solve), so the time left is a bound."""
     shown = bool(_open) if disable is None else not disable
-    return Progress(iterable, desc, total, initial, shown, leave, bar)
+    return Progress(iterable, desc, total, initial, shown, leave, bar, cap)
