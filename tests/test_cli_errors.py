@@ -107,7 +107,10 @@ def test_sigint_and_a_second_run_on_the_same_folder(tmp_path):
     out = tmp_path / "o"
     long_run = [sys.executable, "-m", "metaif", "train", "--out", str(out), "--steps", "100000", "--meta-batch", "4",
                 "--train-tasks", "12", "--test-tasks", "6", "--quiet"]
-    first = subprocess.Popen(long_run, stderr=subprocess.PIPE, text=True)
+    # a suite started in the background by a non-interactive shell (nohup ... &) ignores SIGINT, and an
+    # ignored signal is inherited across exec: the run under test gets the default disposition back
+    first = subprocess.Popen(long_run, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120  # until it holds the lock (imports take long on a busy machine)
         while not (out / ".metaif.lock").exists() and time.monotonic() < deadline:
