@@ -32,7 +32,7 @@ from ..ops import CGResult
 from ..utils.progress import stage
 from .lanczos import lanczos
 from .registry import Solver, register_solver
-from .result import FLOOR_MARGIN, NotPositiveDefinite, SolveResult
+from .result import NotPositiveDefinite, SolveResult, within_floor
 
 __all__ = ["CGSolver", "CLAIM_WINDOW", "REPLACE_EVERY", "STALLS", "STALL_PROGRESS", "conjugate_gradient",
            "reached", "rounding_noise"]
@@ -64,7 +64,7 @@ def reached(res: CGResult) -> torch.Tensor:
     rounding floor (as accurate as the dtype allows: what an inner solve may accept)."""
     if res.floor is None:
         return res.converged
-    return res.converged | (~res.floor.isnan() & (res.resid <= FLOOR_MARGIN * res.floor))
+    return res.converged | within_floor(res.resid, res.floor)
 
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, rtol: float,
@@ -167,7 +167,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
             z = prec(r)
             rz_new = torch.where(checked, _dot(r, z), rz_new)
             quiet_until = torch.where(claims & (rs_true.sqrt() > target), k + CLAIM_WINDOW, quiet_until)
-            at_floor = stuck & (rs_best.sqrt() <= FLOOR_MARGIN * noise)
+            at_floor = stuck & within_floor(rs_best.sqrt(), noise)
             stop = (claims & (rs_true.sqrt() <= target)) | (stalls > STALLS) | at_floor
         going = active & ~stop
         if report is not None:

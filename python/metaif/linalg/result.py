@@ -6,11 +6,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["FLOOR_MARGIN", "Diverged", "MetaifWarning", "NotConverged", "NotPositiveDefinite", "SolveResult", "SolverError"]
+__all__ = ["FLOOR_MARGIN", "Diverged", "MetaifWarning", "NotConverged", "NotPositiveDefinite", "SolveResult",
+           "SolverError", "within_floor"]
 
 
 #: a true residual within this factor of one product's measured rounding noise is at the floor
 FLOOR_MARGIN = 10.0
+
+
+def within_floor(residual: torch.Tensor, floor: torch.Tensor, margin: float = FLOOR_MARGIN) -> torch.Tensor:
+    """Elementwise: a residual within ``margin`` of its measured rounding floor (False where none was measured)."""
+    return ~floor.isnan() & (residual <= margin * floor)
 
 
 class MetaifWarning(UserWarning):
@@ -66,8 +72,7 @@ class SolveResult:
         missed = self.missed(rtol)
         if self.floor is None or not bool(missed.any()):
             return False
-        floor = self.floor[missed]
-        return bool((~floor.isnan() & (self.residual[missed] <= margin * floor)).all())
+        return bool(within_floor(self.residual[missed], self.floor[missed], margin).all())
 
     def summary(self) -> dict:
         """JSON-ready description (no solution)."""
