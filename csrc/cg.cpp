@@ -26,7 +26,7 @@ void cg_cuda(const char* op, const Family& family, const at::Tensor& b, double r
   const c10::cuda::CUDAGuard guard(b.device());
   const int64_t tasks = b.size(0), batch = b.size(1);
   const auto task = family.task(0);
-  const auto storage = cuda::BlockStorage::plan(team::cg_storage(task.dim(), task.scratch_size()), sizeof(T));
+  const auto storage = cuda::BlockStorage::plan(team::cg_storage(task.dim(), 1, task.scratch_size()), sizeof(T));
   const at::Tensor workspace = block_workspace(storage, tasks * batch, b);
   const DeviceStatus status(b);
   const cuda::Columns<T> cols{tasks, batch, b.data_ptr<T>(), out.x.data_ptr<T>(), data_or_null<T>(workspace),

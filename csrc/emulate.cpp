@@ -46,24 +46,26 @@ void run_columns(const char* op, int64_t tasks, int64_t batch, int64_t storage, 
 }
 
 template <typename T, typename Family>
-at::Tensor neumann_columns(const char* op, const Family& family, const at::Tensor& b,
+at::Tensor neumann_blocks(const char* op, const Family& family, const at::Tensor& b,
                            const std::optional<at::Tensor>& scale, int64_t iters, double rtol, int64_t threads) {
   at::Tensor x = at::empty(b.sizes(), b.options());
   const int64_t batch = b.size(1), q = family.task(0).dim();
   const T* bp = b.data_ptr<T>();
   T* xp = x.data_ptr<T>();
   const double* sp = scale.has_value() ? scale->data_ptr<double>() : nullptr;
-  const int64_t storage = team::neumann_storage(q, family.task(0).scratch_size());
+  const int64_t storage = team::neumann_storage(q, 1, family.task(0).scratch_size());
   run_columns<T>(op, b.size(0), batch, storage, threads, [&](const auto& team, int64_t t, int64_t c, T* buf) {
     const int64_t offset = (t * batch + c) * q;
-    return team::neumann_column(team, family.task(t), t, c, bp + offset, sp == nullptr, sp != nullptr ? sp[t] : 0.0,
-                                iters, rtol, xp + offset, buf, buf + q, buf + 2 * q);
+    team::NeumannColumn state;
+    return team::neumann_columns(team, family.task(t), t, c, 1, bp + offset, sp == nullptr,
+                                 sp != nullptr ? sp[t] : 0.0, iters, rtol, xp + offset, buf, buf + q, buf + 2 * q,
+                                 &state);
   });
   return x;
 }
 
 template <typename T, typename Family>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cg_columns(const char* op, const Family& family, const at::Tensor& b,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cg_blocks(const char* op, const Family& family, const at::Tensor& b,
                                                           double rtol, int64_t maxiter, int64_t threads) {
   const int64_t tasks = b.size(0), batch = b.size(1), q = family.task(0).dim();
   at::Tensor x = at::zeros(b.sizes(), b.options());
@@ -74,11 +76,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cg_columns(const char* op, const 
   T* xp = x.data_ptr<T>();
   int64_t* ip = iters.data_ptr<int64_t>();
   T* rp = resid.data_ptr<T>();
-  const int64_t storage = team::cg_storage(q, family.task(0).scratch_size());
+  const int64_t storage = team::cg_storage(q, 1, family.task(0).scratch_size());
   run_columns<T>(op, tasks, batch, storage, threads, [&](const auto& team, int64_t t, int64_t c, T* buf) {
     const int64_t offset = (t * batch + c) * q;
-    return team::cg_column(team, family.task(t), t, c, bp + offset, rtol, cap, xp + offset, buf, buf + q,
-                           buf + 2 * q, buf + 3 * q, buf + 4 * q, ip + t * batch + c, rp + t * batch + c);
+    team::CgColumn state;
+    return team::cg_columns(team, family.task(t), t, c, 1, bp + offset, rtol, cap, xp + offset, buf, buf + q,
+                            buf + 2 * q, buf + 3 * q, buf + 4 * q, &state, ip + t * batch + c, rp + t * batch + c);
   });
   return {x, iters, resid};
 }
@@ -94,7 +97,7 @@ at::Tensor neumann_dense(const at::Tensor& a, const at::Tensor& b, const std::op
   if (bc.numel() == 0) return at::empty(bc.sizes(), bc.options());
   return AT_DISPATCH_FLOATING_TYPES(bc.scalar_type(), kOp, [&] {
     const team::DenseFamily<scalar_t> family{ac.data_ptr<scalar_t>(), a.size(1), static_cast<scalar_t>(damping)};
-    return neumann_columns<scalar_t>(kOp, family, bc, s, iters, tol, threads);
+    return neumann_blocks<scalar_t>(kOp, family, bc, s, iters, tol, threads);
   });
 }
 
@@ -110,7 +113,7 @@ at::Tensor neumann_ce_head(const at::Tensor& feats, const at::Tensor& probs, con
   const at::Tensor bc = b.contiguous();
   if (bc.numel() == 0) return at::empty(bc.sizes(), bc.options());
   return AT_DISPATCH_FLOATING_TYPES(bc.scalar_type(), kOp, [&] {
-    return neumann_columns<scalar_t>(kOp, in.family<scalar_t>(damping), bc, s, iters, tol, threads);
+    return neumann_blocks<scalar_t>(kOp, in.family<scalar_t>(damping), bc, s, iters, tol, threads);
   });
 }
 
@@ -123,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cg_dense(const at::Tensor& a, con
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
   return AT_DISPATCH_FLOATING_TYPES(bc.scalar_type(), kOp, [&] {
     const team::DenseFamily<scalar_t> family{ac.data_ptr<scalar_t>(), a.size(1), static_cast<scalar_t>(damping)};
-    return cg_columns<scalar_t>(kOp, family, bc, rtol, maxiter, threads);
+    return cg_blocks<scalar_t>(kOp, family, bc, rtol, maxiter, threads);
   });
 }
 
@@ -138,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cg_ce_head(const at::Tensor& feat
   check_threads(kOp, threads);
   const at::Tensor bc = b.contiguous();
   return AT_DISPATCH_FLOATING_TYPES(bc.scalar_type(), kOp, [&] {
-    return cg_columns<scalar_t>(kOp, in.family<scalar_t>(damping), bc, rtol, maxiter, threads);
+    return cg_blocks<scalar_t>(kOp, in.family<scalar_t>(damping), bc, rtol, maxiter, threads);
   });
 }
 
@@ -158,7 +161,7 @@ at::Tensor ce_head_hvp(const at::Tensor& feats, const at::Tensor& probs, const a
     run_columns<scalar_t>(kOp, in.tasks, batch, in.n * in.classes, threads,
                           [&](const auto& team, int64_t t, int64_t c, scalar_t* z) {
                             const int64_t offset = (t * batch + c) * dim;
-                            family.task(t).apply(team, vp + offset, op + offset, z);
+                            family.task(t).apply(team, vp + offset, op + offset, 1, z);
                             return failure(kOk, -1);
                           });
   });

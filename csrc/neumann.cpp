@@ -23,7 +23,7 @@ void neumann_cuda(const char* op, const Family& family, const at::Tensor& b, con
   const c10::cuda::CUDAGuard guard(b.device());
   const int64_t tasks = b.size(0), batch = b.size(1);
   const auto task = family.task(0);
-  const auto storage = cuda::BlockStorage::plan(team::neumann_storage(task.dim(), task.scratch_size()), sizeof(T));
+  const auto storage = cuda::BlockStorage::plan(team::neumann_storage(task.dim(), 1, task.scratch_size()), sizeof(T));
   const at::Tensor workspace = block_workspace(storage, tasks * batch, b);
   const DeviceStatus status(b);
   const cuda::Columns<T> cols{tasks, batch, b.data_ptr<T>(), x.data_ptr<T>(), data_or_null<T>(workspace),

@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include "metaif/team.cuh"
+
 namespace metaif::team {
 
 class Barrier {
@@ -39,7 +41,7 @@ struct TeamState {
   explicit TeamState(int64_t size) : barrier(size), slots(static_cast<size_t>(size)) {}
 };
 
-class ThreadTeam {
+class ThreadTeam : public LoopVectors<ThreadTeam> {
  public:
   ThreadTeam(TeamState* state, int64_t rank, int64_t size) : state_(state), rank_(rank), size_(size) {}
 

@@ -12,7 +12,7 @@ __global__ void __launch_bounds__(kTaskThreads)
   const int64_t task = blockIdx.x / cols.batch;
   const auto op = family.task(task);
   const int64_t offset = static_cast<int64_t>(blockIdx.x) * op.dim();
-  op.apply(team::BlockTeam{reduce}, cols.b + offset, cols.x + offset, block_storage(cols.workspace, per_block));
+  op.apply(team::BlockTeam(reduce), cols.b + offset, cols.x + offset, 1, block_storage(cols.workspace, per_block));
 }
 
 }  // namespace

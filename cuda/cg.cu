@@ -18,9 +18,10 @@ __global__ void __launch_bounds__(kTaskThreads)
   T* p = r + q;
   T* ap = p + q;
   T* product = ap + q;
-  const Status s = team::cg_column(team::BlockTeam{reduce}, op, task, column, cols.b + offset, rtol, maxiter,
-                                   cols.x + offset, r, p, ap, product, product + q, iters + blockIdx.x,
-                                   resid + blockIdx.x);
+  team::CgColumn state;
+  const Status s = team::cg_columns(team::BlockTeam(reduce), op, task, column, 1, cols.b + offset, rtol, maxiter,
+                                    cols.x + offset, r, p, ap, product, product + q, &state, iters + blockIdx.x,
+                                    resid + blockIdx.x);
   if (s.code != kOk && threadIdx.x == 0) report(cols.status, s);
 }
 
@@ -30,7 +31,7 @@ template <typename T, typename Family>
 cudaError_t cg(const Family& family, const Columns<T>& cols, double rtol, int64_t maxiter, int64_t* iters, T* resid,
                cudaStream_t stream) {
   const auto op = family.task(0);
-  const BlockStorage storage = BlockStorage::plan(team::cg_storage(op.dim(), op.scratch_size()), sizeof(T));
+  const BlockStorage storage = BlockStorage::plan(team::cg_storage(op.dim(), 1, op.scratch_size()), sizeof(T));
   cg_kernel<T, Family><<<static_cast<unsigned>(cols.tasks * cols.batch), kTaskThreads,
                          shared_bytes(storage, sizeof(T)), stream>>>(family, cols, rtol, maxiter, iters, resid,
                                                                      storage.per_block);

@@ -16,9 +16,10 @@ __global__ void __launch_bounds__(kTaskThreads)
   const int64_t q = op.dim(), offset = static_cast<int64_t>(blockIdx.x) * q;
   T* r = block_storage(cols.workspace, per_block);
   T* ar = r + q;
-  const Status s = team::neumann_column(team::BlockTeam{reduce}, op, task, column, cols.b + offset,
-                                        scales == nullptr, scales != nullptr ? scales[task] : 0.0, iters, rtol,
-                                        cols.x + offset, r, ar, ar + q);
+  team::NeumannColumn state;
+  const Status s = team::neumann_columns(team::BlockTeam(reduce), op, task, column, 1, cols.b + offset,
+                                         scales == nullptr, scales != nullptr ? scales[task] : 0.0, iters, rtol,
+                                         cols.x + offset, r, ar, ar + q, &state);
   if (s.code != kOk && threadIdx.x == 0) report(cols.status, s);
 }
 
@@ -28,7 +29,7 @@ template <typename T, typename Family>
 cudaError_t neumann(const Family& family, const Columns<T>& cols, const double* scales, int64_t iters, double rtol,
                     cudaStream_t stream) {
   const auto op = family.task(0);
-  const BlockStorage storage = BlockStorage::plan(team::neumann_storage(op.dim(), op.scratch_size()), sizeof(T));
+  const BlockStorage storage = BlockStorage::plan(team::neumann_storage(op.dim(), 1, op.scratch_size()), sizeof(T));
   neumann_kernel<T, Family><<<static_cast<unsigned>(cols.tasks * cols.batch), kTaskThreads,
                               shared_bytes(storage, sizeof(T)), stream>>>(family, cols, scales, iters, rtol,
                                                                           storage.per_block);

@@ -42,14 +42,22 @@ METAIF_HD T neumann_increment(T b, T ar, T inv_s) {
   return b - inv_s * ar;
 }
 
+// What one Neumann step reports: ||e||^2 of its increment and ||r||^2 of the grown iterate.
+struct NeumannSums {
+  double increment_sq, iterate_sq;
+};
+
 // The Neumann divergence test: for a symmetric A with spectrum in (0, 2s) the increments never
-// grow, so growth above the smallest seen (beyond rounding, `noise`) proves divergence.
+// grow, so growth above the smallest seen by more than kGrowthTolerance of it plus rounding
+// (`noise`) proves divergence. metaif.linalg.neumann names the same constants.
+constexpr double kGrowthTolerance = 1e-6;
 METAIF_HD bool neumann_grew(double increment, double smallest, double noise) {
-  return increment - smallest > 1e-6 * smallest + noise;
+  return increment - smallest > kGrowthTolerance * smallest + noise;
 }
 
 // The rounding level of a Neumann iterate of norm `norm` in a type with machine epsilon `eps`.
-METAIF_HD double neumann_noise(double eps, double norm) { return 100.0 * eps * norm; }
+constexpr double kNoiseEpsilons = 100.0;
+METAIF_HD double neumann_noise(double eps, double norm) { return kNoiseEpsilons * eps * norm; }
 
 // A CG step of one element: x += alpha p, r -= alpha ap.
 template <typename T>

@@ -1,7 +1,8 @@
-// The curvature operators of one task as a team applies them to one column (a vector of length
-// dim()): out = (A_t + damping I) in, with scratch_size() elements of scratch. A family holds the
-// whole batch and hands out task(t). Written against team.cuh, so that the CUDA kernels and the
-// CPU emulation (csrc/emulate.cpp) run the same code. apply() ends with a sync: out is ready.
+// The curvature operators of one task as a team applies them to `cols` consecutive columns (vectors
+// of length dim()): out = (A_t + damping I) in, with scratch_size() elements of scratch. A family
+// holds the whole batch and hands out task(t). Written against team.cuh, so that the CUDA kernels
+// and the CPU emulation (csrc/emulate.cpp) run the same code. apply() ends with a sync: out is ready.
+// (The CPU kernels apply their own operators, csrc/operators.h, through the same interface.)
 #pragma once
 
 #include <cstdint>
@@ -21,10 +22,14 @@ struct DenseTaskOp {
   METAIF_HD int64_t scratch_size() const { return 0; }
 
   template <typename Team>
-  METAIF_HD void apply(const Team& team, const T* in, T* out, T*) const {
-    team.template rows<T>(
-        q, q, [&](int64_t i, int64_t j) { return a[i * q + j] * in[j]; },
-        [&](int64_t i, T acc) { out[i] = acc + damping * in[i]; });
+  METAIF_HD void apply(const Team& team, const T* in, T* out, int64_t cols, T*) const {
+    for (int64_t c = 0; c < cols; ++c) {
+      const T* v = in + c * q;
+      T* w = out + c * q;
+      team.template rows<T>(
+          q, q, [&](int64_t i, int64_t j) { return a[i * q + j] * v[j]; },
+          [&](int64_t i, T acc) { w[i] = acc + damping * v[i]; });
+    }
     team.sync();
   }
 };
@@ -53,7 +58,12 @@ struct CeHeadTaskOp {
   METAIF_HD int64_t scratch_size() const { return n * classes; }
 
   template <typename Team>
-  METAIF_HD void apply(const Team& team, const T* in, T* out, T* z) const {
+  METAIF_HD void apply(const Team& team, const T* in, T* out, int64_t cols, T* z) const {
+    for (int64_t c = 0; c < cols; ++c) apply_one(team, in + c * dim(), out + c * dim(), z);
+  }
+
+  template <typename Team>
+  METAIF_HD void apply_one(const Team& team, const T* in, T* out, T* z) const {
     team.template rows<T>(
         n * classes, d, [&](int64_t row, int64_t k) { return phi[(row / classes) * d + k] * in[(row % classes) * d + k]; },
         [&](int64_t row, T acc) { z[row] = acc; });

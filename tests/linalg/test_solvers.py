@@ -67,18 +67,20 @@ def test_truncated_lowrank_and_lissa_approximate():
     assert (lissa.x - expected).norm() < 0.5 * expected.norm()
 
 
-def test_the_python_cg_names_the_kernels_constants():
-    """linalg/cg.py's residual-replacement and stagnation constants are the ones the compiled CG
-    kernels read from include/metaif/arith.h."""
+def test_the_python_solvers_name_the_kernels_constants():
+    """linalg/cg.py's residual-replacement and stagnation constants and linalg/neumann.py's scale and
+    divergence constants are the ones the compiled kernels read from include/metaif/arith.h."""
     import re
     from pathlib import Path
 
-    from metaif.linalg import cg
+    from metaif.linalg import cg, neumann
 
     header = (Path(__file__).resolve().parents[2] / "include" / "metaif" / "arith.h").read_text()
-    named = dict(re.findall(r"constexpr \w+ (k\w+) = ([0-9.]+);", header))
-    assert (int(named["kReplaceEvery"]), int(named["kStalls"]), float(named["kStallProgress"])) == \
+    named = {name: float(value) for name, value in re.findall(r"constexpr \w+ (k\w+) = ([0-9.eE+-]+);", header)}
+    assert (named["kReplaceEvery"], named["kStalls"], named["kStallProgress"]) == \
         (cg.REPLACE_EVERY, cg.STALLS, cg.STALL_PROGRESS)
+    assert (named["kPowerIterations"], named["kScaleSafety"], named["kGrowthTolerance"], named["kNoiseEpsilons"]) == \
+        (neumann.POWER_ITERATIONS, neumann.SCALE_SAFETY, neumann.GROWTH_TOLERANCE, neumann.NOISE_EPSILONS)
 
 
 def test_cg_reports_the_true_residual_in_float32():

@@ -135,6 +135,34 @@ def test_cg_matches_reference_and_reports_iterations():
     assert not ops.cg_dense(a, b, 0.0, 1e-8, 0).x.any()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_column_is_solved_as_if_alone(dtype):
+    """The CPU kernels solve a task's columns together, one product for all of them: each column's x,
+    iteration count and residual are the ones it gets alone, whether its batch-mates stop sooner (an
+    eigenvector: one iteration; zero: none) or run to the cap."""
+    a = spd(3, 20, dtype)
+    b = torch.randn(3, 4, 20, dtype=dtype)
+    b[:, 1] = torch.linalg.eigh(a.double())[1][:, :, 0].to(dtype)
+    b[0, 2] = 0.0
+    feats, probs, weights = ce_head_problem(3, 7, 4, 3, dtype)
+    hb = torch.randn(3, 4, 3, 4, dtype=dtype)
+    solvers = [lambda rhs: ops.cg_dense(a, rhs, 0.1, 1e-5, 100),
+               lambda rhs: ops.cg_dense(a, rhs, 0.1, 1e-14, 4),
+               lambda rhs: ops.cg_ce_head(feats, probs, rhs, 0.1, 1e-5, 100, weights)]
+    first = solvers[0](b)
+    assert bool((first.iters[:, 1] <= 2).all()) and first.iters[0, 2] == 0 and bool((first.iters[:, 0] > 5).all())
+    for solve, rhs in zip(solvers, (b, b, hb)):
+        together = solve(rhs)
+        alone = [solve(rhs[:, c:c + 1]) for c in range(4)]
+        torch.testing.assert_close(together.x, torch.cat([r.x for r in alone], 1), **tol(dtype))
+        assert torch.equal(together.iters, torch.cat([r.iters for r in alone], 1))
+        torch.testing.assert_close(together.resid, torch.cat([r.resid for r in alone], 1), **tol(dtype))
+    for neumann, rhs in ((lambda r: ops.neumann_dense(a, r, 30, damping=0.1), b),
+                         (lambda r: ops.neumann_ce_head(feats, probs, r, 30, None, 0.1, weights), hb)):
+        torch.testing.assert_close(neumann(rhs), torch.cat([neumann(rhs[:, c:c + 1]) for c in range(4)], 1),
+                                   **tol(dtype))
+
+
 def test_cg_ce_head_converges_to_solve():
     feats, probs, weights = ce_head_problem(3, 6, 4, 3, torch.float64)
     b = torch.randn(3, 2, 3, 4, dtype=torch.float64)

@@ -8,6 +8,11 @@ proves divergence (an eigenvalue <= 0 or >= 2s) and raises :class:`Diverged`. Th
 times the power-iteration estimate of the top eigenvalue. A column stops when its increment is
 below ``rtol ||b||``; the returned residual is recomputed from ``x`` (LiSSA's increments are
 noisy, so only the final check decides convergence there).
+
+This is the generic-operator version (any ``matvec``, LiSSA's sampled products, columns that stop
+on their own increment). The compiled ``neumann_dense`` / ``neumann_ce_head`` kernels run the same
+recursion, scale and divergence test for a fixed number of terms, with the constants below named
+as ``include/metaif/arith.h`` names them (a test reads the header and compares).
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ from .power import power_iteration
 from .registry import Solver, register_solver, relative_residual
 from .result import Diverged, NotPositiveDefinite, SolveResult
 
-__all__ = ["NeumannSolver"]
+__all__ = ["GROWTH_TOLERANCE", "NOISE_EPSILONS", "NeumannSolver", "POWER_ITERATIONS", "SCALE_SAFETY"]
+
+POWER_ITERATIONS = 20     # arith::kPowerIterations: power steps of the top-eigenvalue estimate
+SCALE_SAFETY = 1.1        # arith::kScaleSafety: the scale s over that estimate
+GROWTH_TOLERANCE = 1e-6   # arith::kGrowthTolerance: relative growth of an increment that is divergence
+NOISE_EPSILONS = 100.0    # arith::kNoiseEpsilons: the rounding level of an iterate, in eps times its norm
 
 
 @register_solver
@@ -34,11 +44,11 @@ class NeumannSolver(Solver):
         if self.lissa and getattr(op, "sampled", None) is None:
             raise ValueError("SolverConfig.lissa_tasks > 0 needs an operator with a sampled (minibatch) product")
         estimate = power_iteration(self.matvec, op.size, torch.empty(0, dtype=op.dtype, device=op.device),
-                                   seed=config.seed)
+                                   POWER_ITERATIONS, seed=config.seed)
         if not estimate > 0 or estimate == float("inf"):
             raise NotPositiveDefinite(f"neumann: the power iteration's top eigenvalue estimate is {estimate:.3g}; "
                                       f"the damped operator is not positive definite (or is zero).")
-        self.scale = 1.1 * estimate
+        self.scale = SCALE_SAFETY * estimate
 
     def _product(self, r: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if self.lissa:
@@ -63,8 +73,8 @@ class NeumannSolver(Solver):
                 raise Diverged(f"neumann produced non-finite values at term {step}.")
             increment = (new - ra).double().norm(dim=1)
             if not self.lissa:
-                noise = 100 * eps * new.double().norm(dim=1)
-                grew = increment - smallest[rows] > 1e-6 * smallest[rows] + noise
+                noise = NOISE_EPSILONS * eps * new.double().norm(dim=1)
+                grew = increment - smallest[rows] > GROWTH_TOLERANCE * smallest[rows] + noise
                 if bool(grew.any()):
                     raise Diverged(f"neumann diverged at term {step} (scale {self.scale:.3g}): the damped operator has "
                                    f"eigenvalues outside (0, 2 scale).")
