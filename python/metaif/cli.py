@@ -161,7 +161,7 @@ def run_command(args: argparse.Namespace, config) -> int:
     from .experiments import commands
     from .experiments.common import Workspace
     from .parallel import World
-    from .utils.store import lock_folder
+    from .utils.store import OutputError, folder_contents, lock_folder
 
     removal = None
     if args.command == "edit":
@@ -173,6 +173,12 @@ def run_command(args: argparse.Namespace, config) -> int:
         print(f"metaif {label}: output folder {args.out}", file=sys.stderr, flush=True)
     with lock_folder(args.out) if writer else contextlib.nullcontext(Path(args.out)) as out, \
             stage(desc=label, disable=not writer or args.quiet, bar=False):
+        # every rank reads the checkpoints and records rank 0 writes: a rank that sees another folder
+        # would resume elsewhere (or start afresh) and add its sums to the others' at another lambda
+        others = World.current().disagreeing(folder_contents(out))
+        if others:
+            raise OutputError(f"{out}: rank(s) {others} see other files there than rank 0; put --out on storage "
+                              f"every node shares (rank 0 writes it, every rank reads it to resume)")
         ws = Workspace(out, force=args.force, progress=writer and not args.quiet)
         if args.command == "train":
             from .experiments.run import run
@@ -240,9 +246,17 @@ def main(argv: list[str] | None = None) -> int:
         from .parallel import launch_command
 
         return launch_command(main, argv, args.nproc)
-    from .parallel import init_from_env
+    from .parallel import run_in_group
 
-    init_from_env()  # under torchrun: join its group
+    return run_in_group(lambda: _run(parser, args))
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command of ``args`` on this rank (of the group it is in), as an exit code."""
+    from .parallel import World
+
+    if not World.current().writer:  # one rank speaks for the run
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (the rank's whole life)
     _one_line_warnings()
     try:
         config = config_from_args(args)

@@ -72,3 +72,17 @@ def die_on_rank_one(folder: str) -> None:
         partial = Path(folder) / "rank0_seconds.partial"
         partial.write_text(f"{time.monotonic() - began:.2f}")
         os.replace(partial, Path(folder) / "rank0_seconds")
+
+
+def train_in_own_folder(base: str) -> None:
+    """``metaif train`` on every rank with ``--out`` a folder of the rank's own (as on nodes without
+    shared storage); exits with the command's code."""
+    import sys
+
+    from metaif.cli import main
+
+    rank = World.current().rank
+    code = main(["train", "--steps", "2", "--train-tasks", "8", "--test-tasks", "8", "--quiet",
+                 "--out", str(Path(base) / f"rank{rank}")])
+    if code:
+        sys.exit(code)

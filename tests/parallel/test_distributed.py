@@ -9,7 +9,7 @@ import torch
 from torch.multiprocessing import ProcessExitedException
 
 from metaif.parallel import World, launch
-from tests.parallel.ranks import die_on_rank_one, influence_results, save_influence_results
+from tests.parallel.ranks import die_on_rank_one, influence_results, save_influence_results, train_in_own_folder
 
 pytestmark = pytest.mark.slow  # every test starts processes
 
@@ -55,3 +55,46 @@ def test_the_command_line_shares_a_run_over_two_processes(tmp_path):
     one, two = (torch.load(tmp_path / name / "lambda.pt") for name in ("one", "two"))
     torch.testing.assert_close(two, one, rtol=0, atol=1e-6)  # float32 sums in another order
     assert not (tmp_path / "two" / ".metaif.lock").exists()
+
+
+def test_two_torchrun_nodes_equal_two_local_ranks(tmp_path):
+    """Two "nodes" on this machine, each `torchrun --nnodes 2 --node-rank k --nproc-per-node 1` with a
+    c10d rendezvous on loopback (node 0 hosts the store, as on a cluster), run one training: the
+    result is the one of `--nproc 2` bit for bit (the same ranks add the same partial sums) and
+    within float32 reduction order of one process; only rank 0 prints."""
+    import socket
+    import subprocess
+    import sys
+
+    from metaif.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = ["train", "--steps", "4", "--train-tasks", "12", "--test-tasks", "12", "--quiet"]
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node",
+         "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "metaif-test",
+         "--rdzv-conf", f"is_host={int(node == 0)}", "-m", "metaif", *flags, "--out", str(tmp_path / "nodes")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert '"final_outer_loss"' in outputs[0] and '"final_outer_loss"' not in outputs[1], outputs
+    assert main([*flags, "--out", str(tmp_path / "local"), "--nproc", "2"]) == 0
+    assert main([*flags, "--out", str(tmp_path / "one")]) == 0
+    nodes_lam, local_lam, one_lam = (torch.load(tmp_path / name / "lambda.pt") for name in ("nodes", "local", "one"))
+    assert torch.equal(nodes_lam, local_lam)
+    torch.testing.assert_close(nodes_lam, one_lam, rtol=0, atol=1e-6)
+
+
+def test_ranks_that_see_different_output_folders_stop_before_any_work(tmp_path):
+    """A resumable --out that rank 1 does not see (nodes without shared storage) would have it start
+    afresh beside a resuming rank 0: the run stops with an output error (exit code 4) instead."""
+    from metaif.cli import main
+
+    assert main(["train", "--steps", "2", "--train-tasks", "8", "--test-tasks", "8", "--quiet",
+                 "--out", str(tmp_path / "rank0")]) == 0
+    before = (tmp_path / "rank0" / "lambda.pt").read_bytes()
+    with pytest.raises(ProcessExitedException, match="exit code 4"):
+        launch(2, train_in_own_folder, str(tmp_path))
+    assert (tmp_path / "rank0" / "lambda.pt").read_bytes() == before

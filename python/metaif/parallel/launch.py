@@ -1,8 +1,9 @@
 """Starting the ranks of a run: ``launch`` spawns ``nproc`` local processes on loopback and
 :func:`launch_command` runs a command line on them (what ``metaif ... --nproc N`` does);
-:func:`init_from_env` joins the group that torchrun describes in the environment. Collectives time
-out (``METAIF_DIST_TIMEOUT`` seconds, default 300), so a rank that dies or hangs stops the others
-with an error instead of a hang."""
+:func:`init_from_env` joins the group that torchrun describes in the environment and
+:func:`run_in_group` runs a function inside it, leaving it cleanly. Collectives time out
+(``METAIF_DIST_TIMEOUT`` seconds, default 300), so a rank that dies or hangs stops the others with an
+error instead of a hang."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch.multiprocessing as mp
 
 from .world import World
 
-__all__ = ["DEFAULT_TIMEOUT_S", "init_from_env", "launch", "launch_command"]
+__all__ = ["DEFAULT_TIMEOUT_S", "init_from_env", "launch", "launch_command", "run_in_group"]
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -42,6 +43,24 @@ def init_from_env() -> World:
     return World.current()
 
 
+def run_in_group(fn: Callable[[], int]) -> int:
+    """``fn()`` (an exit code) inside the group torchrun's environment describes. A group joined here is
+    left at the end: after a barrier where ``fn`` succeeded (returned 0), so that no rank closes its
+    connections while another is still inside a collective (a gloo peer that loses a connection
+    mid-operation may abort instead of raising), then destroyed. A group joined before (or none) is
+    left as it is."""
+    joining = not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    init_from_env()
+    try:
+        code = fn()
+        if joining and code == 0:
+            dist.barrier()
+        return code
+    finally:
+        if joining:
+            dist.destroy_process_group()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,14 +70,7 @@ def _free_port() -> int:
 def _rank_entry(rank: int, nproc: int, port: int, target: Callable, args: tuple) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(nproc))
-    init_from_env()
-    try:
-        target(*args)
-        # no rank closes its connections while another is still inside a collective (a gloo peer
-        # that loses a connection mid-operation may abort instead of raising)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    run_in_group(lambda: target(*args) or 0)
 
 
 def launch(nproc: int, target: Callable, *args) -> None:
@@ -71,10 +83,8 @@ def launch(nproc: int, target: Callable, *args) -> None:
 
 
 def _rank_command(command: Callable[[list[str]], int], argv: list[str]) -> None:
-    """One rank of :func:`launch_command`: the command, quiet on stdout unless rank 0; a failure ends
-    the process with the command's exit code (the launcher reports it)."""
-    if not World.current().writer:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (the rank's whole life)
+    """One rank of :func:`launch_command`: the command; a failure ends the process with the command's
+    exit code (the launcher reports it)."""
     code = command(argv)
     if code:
         sys.exit(code)

@@ -80,6 +80,15 @@ class World:
         dist.all_gather(parts, padded.contiguous())
         return torch.cat([part[: int(c)] for part, c in zip(parts, counts)])
 
+    def disagreeing(self, value: str) -> list[int]:
+        """The ranks whose ``value`` differs from rank 0's (the same list on every rank; empty when
+        all agree)."""
+        if not self.distributed:
+            return []
+        values: list[str | None] = [None] * self.size
+        dist.all_gather_object(values, value)
+        return [rank for rank, v in enumerate(values) if v != values[0]]
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

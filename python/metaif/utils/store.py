@@ -18,7 +18,8 @@ from typing import Any
 
 from .io import remove_files, write_json
 
-__all__ = ["FolderBusy", "OutputError", "Stage", "StaleResults", "differences", "fingerprint", "lock_folder"]
+__all__ = ["FolderBusy", "OutputError", "Stage", "StaleResults", "differences", "fingerprint", "folder_contents",
+           "lock_folder"]
 
 
 class OutputError(RuntimeError):
@@ -117,6 +118,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+LOCK_NAME = ".metaif.lock"
+
+
+def folder_contents(folder: str | os.PathLike) -> str:
+    """A fingerprint of the files under ``folder`` (relative paths and sizes; the lock left out): what
+    a resumed run would read there. ``""`` for a folder that does not exist."""
+    root = Path(folder)
+    if not root.is_dir():
+        return ""
+    files = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*")
+                   if p.is_file() and p.name != LOCK_NAME)
+    return fingerprint(files) if files else ""
+
+
 class lock_folder:
     """Exclusive use of an output folder: creates it (checking that it is writable) and a lock file
     ``.metaif.lock`` holding this process's pid and command; another live holder raises
@@ -124,7 +139,7 @@ class lock_folder:
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / ".metaif.lock"
+        self.path = self.folder / LOCK_NAME
 
     def __enter__(self) -> Path:
         try:
