@@ -73,3 +73,28 @@ def test_class_combinations_enumerate_every_choice_once():
     assert [tuple(c) for c in tasks.classes.tolist()] == list(combinations(range(10), 5))
     with pytest.raises(ValueError, match="need more than the 252 combinations"):
         sample_tasks(pool, TaskConfig(ways=5, num_tasks=253, class_combinations=True))
+
+
+def test_rotations_make_each_turn_a_class_and_keep_a_class_on_its_side(digits):
+    from metaif.data import hold_out, rotate_classes, with_rotations
+
+    turned = rotate_classes(digits)
+    n, c = len(digits.labels), digits.num_classes
+    assert turned.images.shape == (4 * n, *digits.images.shape[1:]) and turned.num_classes == 4 * c
+    i = 17
+    for k in range(4):  # image i turned k times is image i + k n, of class label + k c
+        assert torch.equal(turned.images[i + k * n], torch.rot90(digits.images[i], k, dims=(1, 2)))
+        assert int(turned.labels[i + k * n]) == int(digits.labels[i]) + k * c
+    assert turned.class_names[c + 3] == f"{digits.class_names[3]} (turned 90)"
+    train, test = split_classes(digits, 0.5, seed=0)
+    train, validation = hold_out(train, 0.2, 2, seed=0)
+    pools = with_rotations(train, validation, test)
+    assert all(pool.dataset is pools[0].dataset for pool in pools)
+    sides = [{cls % c for cls in pool.classes} for pool in pools]
+    assert [len(pool.classes) for pool in pools] == [4 * len(p.classes) for p in (train, validation, test)]
+    assert sides == [set(p.classes) for p in (train, validation, test)]  # every turn of a class on its side
+    tasks = sample_tasks(pools[1], TaskConfig(ways=3, shots=1, queries=2, num_tasks=20, seed=0))
+    drawn = {int(turned.labels[j]) for j in tasks.train_index.flatten()}
+    assert drawn <= set(pools[1].classes) and any(label >= c for label in drawn)
+    with pytest.raises(ValueError, match="square images"):
+        rotate_classes(type(digits)("wide", torch.zeros(2, 1, 4, 6), torch.zeros(2, dtype=torch.long), ("a",)))

@@ -18,8 +18,8 @@ import torch
 
 from .datasets import ClassDataset
 
-__all__ = ["TaskConfig", "Pool", "TaskSet", "corrupt_labels", "hold_out", "sample_tasks", "split_classes",
-           "split_images"]
+__all__ = ["TaskConfig", "Pool", "TaskSet", "corrupt_labels", "hold_out", "rotate_classes", "sample_tasks",
+           "split_classes", "split_images", "with_rotations"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,33 @@ def hold_out(pool: Pool, fraction: float, ways: int, seed: int = 0, by: str = "c
         return torch.from_numpy(np.sort(np.concatenate(parts))).long()
 
     return Pool(pool.dataset, pool.classes, as_indices(kept)), Pool(pool.dataset, pool.classes, as_indices(out))
+
+
+TURNS = 4  # quarter turns: 0, 90, 180 and 270 degrees
+
+
+def rotate_classes(dataset: ClassDataset) -> ClassDataset:
+    """Every class of ``dataset`` four times, turned by 0, 90, 180 and 270 degrees, each turn a class
+    of its own (the Omniglot practice since Santoro et al. 2016): turn ``k`` of class ``c`` is class
+    ``c + k C`` and of image ``i`` image ``i + k N``, ``[4 N, C, H, W]``. Square images only."""
+    x = dataset.images
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"{dataset.name}: rotations need square images, got {x.shape[-2]}x{x.shape[-1]}")
+    images = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(TURNS)]).contiguous()
+    labels = torch.cat([dataset.labels + k * dataset.num_classes for k in range(TURNS)])
+    names = tuple(f"{name} (turned {90 * k})" if k else name for k in range(TURNS) for name in dataset.class_names)
+    return ClassDataset(dataset.name, images, labels, names)
+
+
+def with_rotations(*pools: Pool) -> tuple[Pool, ...]:
+    """``pools`` of one data set carried over to :func:`rotate_classes` of it: each holds the four turns
+    of its own classes and images, so that a class's turns stay on its side of every split."""
+    dataset = pools[0].dataset
+    if any(pool.dataset is not dataset for pool in pools):
+        raise ValueError("with_rotations: the pools must share one data set")
+    rotated, n, c = rotate_classes(dataset), len(dataset.labels), dataset.num_classes
+    return tuple(Pool(rotated, tuple(k * c + cls for k in range(TURNS) for cls in pool.classes),
+                      torch.cat([pool.indices + k * n for k in range(TURNS)])) for pool in pools)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..curvature import get_loss
-from ..data import TaskConfig, TaskSet, hold_out, load_dataset, sample_tasks, split_classes, split_images
+from ..data import TaskConfig, TaskSet, hold_out, load_dataset, sample_tasks, split_classes, split_images, with_rotations
 from ..meta import AnilConfig, AnilProblem, ImamlConfig, ImamlProblem, MamlConfig, MamlProblem, TrainConfig, evaluate, meta_train
 from ..meta.train import device_of
 from ..meta.unrolled import default_model
@@ -50,6 +50,8 @@ class RunConfig:
                                               "paper's 252 MNIST tasks: every 5 of the 10 digits) instead of drawing "
                                               "classes")
     test_tasks: int = setting(500, "meta-test tasks (accuracy)")
+    rotations: bool = setting(False, "every 90-degree turn of a class is a class of its own (4x the classes, the "
+                                     "Omniglot practice); a class's turns stay on its side of the splits")
     delta: float = setting(1.0, "inner L2 weight (the head's for anil, the proximal weight for imaml)")
     inner_steps: int = setting(5, "maml: K, the inner gradient steps")
     inner_lr: float = setting(0.4, "maml: alpha, the inner step size (the initial one with meta_sgd)")
@@ -85,16 +87,17 @@ def pools(config: RunConfig):
     once per process: experiments sample score, validation and test tasks from them after
     training). Validation holds out what meta-testing is new on: a fifth of the meta-train classes
     for a class split (of every class's images where there are too few classes), a fifth of
-    every class's images for an image split (:func:`~metaif.data.hold_out`)."""
-    return _pools(config.dataset, config.root, config.split, config.seed, config.ways)
+    every class's images for an image split (:func:`~metaif.data.hold_out`). With ``rotations`` every
+    pool then holds the four turns of its classes (:func:`~metaif.data.with_rotations`)."""
+    return _pools(config.dataset, config.root, config.split, config.seed, config.ways, config.rotations)
 
 
 @lru_cache(maxsize=2)
-def _pools(dataset: str, root: str | None, split: str, seed: int, ways: int):
+def _pools(dataset: str, root: str | None, split: str, seed: int, ways: int, rotations: bool):
     splitter = split_classes if split == "class" else split_images
     train, test = splitter(load_dataset(dataset, root), 0.5, seed=seed)
     train, validation = hold_out(train, 0.2, ways, seed=seed, by="classes" if split == "class" else "images")
-    return train, validation, test
+    return with_rotations(train, validation, test) if rotations else (train, validation, test)
 
 
 def build(config: RunConfig):
