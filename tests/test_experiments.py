@@ -17,6 +17,7 @@ from metaif.experiments.common import AnalysisConfig, ExperimentConfig, Workspac
 from metaif.experiments.retrain import retrain_without
 from metaif.experiments.run import RunConfig
 from metaif.linalg import MetaifWarning
+from metaif.models import resnet12
 
 SMALL = ["--train-tasks", "60", "--test-tasks", "40", "--steps", "20", "--score-tasks", "20", "--polish", "40",
          "--quiet"]
@@ -102,3 +103,26 @@ def test_a_retrain_that_stops_at_its_cap_says_so(tmp_path):
         warnings.simplefilter("error", MetaifWarning)
         done = retrain_without(trained, replace(analysis, polish=500), tasks=[0, 1, 2])
     assert 2 < done.iterations < 500
+
+
+@pytest.mark.slow
+def test_resnet12_on_rotated_omniglot_is_trained_and_edited_end_to_end(tmp_path):
+    """The few-shot backbone (residual blocks, frozen batch norms: autograd body passes) on Omniglot
+    with every turn of a character a class: trained, polished and edited by the command line."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+    if not root.is_dir():
+        pytest.skip(f"no Omniglot at {root}")
+    out = tmp_path / "r12"
+    # an untrained body: the total Hessian is indefinite (MINRES), and a short solve only warns
+    assert cli.main(["edit", "--dataset", "omniglot", "--root", str(root), "--model", "resnet12", "--widths",
+                     "4,4,8,8", "--rotations", "--ways", "3", "--queries", "5", "--train-tasks", "8", "--test-tasks",
+                     "8", "--steps", "3", "--polish", "3", "--anchor", "0.1", "--solver", "minres", "--max-iter", "40",
+                     "--on-failure", "warn", "--remove-tasks", "2", "--quiet", "--out", str(out)]) == 0
+    run = json.loads((out / "config.json").read_text())["run"]
+    assert run["model"] == "resnet12" and run["widths"] == [4, 4, 8, 8] and run["rotations"]
+    edited = json.loads((out / "edit.json").read_text())
+    lam, lam_edited = torch.load(out / "model" / "lambda_star.pt"), torch.load(out / "lambda_edited.pt")
+    assert lam.numel() == resnet12(1, (4, 4, 8, 8), 28).num_params and 0 < (lam_edited - lam).norm() < lam.norm()
+    assert edited["removed"]["tasks"] == [2], edited

@@ -25,9 +25,9 @@ __all__ = ["main"]
 
 
 RUN_FLAGS = [Flag(name, ("run", name.replace("-", "_"))) for name in (
-    "dataset", "root", "split", "form", "head", "model", "hidden", "channels", "activation", "ways", "shots",
-    "queries", "train-tasks", "class-combinations", "test-tasks", "rotations", "delta", "gamma", "inner-steps", "inner-lr",
-    "meta-sgd", "first-order", "seed")] + \
+    "dataset", "root", "split", "form", "head", "model", "hidden", "channels", "widths", "activation", "ways", "shots",
+    "queries", "train-tasks", "class-combinations", "test-tasks", "rotations", "delta", "gamma", "inner-steps",
+    "inner-lr", "meta-sgd", "first-order", "seed")] + \
     [Flag(name, ("run", "train", name.replace("-", "_"))) for name in ("steps", "meta-batch", "lr", "device")]
 ANALYSIS_FLAGS = [
     Flag("variant", ("analysis", "influence", "variant")),

@@ -8,7 +8,7 @@ from torch.func import grad, jvp
 from metaif.curvature import AutogradPasses, SecondOrderPasses, body_passes, supports
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig
 from metaif.meta import AnilConfig, AnilProblem
-from metaif.models import FlatModel, conv4, mlp
+from metaif.models import FlatModel, conv4, mlp, resnet12
 from tests.helpers import make_taskset
 
 
@@ -87,3 +87,41 @@ def test_analyzer_products_agree_across_body_passes():
             torch.testing.assert_close(fast.hvp(v, variant), slow.hvp(v, variant))
     torch.testing.assert_close(fast.task_gradients(), slow.task_gradients())
     torch.testing.assert_close(fast.gradient(fast.c), slow.gradient(slow.c))
+
+
+def test_resnet12_is_the_few_shot_backbone_with_frozen_norms():
+    body = resnet12(3, (2, 3, 4, 5), 16)
+    convs = [m for m in body.module.modules() if isinstance(m, nn.Conv2d)]
+    assert [m.kernel_size for m in convs[:4]] == [(3, 3)] * 3 + [(1, 1)] and len(convs) == 16
+    assert sum(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.1 for m in body.module.modules()) == 12
+    assert body.out_features == 5 and body(body.init(0), torch.rand(2, 3, 16, 16)).shape == (2, 5)
+    norms = body.unflatten(body.init(0))
+    assert all(bool((norms[n] == (0.0 if n.endswith("bias") else 1.0)).all()) for n in body.norm_params)
+    assert len(body.norm_params) == 2 * 16  # a scale and a shift per convolution
+    assert resnet12().num_params == 12_424_320  # 64-160-320-640 on RGB
+    trained = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    with pytest.raises(ValueError, match=r"batch norm in train mode \(1\).*call .eval\(\)"):
+        FlatModel(trained, 2)
+    with pytest.raises(ValueError, match="at least 16x16"):
+        resnet12(1, (2, 2, 2, 2), 8)
+
+
+def test_resnet12_passes_and_total_hessian_products_match_references():
+    """A residual body with batch norms (no structured passes): autograd passes against torch.func,
+    and the analyzer's unique-image path against its per-task (seam) path, float64."""
+    body = resnet12(1, (2, 3, 3, 4), 16)
+    assert not supports(body)
+    lam, x = body.init(0, torch.float64), randn(5, 1, 16, 16, seed=1)
+    v, m = randn(lam.numel(), seed=2), randn(5, 4, seed=3)
+    p = AutogradPasses(body, lam, x)
+    torch.testing.assert_close(p.tangent(v), jvp(lambda la: body(la, x), (lam,), (v,))[1])
+    torch.testing.assert_close(p.pull(m), grad(lambda la: (m * body(la, x)).sum())(lam))
+
+    tasks = make_taskset(3)
+    tasks = type(tasks)(**{**tasks.__dict__, "images": torch.nn.functional.interpolate(tasks.images, size=16)})
+    problem = AnilProblem(body, AnilConfig(ways=3, delta=0.3, gamma=1e-3, inner_tol=1e-12))
+    fast, seam = (InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(path=path)) for path in ("auto", "seam"))
+    assert isinstance(fast.binding.body.passes[0], AutogradPasses)
+    for variant in ("exact", "gn"):
+        torch.testing.assert_close(fast.hvp(v, variant), seam.hvp(v, variant))
+    torch.testing.assert_close(fast.task_gradients(), seam.task_gradients())  # with the products: every IF

@@ -24,12 +24,12 @@ from ..data import sample_tasks
 from ..data.tasks import TaskSet
 from ..influence import InfluenceAnalyzer, InfluenceConfig, Scores, SolverConfig
 from ..linalg import MetaifWarning
-from ..meta import Accuracy, TrainConfig, anchored, evaluate, solve_outer
+from ..meta import Accuracy, anchored, evaluate, solve_outer
 from ..meta.train import device_of
 from ..utils.config import check, check_choice, config, finite, results_settings, setting
 from ..utils.io import save_torch, write_json
 from ..utils.store import Stage
-from .run import RunConfig, build, load_config, pools, run, validation_tasks
+from .run import RunConfig, build, load_config, pools, run, run_config_from_dict, validation_tasks
 
 
 def _influence_default() -> InfluenceConfig:
@@ -245,11 +245,7 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
         raise ValueError(f"--config {path}: not a readable JSON config ({err})") from None
     if "run" not in raw:
         return ExperimentConfig(run=load_config(path))
-    run_raw = dict(raw.pop("run"))
-    train = TrainConfig(**run_raw.pop("train", {}))
-    if "hidden" in run_raw:
-        run_raw["hidden"] = tuple(run_raw["hidden"])
-    return ExperimentConfig(run=RunConfig(**run_raw, train=train),
+    return ExperimentConfig(run=run_config_from_dict(raw.pop("run")),
                             analysis=analysis_from_dict(raw.pop("analysis", {})),
                             seeds=tuple(raw.pop("seeds", (0,))), protocols=tuple(raw.pop("protocols", ("harmful",))),
                             **raw)

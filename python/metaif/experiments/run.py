@@ -15,7 +15,7 @@ from ..data import TaskConfig, TaskSet, hold_out, load_dataset, sample_tasks, sp
 from ..meta import AnilConfig, AnilProblem, ImamlConfig, ImamlProblem, MamlConfig, MamlProblem, TrainConfig, evaluate, meta_train
 from ..meta.train import device_of
 from ..meta.unrolled import default_model
-from ..models import FlatModel, conv4, mlp
+from ..models import RESNET12_WIDTHS, FlatModel, conv4, mlp, resnet12
 from ..utils.config import check, check_choice, config, finite, results_settings, setting
 from ..utils.io import save_torch, write_json
 from ..utils.store import Stage
@@ -23,7 +23,13 @@ from ..utils.store import Stage
 HEAD_LOSSES = {"logistic": "softmax", "ridge": "squared", "binary": "binary"}
 DATASETS = ("digits", "omniglot", "mnist", "miniimagenet")
 FORMS = ("anil", "imaml", "maml")
-MODELS = ("mlp", "conv4")
+# the body of each --model, for images of `channels` x `size` x `size`
+BODIES = {
+    "mlp": lambda config, channels, size: mlp(channels * size * size, config.hidden, config.activation),
+    "conv4": lambda config, channels, size: conv4(channels, config.channels, size),
+    "resnet12": lambda config, channels, size: resnet12(channels, config.widths, size),
+}
+MODELS = tuple(BODIES)
 
 
 @config
@@ -38,9 +44,10 @@ class RunConfig:
                                 "maml (K unrolled gradient steps)", choices=FORMS)
     head: str = setting("logistic", "loss of the task outputs: logistic (softmax), ridge (squared), binary",
                         choices=tuple(HEAD_LOSSES))
-    model: str = setting("mlp", "body: mlp or conv4", choices=MODELS)
+    model: str = setting("mlp", "body: mlp, conv4 or resnet12", choices=MODELS)
     hidden: tuple[int, ...] = setting((64, 64), "hidden widths of the mlp body")
     channels: int = setting(64, "channels of the conv4 body")
+    widths: tuple[int, ...] = setting(RESNET12_WIDTHS, "widths of the resnet12 body's four residual blocks")
     activation: str = setting("relu", "activation of the mlp body", choices=("relu", "tanh", "softplus"))
     ways: int = setting(5, "classes per task (N-way)")
     shots: int = setting(1, "training examples per class (K-shot)")
@@ -71,6 +78,8 @@ class RunConfig:
             check(isinstance(value, int) and value >= 1, self, name, "an integer >= 1", value)
         check(self.ways >= 2, self, "ways", ">= 2 (classification tasks)", self.ways)
         check(all(isinstance(h, int) and h >= 1 for h in self.hidden), self, "hidden", "positive widths", self.hidden)
+        check(len(self.widths) == 4 and all(isinstance(w, int) and w >= 1 for w in self.widths), self, "widths",
+              "four positive widths", self.widths)
         check(finite(self.delta) and self.delta > 0, self, "delta", "a finite number > 0", self.delta)
         check(finite(self.gamma) and self.gamma >= 0, self, "gamma", "a finite number >= 0", self.gamma)
         check(isinstance(self.train, TrainConfig), self, "train", "a TrainConfig", self.train)
@@ -108,10 +117,12 @@ def build(config: RunConfig):
     train = sample_tasks(train_pool, TaskConfig(**spec, num_tasks=config.train_tasks, seed=config.seed,
                                                 class_combinations=config.class_combinations))
     test = sample_tasks(test_pool, TaskConfig(**spec, num_tasks=config.test_tasks, seed=config.seed + 10_000))
-    channels, size = data.images.shape[1], data.images.shape[-1]
-    body = (conv4(channels, config.channels, size) if config.model == "conv4"
-            else mlp(channels * size * size, config.hidden, config.activation))
-    return FORM_BUILDERS[config.form](body, config), train, test
+    return FORM_BUILDERS[config.form](body_of(config, data.images.shape[1], data.images.shape[-1]), config), train, test
+
+
+def body_of(config: RunConfig, channels: int, size: int) -> FlatModel:
+    """The body ``config.model`` names, for ``channels`` x ``size`` x ``size`` images."""
+    return BODIES[config.model](config, channels, size)
 
 
 def _anil(body: FlatModel, config: RunConfig) -> AnilProblem:
@@ -189,8 +200,11 @@ def run(config: RunConfig, out: str | Path, progress: bool = True, tasks: TaskSe
 
 
 def load_config(path: str | Path) -> RunConfig:
-    raw = json.loads(Path(path).read_text())
-    train = TrainConfig(**raw.pop("train", {}))
-    if "hidden" in raw:
-        raw["hidden"] = tuple(raw["hidden"])
-    return RunConfig(**raw, train=train)
+    return run_config_from_dict(json.loads(Path(path).read_text()))
+
+
+def run_config_from_dict(raw: dict) -> RunConfig:
+    """The RunConfig of its JSON form (lists back to the tuples of the tuple fields)."""
+    fields = {name: tuple(value) if isinstance(value, list) else value for name, value in raw.items()}
+    train = TrainConfig(**fields.pop("train", {}))
+    return RunConfig(**fields, train=train)

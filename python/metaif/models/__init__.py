@@ -1,5 +1,5 @@
 """Networks used functionally on flat parameter vectors."""
 
-from .nets import FlatModel, conv4, mlp
+from .nets import RESNET12_WIDTHS, FlatModel, conv4, mlp, resnet12
 
-__all__ = ["FlatModel", "conv4", "mlp"]
+__all__ = ["FlatModel", "RESNET12_WIDTHS", "conv4", "mlp", "resnet12"]
