@@ -81,7 +81,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cg_blocks(const char* op, const F
     const int64_t offset = (t * batch + c) * q;
     team::CgColumn state;
     return team::cg_columns(team, family.task(t), t, c, 1, bp + offset, rtol, cap, xp + offset, buf, buf + q,
-                            buf + 2 * q, buf + 3 * q, buf + 4 * q, &state, ip + t * batch + c, rp + t * batch + c);
+                            buf + 2 * q, buf + 3 * q, buf + 4 * q, buf + 5 * q, &state, ip + t * batch + c,
+                            rp + t * batch + c);
   });
   return {x, iters, resid};
 }

@@ -68,8 +68,8 @@ void cg_solve(const char* opname, const Op& op, int64_t tasks, int64_t batch, co
       const auto task = op.prepare(t, buf.storage.data());
       check_status(opname, team::cg_columns(CpuTeam{}, TeamOperator<decltype(task)>{task, q}, t, 0, batch,
                                             b + t * stride, rtol, maxiter, x + t * stride, r, r + stride,
-                                            r + 2 * stride, r + 3 * stride, buf.scratch.data(), state.data(),
-                                            iters + t * batch, resid + t * batch));
+                                            r + 2 * stride, r + 3 * stride, r + 4 * stride, buf.scratch.data(),
+                                            state.data(), iters + t * batch, resid + t * batch));
     }
   });
 }

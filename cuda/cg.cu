@@ -17,11 +17,12 @@ __global__ void __launch_bounds__(kTaskThreads)
   T* r = block_storage(cols.workspace, per_block);
   T* p = r + q;
   T* ap = p + q;
-  T* product = ap + q;
+  T* best = ap + q;
+  T* product = best + q;
   team::CgColumn state;
   const Status s = team::cg_columns(team::BlockTeam(reduce), op, task, column, 1, cols.b + offset, rtol, maxiter,
-                                    cols.x + offset, r, p, ap, product, product + q, &state, iters + blockIdx.x,
-                                    resid + blockIdx.x);
+                                    cols.x + offset, r, p, ap, best, product, product + q, &state,
+                                    iters + blockIdx.x, resid + blockIdx.x);
   if (s.code != kOk && threadIdx.x == 0) report(cols.status, s);
 }
 

@@ -75,15 +75,16 @@ METAIF_HD T cg_direction(T z, T beta, T p) {
 // CG replaces its recursive residual by the true one b - A x every kReplaceEvery iterations.
 constexpr int64_t kReplaceEvery = 50;
 
-// CG's stagnation rule after a false convergence claim: a true residual that fell by at least 1%
-// (its square below kStallProgress times the best one) resets the count of claims without
-// progress; more than kStalls of them stop the column. metaif.linalg.cg names the same constants.
+// CG's stagnation rule at a true-residual check that misses rtol (metaif.linalg.cg: at a false
+// convergence claim): a true residual that fell by at least 1% (its square below kStallProgress
+// times the best one) resets the count of checks without progress; more than kStalls of them stop
+// the column. metaif.linalg.cg names the same constants.
 constexpr int kStalls = 3;
 constexpr double kStallProgress = 0.98;
 
-METAIF_HD bool cg_stalled(double residual_sq, double& best_false, int& stalls) {
-  if (residual_sq < kStallProgress * best_false) {
-    best_false = residual_sq;
+METAIF_HD bool cg_stalled(double residual_sq, double& best_missed, int& stalls) {
+  if (residual_sq < kStallProgress * best_missed) {
+    best_missed = residual_sq;
     stalls = 0;
   }
   return ++stalls > kStalls;

@@ -16,19 +16,22 @@
 
 namespace metaif::team {
 
-// The storage a column group needs besides b and x: Neumann r and A r, CG r, p and A p for every
-// column and one column's A x; plus the operator's scratch.
+// The storage a column group needs besides b and x: Neumann r and A r, CG r, p, A p and the best
+// iterate for every column and one column's A x; plus the operator's scratch.
 inline int64_t neumann_storage(int64_t dim, int64_t cols, int64_t scratch) { return 2 * cols * dim + scratch; }
-inline int64_t cg_storage(int64_t dim, int64_t cols, int64_t scratch) { return (3 * cols + 1) * dim + scratch; }
+inline int64_t cg_storage(int64_t dim, int64_t cols, int64_t scratch) { return (4 * cols + 1) * dim + scratch; }
 
 struct NeumannColumn {
   double b_norm, smallest;
 };
 
 struct CgColumn {
-  double rs, b_norm, best_false;
+  double rs;           // ||r||^2 of the recursion (the true one right after a check)
+  double b_norm;
+  double best;         // ||b - A x_best||^2: the smallest true residual a check has seen
+  double best_missed;  // the stagnation rule's reference (arith::cg_stalled)
   int stalls;
-  bool active;
+  bool active, x_is_best;
   int64_t iters;
 };
 
@@ -118,20 +121,23 @@ METAIF_HD Status neumann_columns(const Team& team, const Op& op, int64_t task, i
 }
 
 // Conjugate gradient from x_0 = 0 with per-column convergence ||b - A x|| <= rtol ||b|| on the true
-// residual. A column whose recursive residual claims convergence is checked against b - A x and,
-// when the claim was false (the recursion drifted), continues from the true residual (residual
-// replacement, as also every arith::kReplaceEvery iterations); a column whose true residual no
-// longer falls (arith::cg_stalled) stops there (rtol is out of this precision's reach). The
+// residual. The true residual b - A x replaces the recursive one where the recursion claims
+// convergence and every arith::kReplaceEvery iterations (residual replacement); a check that meets
+// rtol stops the column, one that misses it is a stall unless it made progress (arith::cg_stalled),
+// and a column with more than arith::kStalls stalls stops there (rtol is out of this precision's
+// reach). Past that point rounding can carry x away again, so each column returns its best checked
+// iterate (the smallest true residual; the last x is checked at maxiter) and that residual. The
 // operator is applied to all cols columns at once, stopped ones included. Writes each column's
-// iteration count and the true relative residual of its x. r, p, ap: cols * dim() elements each,
-// product: dim().
+// iteration count and the true relative residual of its x. r, p, ap, best: cols * dim() elements
+// each, product: dim().
 template <typename Team, typename T, typename Op>
 METAIF_HD Status cg_columns(const Team& team, const Op& op, int64_t task, int64_t first, int64_t cols, const T* b,
-                            double rtol, int64_t maxiter, T* x, T* r, T* p, T* ap, T* product, T* scratch,
+                            double rtol, int64_t maxiter, T* x, T* r, T* p, T* ap, T* best, T* product, T* scratch,
                             CgColumn* state, int64_t* iters_out, T* resid_out) {
   const int64_t q = op.dim();
   team.for_each(cols * q, [&](int64_t i) {
     x[i] = T(0);
+    best[i] = T(0);
     r[i] = b[i];
     p[i] = b[i];
   });
@@ -142,9 +148,11 @@ METAIF_HD Status cg_columns(const Team& team, const Op& op, int64_t task, int64_
     col.rs = team.dot(b + c * q, b + c * q, q);
     if (!arith::finite(col.rs)) return failure(kNonFiniteInput, task, first + c);
     col.b_norm = sqrt(col.rs);
-    col.active = col.b_norm > 0.0;
-    col.best_false = arith::kHuge;
+    col.best = col.rs;  // x_0 = 0
+    col.best_missed = arith::kHuge;
     col.stalls = 0;
+    col.active = col.b_norm > 0.0;
+    col.x_is_best = true;
     col.iters = 0;
     active += col.active;
   }
@@ -161,16 +169,22 @@ METAIF_HD Status cg_columns(const Team& team, const Op& op, int64_t task, int64_
         return failure(kNonPositiveCurvature, task, first + c, k, curvature);
       const double rs_rec = team.cg_step(pc, apc, static_cast<T>(col.rs / curvature), xc, rc, q);
       col.iters = k + 1;
+      col.x_is_best = false;
       const double target = rtol * col.b_norm;
-      const bool claims = sqrt(rs_rec) <= target;
       const double beta = rs_rec / col.rs;
       double rs_new = rs_rec;
-      bool stop = claims;
-      if (claims || replace) {  // replace the recursive residual by the true one
+      bool stop = false;
+      if (sqrt(rs_rec) <= target || replace) {  // check: the true residual replaces the recursive one
         op.apply(team, xc, product, 1, scratch);
         rs_new = team.residual(bc, product, rc, q);
-        if (claims && sqrt(rs_new) > target)  // a false claim: go on, unless stagnating
-          stop = arith::cg_stalled(rs_new, col.best_false, col.stalls);
+        if (rs_new < col.best) {
+          col.best = rs_new;
+          col.x_is_best = true;
+          T* keep = best + c * q;
+          team.for_each(q, [&](int64_t i) { keep[i] = xc[i]; });
+          team.sync();
+        }
+        stop = sqrt(rs_new) <= target || arith::cg_stalled(rs_new, col.best_missed, col.stalls);
       }
       if (stop) {
         col.active = false;
@@ -183,11 +197,22 @@ METAIF_HD Status cg_columns(const Team& team, const Op& op, int64_t task, int64_
   }
   for (int64_t c = 0; c < cols; ++c) {
     CgColumn& col = state[c];
-    if (col.active)  // stopped by maxiter: report the true residual of what is returned
-      col.rs = true_residual_sq(team, op, b + c * q, x + c * q, product, scratch);
+    T* xc = x + c * q;
+    if (col.active) {  // stopped by maxiter: the last x is checked too
+      const double rs_x = true_residual_sq(team, op, b + c * q, xc, product, scratch);
+      if (rs_x < col.best) {
+        col.best = rs_x;
+        col.x_is_best = true;
+      }
+    }
+    if (!col.x_is_best) {
+      const T* keep = best + c * q;
+      team.for_each(q, [&](int64_t i) { xc[i] = keep[i]; });
+      team.sync();
+    }
     if (team.leader()) {
       iters_out[c] = col.iters;
-      resid_out[c] = static_cast<T>(col.b_norm > 0.0 ? sqrt(col.rs) / col.b_norm : 0.0);
+      resid_out[c] = static_cast<T>(col.b_norm > 0.0 ? sqrt(col.best) / col.b_norm : 0.0);
     }
   }
   return failure(kOk, -1);

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.ops.fuzzing import GENERATORS, make_case, outcome
@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("op", sorted(GENERATORS))
 @given(seed=st.integers(0, 2**32 - 1))
+@example(seed=123966)  # float32 cg_ce_head at an unreachable rtol: rounding carried x to a residual of 1.8e6
 def test_op_contract(op, seed):
     case = make_case(op, seed)
     result, detail = outcome(case)

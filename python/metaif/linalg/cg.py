@@ -17,9 +17,10 @@ makes no progress within ``FLOOR_MARGIN`` of it stops there, as accurate as the 
 and reports it.
 
 This is the generic-operator version (any ``matvec``, preconditioning, column masking). The compiled
-``cg_dense`` / ``cg_ce_head`` kernels follow its replacement and stall rules with the same constants,
-named below as ``include/metaif/arith.h`` names them (a test reads the header and compares); the
-best-iterate and floor rules are this version's only: the kernels solve small per-task systems.
+``cg_dense`` / ``cg_ce_head`` kernels (``include/metaif/task_solvers.cuh``) follow its replacement and
+stall rules with the same constants, named below as ``include/metaif/arith.h`` names them (a test
+reads the header and compares), and return their best checked iterate too; the rounding-floor
+measurement is this version's only: the kernels count every check without progress as a stall.
 """
 
 from __future__ import annotations
