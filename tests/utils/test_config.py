@@ -33,3 +33,15 @@ def test_library_configs_document_every_field():
     for f in dataclasses.fields(SolverConfig):
         assert f.metadata.get("help"), f.name
         assert f"{f.name}:" in SolverConfig.__doc__
+
+
+def test_a_setting_added_later_leaves_older_results_valid_at_its_default():
+    """Results stored before a setting existed were made at its default: the fingerprint leaves an
+    ``added`` setting out there, and keeps it (a different computation) anywhere else."""
+    from metaif.experiments.run import RunConfig
+    from metaif.utils.config import results_settings
+
+    before = results_settings(RunConfig())
+    assert "rotations" not in before and "widths" not in before and "hidden" in before
+    turned = results_settings(RunConfig(rotations=True, model="resnet12", widths=(8, 8, 16, 16)))
+    assert turned["rotations"] is True and turned["widths"] == (8, 8, 16, 16)

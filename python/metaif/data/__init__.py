@@ -15,5 +15,5 @@ from .tasks import (
 )
 
 __all__ = ["ClassDataset", "DataError", "Pool", "TaskConfig", "TaskSet", "corrupt_labels", "hold_out", "load_dataset",
-    "load_digits", "load_miniimagenet", "load_mnist", "load_omniglot", "rotate_classes", "sample_tasks",
-    "split_classes", "split_images", "with_rotations"]
+           "load_digits", "load_miniimagenet", "load_mnist", "load_omniglot", "rotate_classes", "sample_tasks",
+           "split_classes", "split_images", "with_rotations"]

@@ -47,7 +47,8 @@ class RunConfig:
     model: str = setting("mlp", "body: mlp, conv4 or resnet12", choices=MODELS)
     hidden: tuple[int, ...] = setting((64, 64), "hidden widths of the mlp body")
     channels: int = setting(64, "channels of the conv4 body")
-    widths: tuple[int, ...] = setting(RESNET12_WIDTHS, "widths of the resnet12 body's four residual blocks")
+    widths: tuple[int, ...] = setting(RESNET12_WIDTHS, "widths of the resnet12 body's four residual blocks",
+                                      added=True)
     activation: str = setting("relu", "activation of the mlp body", choices=("relu", "tanh", "softplus"))
     ways: int = setting(5, "classes per task (N-way)")
     shots: int = setting(1, "training examples per class (K-shot)")
@@ -58,7 +59,8 @@ class RunConfig:
                                               "classes")
     test_tasks: int = setting(500, "meta-test tasks (accuracy)")
     rotations: bool = setting(False, "every 90-degree turn of a class is a class of its own (4x the classes, the "
-                                     "Omniglot practice); a class's turns stay on its side of the splits")
+                                     "Omniglot practice); a class's turns stay on its side of the splits",
+                                  added=True)
     delta: float = setting(1.0, "inner L2 weight (the head's for anil, the proximal weight for imaml)")
     inner_steps: int = setting(5, "maml: K, the inner gradient steps")
     inner_lr: float = setting(0.4, "maml: alpha, the inner step size (the initial one with meta_sgd)")

@@ -21,26 +21,30 @@ T = TypeVar("T")
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *,
             choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
-            factory: Callable[[], Any] | None = None, shapes_results: bool = True) -> Any:
+            factory: Callable[[], Any] | None = None, shapes_results: bool = True, added: bool = False) -> Any:
     """A dataclass field with ``help`` (and optional ``choices``: names, or a function that lists
     them when asked, for a registry that may grow after import) in its metadata; ``shapes_results``
     False marks a field that changes where a run goes but not what it computes beyond rounding (the
-    device): :func:`results_settings` leaves it out."""
+    device): :func:`results_settings` leaves it out. ``added`` marks a field added after results
+    were first stored, whose default computes what runs without it did: left out of
+    :func:`results_settings` at its default, so that those results stay valid."""
     if choices is not None and not callable(choices):
         choices = tuple(choices)
-    metadata = {"help": help, "choices": choices, "shapes_results": shapes_results}
+    metadata = {"help": help, "choices": choices, "shapes_results": shapes_results, "added": added}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
 def results_settings(cfg: Any) -> Any:
-    """``dataclasses.asdict(cfg)`` without the fields marked ``shapes_results=False``, nested configs
-    included: what stored results are tied to, so that a run resumes on another device."""
+    """``dataclasses.asdict(cfg)`` without the fields marked ``shapes_results=False`` and the
+    ``added`` ones at their default, nested configs included: what stored results are tied to, so
+    that a run resumes on another device and with a newer metaif."""
     if not dataclasses.is_dataclass(cfg):
         return cfg
     return {f.name: results_settings(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
-            if f.metadata.get("shapes_results", True)}
+            if f.metadata.get("shapes_results", True)
+            and not (f.metadata.get("added") and getattr(cfg, f.name) == f.default)}
 
 
 def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
