@@ -24,11 +24,14 @@ qualifies; the autograd path serves every other body.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, jvp
 
+from ..linalg import MetaifWarning
 from ..models.nets import FlatModel
 from ..ops import has_kernels
 from ..ops.patches import gather_patch_matmul, gather_patch_matmul_t
@@ -59,7 +62,18 @@ def _supported(module: nn.Module) -> bool:
 
 def supports(model: FlatModel) -> bool:
     """Whether ``model`` is an ``nn.Sequential`` of the modules these passes know."""
-    return isinstance(model.module, nn.Sequential) and all(_supported(m) for m in model.module)
+    return unsupported(model) is None
+
+
+def unsupported(model: FlatModel) -> str | None:
+    """What keeps ``model`` off these passes (the first module they have no rule for), ``None`` when
+    nothing does."""
+    if not isinstance(model.module, nn.Sequential):
+        return f"the body is a {type(model.module).__name__}, not an nn.Sequential"
+    for name, module in model.module.named_children():
+        if not _supported(module):
+            return f"module {name} ({type(module).__name__})"
+    return None
 
 
 _CHANNELS_LAST = torch.channels_last
@@ -403,7 +417,11 @@ def body_passes(model: FlatModel, lam: torch.Tensor, x: torch.Tensor, method: st
     """The passes ``method`` (a name of :data:`PASSES`) of ``model`` at ``lam`` on ``x``; ``"auto"``
     takes the hand-written ones where :func:`supports` says so, autograd otherwise."""
     if method == "auto":
-        method = "structured" if supports(model) else "autograd"
+        reason = unsupported(model)
+        if reason is not None:  # once per reason (the warnings registry): a slower path, not an error
+            warnings.warn(f"body passes: {reason} has no hand-written rule, so the body runs on autograd's "
+                          f"passes (slower and more memory per image)", MetaifWarning, stacklevel=2)
+        method = "structured" if reason is None else "autograd"
     if method not in PASSES:
         raise ValueError(f"body passes must be 'auto' or one of {', '.join(PASSES)}, got {method!r}")
     return PASSES[method](model, lam, x)
