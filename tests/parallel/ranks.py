@@ -19,7 +19,8 @@ from tests.helpers import make_problem, make_taskset
 
 ITEMS_VAL, ITEMS_TRAIN = [(0, 1), (3, 2), (5, 0)], [(1, 0), (4, 2)]
 # at this untrained lambda the total Hessians reach -1.24 (logistic), -0.53 (imaml) and below -2 (maml)
-CONFIG = InfluenceConfig(solver=SolverConfig(method="cg", damping=5.0, rtol=1e-12, max_iter=500), chunk=2)
+CONFIG = InfluenceConfig(solver=SolverConfig(method="cg", damping=5.0, rtol=1e-12, max_iter=500), chunk=1,
+                         image_chunk=16)
 
 
 def _problem(form: str):
@@ -65,7 +66,7 @@ def die_on_rank_one(folder: str) -> None:
         os._exit(3)
     began = time.monotonic()
     try:
-        world.sum_(torch.ones(3))
+        world.sum_blocks([torch.ones(3)], torch.ones(3))
         world.barrier()
     finally:
         # whole or not at all: the launcher may stop this rank while it writes

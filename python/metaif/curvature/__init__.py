@@ -5,9 +5,9 @@ second-order passes (hand-written for standard layers, autograd otherwise) over 
 from .body import PASSES, AutogradPasses, SecondOrderPasses, body_passes, supports
 from .head import LinearHeadCurvature, linear_logits, pooled_kfe_bases
 from .head_solvers import HEAD_SOLVERS, head_solver, register_head_solver
-from .images import ImageBody
+from .images import INPUT_CHUNK, ImageBody
 from .losses import LOSSES, Loss, get_loss
 
-__all__ = ["HEAD_SOLVERS", "LOSSES", "PASSES", "AutogradPasses", "ImageBody", "LinearHeadCurvature", "Loss",
+__all__ = ["HEAD_SOLVERS", "INPUT_CHUNK", "LOSSES", "PASSES", "AutogradPasses", "ImageBody", "LinearHeadCurvature", "Loss",
            "SecondOrderPasses", "body_passes", "get_loss", "head_solver", "linear_logits", "pooled_kfe_bases",
            "register_head_solver", "supports"]

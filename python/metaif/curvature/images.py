@@ -13,11 +13,15 @@ import torch
 from torch.func import grad, vmap
 
 from ..models.nets import FlatModel
-from ..parallel import World
+from ..parallel import ExactSum, World
 from ..utils.seen import SeenTensor
 from .body import body_passes
 
-__all__ = ["ImageBody"]
+__all__ = ["INPUT_CHUNK", "ImageBody"]
+
+# Inputs per body pass by default: bounds the kept state, and is the unit ranks share (a run on R ranks
+# wants R chunks or more); smaller chunks also ran faster on one thread (Conv-4, 200 Omniglot tasks).
+INPUT_CHUNK = 256
 
 
 class ImageBody:
@@ -26,21 +30,20 @@ class ImageBody:
     images per pass. The hand-written passes keep per-image state (about 350 KB per 28x28 image
     on 64-channel Conv-4, float32) for as long as the object lives.
 
-    Over several ranks (``world``) each rank runs the passes of its span of the images: features
-    and tangents are gathered, and a pull-back sums the ranks' per-image cotangents, pulls its own
-    images back and sums the results, so that every rank returns the whole product."""
+    The chunks are fixed by the data (from the first image); over several ranks (``world``) each
+    rank runs the passes of its span of whole chunks: features and tangents are gathered, and a
+    pull-back adds the chunks' pull-backs exactly, so that every rank returns the whole product, with
+    the same bits on any number of ranks."""
 
-    def __init__(self, body: FlatModel, lam: torch.Tensor, images: torch.Tensor, chunk: int = 1024,
+    def __init__(self, body: FlatModel, lam: torch.Tensor, images: torch.Tensor, chunk: int = INPUT_CHUNK,
                  passes: str = "auto", world: World = World()) -> None:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.body, self.lam, self.images, self.world = body, lam.detach(), images, world
-        first, last = world.span(len(images))
+        first, last = world.span(len(images), block=chunk)
         self.chunks = [slice(s, min(s + chunk, last)) for s in range(first, last, chunk)]
         self.passes = [body_passes(body, self.lam, images[rows], passes) for rows in self.chunks]
-        local = torch.cat([p.phi for p in self.passes]) if self.passes else \
-            images.new_zeros(0, body.out_features, dtype=lam.dtype)
-        self.phi = world.gather_rows(local)
+        self.phi = world.gather_parts([p.phi for p in self.passes], self.lam, (body.out_features,))
         self._g = SeenTensor()
 
     def __len__(self) -> int:
@@ -48,26 +51,23 @@ class ImageBody:
 
     def tangent(self, v: torch.Tensor) -> torch.Tensor:
         """Feature tangents ``J v`` of every image along ``v [p]``, ``[U, h]``."""
-        local = torch.cat([p.tangent(v) for p in self.passes]) if self.passes else self.phi[:0]
-        return self.world.gather_rows(local)
+        return self.world.gather_parts([p.tangent(v) for p in self.passes], self.phi, self.phi.shape[1:])
 
     def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
         """``J^T m`` (``m [U, h]``), plus ``d/dlambda <g, J v>`` when ``g [U, h]`` and ``v [p]`` are given, ``[p]``.
 
         ``g`` is usually the same for every product of a solve: pass the same tensor, and the passes
-        take it once and keep what depends on it. Over several ranks ``m`` and ``g`` hold this
-        rank's tasks' part and are summed over the ranks in place.
+        take it once and keep what depends on it. Over several ranks ``m`` and ``g`` are whole (the
+        same on every rank) and so is the result.
         """
         if g is not None and not self._g.matches(g):
-            self.world.sum_(g)
             for rows, p in zip(self.chunks, self.passes):
                 p.cotangent(g[rows])
             self._g.remember(g)
-        self.world.sum_(m)
-        total = self.lam.new_zeros(self.body.num_params)
+        total = ExactSum(self.lam.new_zeros(self.body.num_params))
         for rows, p in zip(self.chunks, self.passes):
-            total += p.pull(m[rows], v)
-        return self.world.sum_(total)
+            total.add(p.pull(m[rows], v))
+        return self.world.total(total)
 
     def pull_rows(self, cot: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One ``J^T`` per row through the row's own images: ``cot [B, k, h]`` at image rows

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..curvature import HEAD_SOLVERS, PASSES
+from ..curvature import HEAD_SOLVERS, INPUT_CHUNK, PASSES
 from ..linalg import SolverConfig
-from ..meta.binding import PATHS
+from ..meta.binding import PATHS, TASK_CHUNK
 from ..utils.config import check, check_choice, config, finite, setting
 
 __all__ = ["DIRECT", "InfluenceConfig", "VARIANTS"]
@@ -31,8 +31,10 @@ class InfluenceConfig:
     body_passes: str = setting("auto", "body passes of feature-head problems: auto (hand-written for "
                                        "Conv/Linear/ReLU/Tanh/Softplus/pool bodies), structured, autograd",
                                choices=("auto", *PASSES))
-    chunk: int = setting(256, "tasks per feature-space batch (bounds memory)")
-    image_chunk: int = setting(1024, "inputs per body pass (bounds memory)")
+    chunk: int = setting(TASK_CHUNK, "tasks per feature-space batch: bounds memory; chunks are fixed by the data "
+                                     "and ranks share whole chunks, so R ranks want R chunks or more")
+    image_chunk: int = setting(INPUT_CHUNK, "inputs per body pass: bounds memory; ranks share whole chunks, as "
+                                            "with chunk")
     progress: bool = setting(False, "progress bars on the set-up")
 
     def __post_init__(self) -> None:

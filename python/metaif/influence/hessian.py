@@ -11,6 +11,7 @@ import torch
 from torch.func import vmap
 
 from ..linalg import DampingRetry, MatvecOperator, SolverConfig, SolveResult
+from ..meta.binding import CotangentSum
 from ..meta.rows import Rows
 from ..utils.progress import stage
 from .config import DIRECT
@@ -34,7 +35,7 @@ class TotalHessian:
         s, bound = session, session.bound
         own = [(s.c[idx] * r.outer_theta_grad().abs().sum(-1)).sum() for idx, r in zip(bound.chunks, bound.rows)]
         #: Theorem 5.1's Gamma = sum_i c_i ||grad_theta L_i||_1, what the "gamma" variant adds
-        self.gamma_term = float(s.world.sum_(torch.stack(own).sum() if own else s.lam.new_zeros(())))
+        self.gamma_term = float(s.world.sum_blocks(own, s.lam.new_zeros(())))
 
     def gradient(self, c: torch.Tensor, direct: bool = False) -> torch.Tensor:
         """``sum_i c_i g_i`` (or ``sum_i c_i grad_lambda L_i`` when ``direct``), ``[p]``."""
@@ -76,28 +77,30 @@ class TotalHessian:
             # G does not depend on v: the full-batch one is kept, and passing the same tensor lets the
             # body passes reuse what they derived from it
             cached = self._g_buf.get(variant) if subset is None else None
-            g_buf, m_buf = binding.zeros() if cached is None else cached, binding.zeros()
+            g_sum, m_sum = CotangentSum(binding) if cached is None else None, CotangentSum(binding)
             for idx, rows, c in self.weighted_chunks(subset):
                 g, m = rows.hvp_cotangents(binding.context_tangent(tangent, idx), c, ROW_HESSIAN[variant])
-                if cached is None:
-                    binding.scatter(g_buf, g, idx)
-                binding.scatter(m_buf, m, idx)
+                if g_sum is not None:
+                    g_sum.add(g, idx)
+                m_sum.add(m, idx)
+            g_buf = cached if g_sum is None else g_sum.total()
             if subset is None:
                 self._g_buf[variant] = g_buf
-            out = binding.pull(m_buf, g_buf, v)
+            out = binding.pull(m_sum.total(), g_buf, v)
         out = out + s.problem.gamma * v
         return out + self.gamma_term * v if variant == "gamma" else out
 
     def _block_hvp(self, block: torch.Tensor, variant: str, subset: torch.Tensor | None) -> torch.Tensor:
         """The row part of ``H v`` for every row of ``block [k, p]`` when the context is lambda (the
         pull-back is the identity and has no second-order term)."""
-        out = torch.zeros_like(block)
-        for idx, rows, c in self.weighted_chunks(subset):
+        def chunk_products(idx: torch.Tensor, rows: Rows, c: torch.Tensor) -> torch.Tensor:
             def one(v: torch.Tensor) -> torch.Tensor:
                 return rows.hvp_cotangents((v.expand(len(idx), -1),), c, ROW_HESSIAN[variant])[1][0].sum(0)
 
-            out = out + vmap(one)(block.clone())
-        return self.session.world.sum_(out)
+            return vmap(one)(block.clone())
+
+        parts = (chunk_products(*chunk) for chunk in self.weighted_chunks(subset))
+        return self.session.world.sum_blocks(parts, block)
 
     def operator(self, variant: str | None = None) -> MatvecOperator:
         """The total Hessian of ``variant`` as a :class:`~metaif.linalg.LinearOperator` (with the
@@ -146,10 +149,8 @@ class TotalHessian:
                              "form)")
 
         def matvec(v):
-            out = s.problem.gamma * v
-            local = torch.zeros_like(v)
-            for idx, rows in zip(s.bound.chunks, s.bound.rows):
-                local = local + (s.c[idx, None] * rows.outer_theta_hvp(v.expand(len(idx), -1))).sum(0)
-            return out + s.world.sum_(local)
+            parts = ((s.c[idx, None] * rows.outer_theta_hvp(v.expand(len(idx), -1))).sum(0)
+                     for idx, rows in zip(s.bound.chunks, s.bound.rows))
+            return s.problem.gamma * v + s.world.sum_blocks(parts, v)
 
         return DampingRetry(MatvecOperator.per_vector(matvec, s.lam), s.config.solver)

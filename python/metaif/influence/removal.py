@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 
 from ..linalg import MetaifWarning
+from ..meta.binding import CotangentSum
 from ..meta.rows import Context
 from .config import DIRECT
 from .hessian import TotalHessian
@@ -211,10 +212,14 @@ class RemovalPredictions:
     def _pulled(self, items: torch.Tensor, weights: torch.Tensor,
                 cotangent: Cotangent) -> torch.Tensor:
         """The lambda-space sum ``[p]`` of the context cotangents of the instances ``items [k, 2]``:
-        ``cotangent(touched, w)`` of this rank's touched tasks with ``weights`` kept only at the items."""
+        ``cotangent(touched, w)`` of this rank's touched tasks, a chunk of tasks at a time, with
+        ``weights`` kept only at the items."""
         s = self.session
         touched = s.own(torch.unique(items[:, 0]))
-        buf = s.binding.zeros()
-        if len(touched):
-            s.binding.scatter(buf, cotangent(touched, (weights * mask(items, weights))[touched]), touched)
-        return s.binding.pull(buf)
+        kept = weights * mask(items, weights)
+        total = CotangentSum(s.binding)
+        groups = touched // s.bound.chunk
+        for group in torch.unique_consecutive(groups):
+            tasks = touched[groups == group]
+            total.add(cotangent(tasks, kept[tasks]), tasks)
+        return s.binding.pull(total.total())

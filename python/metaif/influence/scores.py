@@ -55,10 +55,10 @@ class ScoreComputer:
             tasks.append(c * t)
             val.append(c[:, None] * s.weights.w_val[idx].to(v) * v)
             train.extend(-c[:, None] * s.weights.w_tr[idx].to(x) * x for x in tr)
-        gathered = [s.world.gather_rows(torch.cat(part)) for part in (tasks, val)]
+        gathered = [s.world.gather_parts(part, s.lam) for part in (tasks, val)]
         if direct:
             return Scores(*gathered, torch.zeros_like(s.weights.w_tr, dtype=s.lam.dtype))
-        return Scores(*gathered, s.world.gather_rows(torch.cat(train)))
+        return Scores(*gathered, s.world.gather_parts(train, s.lam))
 
     def scores(self, test: TaskSet, partial: bool = False, variant: str | None = None) -> Scores:
         """Influence scores on new tasks (math.md §12), one solve (s_test): predicted change of

@@ -70,25 +70,27 @@ class Session:
     def by_owner(self, positions: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor],
                  row_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """Rows ``[k, *row_shape]`` (default ``[k, p]``) for requests about the tasks at ``positions
-        [k]``: each rank computes the requests of its span of the tasks, ``chunk`` at a time
-        (``compute(select)``, ``select`` their indices into the request), and every rank gets all of
-        them in request order."""
+        [k]``: the requests are grouped by the chunk of tasks they fall in and computed ``chunk`` at a
+        time within a group (``compute(select)``, ``select`` their indices into the request), by the
+        rank that holds the chunk; every rank gets all of them in request order. The groups do not
+        depend on the number of ranks, so neither do the rows' bits."""
         row_shape = (self.lam.numel(),) if row_shape is None else row_shape
-        if not self.world.distributed:
-            return self._chunked(torch.arange(len(positions), device=positions.device), compute, row_shape)
-        owner = self.world.owner(positions.cpu(), len(self.tasks))
-        mine = torch.nonzero(owner == self.world.rank).flatten().to(positions.device)
-        gathered = self.world.gather_rows(self._chunked(mine, compute, row_shape))
+        block = self.bound.chunk
+        host = positions.cpu()
+        groups = host // block
+        order = torch.argsort(groups, stable=True)  # by chunk, and so by rank: ranks hold whole chunks
+        owner = self.world.owner(host, len(self.tasks), block)
+        mine = order[owner[order] == self.world.rank]
+        parts = []
+        for group in torch.unique_consecutive(groups[mine]):
+            members = mine[groups[mine] == group].to(positions.device)
+            parts.extend(compute(members[idx]) for idx in task_chunks(len(members), block, positions.device))
+        gathered = self.world.gather_parts(parts, self.lam, row_shape)
         out = torch.empty_like(gathered)
-        out[torch.argsort(owner, stable=True).to(out.device)] = gathered  # gathered in rank order
+        out[order.to(out.device)] = gathered
         return out
-
-    def _chunked(self, select: torch.Tensor, compute, row_shape: tuple[int, ...]) -> torch.Tensor:
-        """``compute`` over chunks of ``config.chunk`` requests of ``select``, concatenated."""
-        parts = [compute(select[idx]) for idx in task_chunks(len(select), self.config.chunk, select.device)]
-        return torch.cat(parts) if parts else self.lam.new_zeros(0, *row_shape)
 
     def own(self, positions: torch.Tensor) -> torch.Tensor:
         """The ``positions`` in this rank's span of the tasks."""
-        first, last = self.world.span(len(self.tasks))
+        first, last = self.world.span(len(self.tasks), block=self.bound.chunk)
         return positions[(positions >= first) & (positions < last)]

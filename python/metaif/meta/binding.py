@@ -3,9 +3,10 @@ algebra of :mod:`metaif.meta.rows`.
 
 A binding solves every inner problem once at lambda, then serves :class:`~.rows.Rows` for any
 slice of tasks, context tangents of a direction ``v [p]``, and the pull-back of context
-cotangents to lambda-space. :class:`Bound` cuts the tasks into chunks of bounded memory and sums
-total gradients over them; outer training (:mod:`metaif.meta.train`) and the influence engine use
-the same objects.
+cotangents to lambda-space. :class:`Bound` cuts the tasks into chunks of bounded memory, fixed by
+the data (ranks take whole chunks), and sums total gradients over them exactly
+(:class:`CotangentSum`), so that the bits do not depend on the number of ranks; outer training
+(:mod:`metaif.meta.train`) and the influence engine use the same objects.
 
 * :class:`BodyBinding` (a :class:`~.problem.FeatureHeadProblem`): the context is the features of
   the task's inputs. Tasks resample the same inputs, so every body pass runs once per *unique*
@@ -24,9 +25,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch.func import grad, hessian, jvp, vmap
 
-from ..curvature import ImageBody
+from ..curvature import INPUT_CHUNK, ImageBody
 from ..linalg import NotConverged, conjugate_gradient, reached
-from ..parallel import World
+from ..parallel import ExactSum, World
 from ..utils.progress import stage
 from .batch import TaskBatch
 from .heads import FeatureHead, bilevel
@@ -34,10 +35,13 @@ from .problem import FeatureHeadProblem, UnrolledProblem
 from .rows import Context, Rows
 from .unrolled import UnrolledRows
 
-__all__ = ["PATHS", "Binding", "BodyBinding", "Bound", "LambdaContext", "SeamBinding", "UnrolledBinding", "chunk_spans",
-           "meta_gradient", "task_chunks"]
+__all__ = ["PATHS", "TASK_CHUNK", "Binding", "BodyBinding", "Bound", "CotangentSum", "LambdaContext", "SeamBinding",
+           "UnrolledBinding", "chunk_spans", "meta_gradient", "task_chunks"]
 
 PATHS = ("auto", "seam")
+# Tasks per feature-space batch by default: bounds memory, and is the unit ranks share (a run on R ranks
+# wants R chunks or more).
+TASK_CHUNK = 64
 SEAM_CG_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
@@ -81,8 +85,12 @@ class Binding(Protocol):
     def scatter(self, into: torch.Tensor, cot: Context, idx: torch.Tensor) -> None:
         """Add the context cotangents ``cot`` of rows ``idx`` into the buffer ``into``."""
 
+    def touched(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """The rows of the buffer that :meth:`scatter` of rows ``idx`` writes (``None``: all of it)."""
+
     def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
-        """``J^T m + d/dlambda <g, J v>`` of buffers ``m``, ``g`` to lambda-space ``[p]``, summed over the ranks."""
+        """``J^T m + d/dlambda <g, J v>`` of buffers ``m``, ``g`` (the cotangents of every rank's rows,
+        :meth:`CotangentSum.total`) to lambda-space ``[p]``, the same on every rank."""
 
     def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:
         """One lambda-space vector per row, ``[B, p]``, from the context cotangents of rows ``idx``."""
@@ -92,25 +100,29 @@ class BodyBinding:
     """Feature-head problems: lambda is the body, theta_i the head. ``image_chunk`` bounds the
     body passes' memory; ``inner`` names the head solver (:data:`~metaif.curvature.HEAD_SOLVERS`),
     applied to ``grad^2_theta F_i + inner_damping I``; ``passes`` the body passes; ``theta0``
-    warm-starts the heads ``[B, q]``. Over several ranks (``world``) each solves the heads of its
-    span of the tasks and runs the body passes of its span of the inputs; heads, features and
-    tangents are gathered, and pull-backs sum over the ranks."""
+    warm-starts the heads ``[B, q]``; heads are solved ``chunk`` tasks at a time. Over several
+    ranks (``world``) each solves the heads of its span of whole chunks of the tasks and runs the
+    body passes of its span of the inputs; heads, features and tangents are gathered, and pull-backs
+    sum over the ranks."""
 
     blockwise = False  # each direction runs its own body passes
 
-    def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, image_chunk: int = 1024,
+    def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, image_chunk: int = INPUT_CHUNK,
                  inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
-                 theta0: torch.Tensor | None = None, world: World = World()) -> None:
+                 theta0: torch.Tensor | None = None, world: World = World(), chunk: int = TASK_CHUNK) -> None:
         self.head = FeatureHead(problem)
         self.lam, self.batch, self.world = lam.detach(), batch, world
         self.inner, self.inner_damping = inner, inner_damping
         self.body = ImageBody(self.head.body, self.lam, batch.inputs.to(lam.dtype), image_chunk, passes, world)
         self.phi = self.body.phi
-        own = slice(*world.span(len(batch)))
+        first, last = world.span(len(batch), block=chunk)
+        solved = []
         with torch.no_grad():
-            theta, norm = self.head.solve(self.phi[batch.pos_tr[own]], batch.y_tr[own], batch.w_tr[own],
-                                          None if theta0 is None else theta0[own])
-        self.theta, self.inner_norm = world.gather_rows(theta), world.gather_rows(norm)
+            for start, end in chunk_spans(last, chunk, first):
+                own = slice(start, end)
+                solved.append(self.head.solve(self.phi[batch.pos_tr[own]], batch.y_tr[own], batch.w_tr[own],
+                                              None if theta0 is None else theta0[own]))
+        self.theta, self.inner_norm = (world.gather_parts([part[k] for part in solved], self.phi) for k in (0, 1))
         self.bases = self.head.pooled_bases(self.theta, self.phi[batch.pos_tr], batch.y_tr, batch.w_tr) \
             if inner == "ekfac-pooled" else None
 
@@ -149,6 +161,10 @@ class BodyBinding:
         into.index_add_(0, self.batch.pos_tr[idx].flatten(), cot[0].reshape(-1, width))
         into.index_add_(0, self.batch.pos_val[idx].flatten(), cot[1].reshape(-1, width))
 
+    def touched(self, idx: torch.Tensor) -> torch.Tensor:
+        """The unique inputs of rows ``idx``."""
+        return torch.unique(torch.cat([self.batch.pos_tr[idx].flatten(), self.batch.pos_val[idx].flatten()]))
+
     def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
         """``J_phi^T m + d/dlambda <g, J_phi v>`` over the unique inputs, ``[p]``."""
         return self.body.pull(m, g, v)
@@ -180,8 +196,11 @@ class LambdaContext:
     def scatter(self, into: torch.Tensor, cot: Context, idx: torch.Tensor) -> None:
         into += cot[0].sum(0)
 
+    def touched(self, idx: torch.Tensor) -> None:
+        return None
+
     def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
-        return self.world.sum_(m.clone())  # the ranks' task sums
+        return m
 
     def pull_each(self, cot: Context, idx: torch.Tensor) -> torch.Tensor:
         return cot[0]
@@ -191,12 +210,12 @@ class SeamBinding(LambdaContext):
     """Any :class:`~.problem.BilevelProblem` on flat vectors: the context is lambda. Inner solves
     are dense Cholesky of ``grad^2_theta F_i + inner_damping I`` when ``q <= dense_max``, else CG on
     autograd products; ``theta0 [B, q]`` warm-starts the inner problems. Over several ranks
-    (``world``) each solves and factors the inner problems of its span of the tasks and serves
-    rows of those only; the thetas are gathered."""
+    (``world``) each solves and factors the inner problems of its span of whole chunks of ``chunk``
+    tasks and serves rows of those only; the thetas are gathered."""
 
     def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, inner_damping: float = 0.0,
                  dense_max: int = 2000, cg_max_iter: int = 1000, theta0: torch.Tensor | None = None,
-                 progress: bool = False, world: World = World()) -> None:
+                 progress: bool = False, world: World = World(), chunk: int = TASK_CHUNK) -> None:
         # lambda and every tangent get fresh storage: forward AD tangents of the expanded
         # per-row lambda must share its layout (a view into another buffer, e.g. a column of
         # the dense solver's identity, would be copied into the stride-0 expansion and fail)
@@ -204,11 +223,11 @@ class SeamBinding(LambdaContext):
         self.lam, self.batch, self.inner_damping = lam.detach().clone(), batch, inner_damping
         self.x_tr, self.x_val = batch.x_tr.to(lam.dtype), batch.x_val.to(lam.dtype)
         self.cg_rtol, self.cg_max_iter = SEAM_CG_RTOL[lam.dtype], cg_max_iter
-        self.first, last = world.span(len(batch))
+        self.first, last = world.span(len(batch), block=chunk)
         tasks = stage(range(self.first, last), desc="inner problems", disable=not progress)
         solved = [self.problem.solve_inner(self.lam, self.x_tr[i], batch.y_tr[i], batch.w_tr[i],
                                            None if theta0 is None else theta0[i]) for i in tasks]
-        self.theta = world.gather_rows(torch.stack([s[0] for s in solved]))
+        self.theta = world.gather_rows(torch.stack([s[0] for s in solved]) if solved else self.lam.new_zeros(0))
         # a diagnostic
         self.inner_norm = world.gather_rows(torch.tensor([float(s[1]) for s in solved], dtype=torch.float64,
                                                          device="cpu"))
@@ -216,13 +235,17 @@ class SeamBinding(LambdaContext):
         self._outer = vmap(self.problem.outer_objective)
         self.dense = self.theta.shape[1] <= dense_max
         self.blockwise = self.dense  # CG inner solves have data-dependent loops: no vmap over directions
-        if self.dense:
-            mine = slice(self.first, last)
-            h = vmap(hessian(self.problem.inner_objective, argnums=0))(
-                self.theta[mine], self.lam.expand(last - self.first, -1), self.x_tr[mine], batch.y_tr[mine],
-                batch.w_tr[mine])
-            eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
-            self.chol = torch.linalg.cholesky(0.5 * (h + h.mT) + inner_damping * eye)  # this rank's tasks
+        if self.dense:  # this rank's tasks, a chunk at a time (the same batches on any number of ranks)
+            eye = torch.eye(self.theta.shape[1], dtype=self.theta.dtype, device=self.theta.device)
+            factors = [self._factor(slice(start, end), eye) for start, end in chunk_spans(last, chunk, self.first)]
+            self.chol = torch.cat(factors) if factors else eye.new_zeros(0, *eye.shape)
+
+    def _factor(self, mine: slice, eye: torch.Tensor) -> torch.Tensor:
+        """Cholesky factors of the damped inner Hessians of tasks ``mine``, ``[B, q, q]``."""
+        b = self.batch
+        h = vmap(hessian(self.problem.inner_objective, argnums=0))(
+            self.theta[mine], self.lam.expand(mine.stop - mine.start, -1), self.x_tr[mine], b.y_tr[mine], b.w_tr[mine])
+        return torch.linalg.cholesky(0.5 * (h + h.mT) + self.inner_damping * eye)
 
     def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> Rows:
         b = self.batch
@@ -268,13 +291,13 @@ class UnrolledBinding(LambdaContext):
         self.x_tr, self.x_val = batch.x_tr.to(lam.dtype), batch.x_val.to(lam.dtype)
         self.theta = None
         thetas, norms = [], []
-        first, last = world.span(len(batch))
+        first, last = world.span(len(batch), block=chunk)
         for idx in task_chunks(last, chunk, batch.pos_tr.device, first):
             rows = self.rows(idx)
             thetas.append(rows.theta.detach())
             norms.append(rows.map(grad(problem.inner_objective), rows.theta, rows.xi[0], self.x_tr[idx],
                                   batch.y_tr[idx], batch.w_tr[idx]).norm(dim=-1))
-        self.theta, self.inner_norm = world.gather_rows(torch.cat(thetas)), world.gather_rows(torch.cat(norms).detach())
+        self.theta, self.inner_norm = world.gather_parts(thetas, self.lam), world.gather_parts(norms, self.lam).detach()
 
     def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> UnrolledRows:
         b = self.batch
@@ -283,10 +306,36 @@ class UnrolledBinding(LambdaContext):
                             None if self.theta is None else self.theta[idx])
 
 
+class CotangentSum:
+    """Context cotangents of chunks of rows summed into ``binding``'s buffer over the chunks and the
+    ranks, exactly (:class:`~metaif.parallel.ExactSum`): the same bits however the chunks are shared.
+    Each :meth:`add` must bring one whole chunk, the same rows on any number of ranks."""
+
+    def __init__(self, binding: Binding) -> None:
+        self.binding, self.buffer = binding, binding.zeros()
+        self.sum = ExactSum(self.buffer)
+
+    def add(self, cot: Context, idx: torch.Tensor) -> None:
+        """Add the cotangents ``cot`` of the chunk of rows ``idx``."""
+        self.binding.scatter(self.buffer, cot, idx)
+        rows = self.binding.touched(idx)
+        self.sum.add(self.buffer, rows)
+        if rows is None:
+            self.buffer.zero_()
+        else:
+            self.buffer[rows] = 0
+
+    def total(self) -> torch.Tensor:
+        """The buffer of every rank's chunks (a collective: every rank calls it)."""
+        return self.binding.world.total(self.sum)
+
+
 class Bound:
-    """``problem`` solved at ``lam`` on ``batch``, its tasks cut into chunks of ``chunk`` rows; over
-    several ranks (``world``) every rank holds the whole batch and the rows of its span of the
-    tasks, and the sums over tasks (:meth:`gradient`, the bindings' pull-backs) are all-reduced.
+    """``problem`` solved at ``lam`` on ``batch``, its tasks cut into chunks of ``chunk`` rows (from
+    the first task: the chunks are fixed by the data); over several ranks (``world``) every rank
+    holds the whole batch and the rows of its span of whole chunks, and the sums over tasks
+    (:meth:`gradient`, the bindings' pull-backs) add the chunks' partial sums exactly, so that they
+    have the same bits on any number of ranks. A rank may hold no chunk (more ranks than chunks).
 
     ``path`` "auto" uses the unique-input :class:`BodyBinding` for problems that declare a
     feature-space head, the :class:`UnrolledBinding` for explicit inner maps and the
@@ -296,26 +345,25 @@ class Bound:
 
     binding: Binding
 
-    def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, *, path: str = "auto", chunk: int = 256,
-                 image_chunk: int = 1024, inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
+    def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, *, path: str = "auto", chunk: int = TASK_CHUNK,
+                 image_chunk: int = INPUT_CHUNK, inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
                  theta0: torch.Tensor | None = None, progress: bool = False, world: World = World()) -> None:
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-        if len(batch) < world.size:
-            raise ValueError(f"{len(batch)} tasks cannot be shared by {world.size} ranks: use at most {len(batch)}")
         if isinstance(problem, UnrolledProblem):
             chunk = min(chunk, 32)  # the unrolled steps keep K copies of every activation per task
             self.binding = UnrolledBinding(problem, lam, batch, chunk, world)
         elif path == "auto" and isinstance(problem, FeatureHeadProblem):
-            self.binding = BodyBinding(problem, lam, batch, image_chunk, inner, inner_damping, passes, theta0, world)
+            self.binding = BodyBinding(problem, lam, batch, image_chunk, inner, inner_damping, passes, theta0, world,
+                                       chunk)
         else:
             if inner not in ("auto", "cholesky"):
                 raise ValueError(f"inner solver {inner!r} needs the feature-head path; the per-task path solves the "
                                  f"inner problems exactly ('auto')")
             self.binding = SeamBinding(problem, lam, batch, inner_damping, theta0=theta0, progress=progress,
-                                       world=world)
-        self.lam, self.batch, self.world = lam.detach(), batch, world
-        first, last = world.span(len(batch))
+                                       world=world, chunk=chunk)
+        self.lam, self.batch, self.world, self.chunk = lam.detach(), batch, world, chunk
+        first, last = world.span(len(batch), block=chunk)
         self.spans = chunk_spans(last, chunk, first)
         self.chunks = task_chunks(last, chunk, batch.pos_tr.device, first)
         chunks = stage(self.chunks, desc="inner states", disable=not progress)
@@ -339,14 +387,14 @@ class Bound:
 
     def gradient(self, c: torch.Tensor, direct: bool = False) -> torch.Tensor:
         """``sum_i c_i g_i`` (math.md §3; ``grad_lambda L_i`` at fixed theta when ``direct``), ``[p]``."""
-        buf = self.binding.zeros()
+        total = CotangentSum(self.binding)
         live = self.live_chunks(c)
-        c = c.to(buf, non_blocking=True)
+        c = c.to(total.buffer, non_blocking=True)
         for idx, rows, on in zip(self.chunks, self.rows, live):
             if on:
                 ci = c[idx]
-                self.binding.scatter(buf, rows.direct_cotangent(ci) if direct else rows.gradient_cotangent(ci), idx)
-        return self.binding.pull(buf)
+                total.add(rows.direct_cotangent(ci) if direct else rows.gradient_cotangent(ci), idx)
+        return self.binding.pull(total.total())
 
     def weighted_loss(self, c: torch.Tensor) -> float:
         """``sum_i c_i L_i(theta_i, lambda)`` for task weights ``c [m]`` (the objective without its l2 term)."""
@@ -355,16 +403,18 @@ class Bound:
     def outer_losses(self) -> torch.Tensor:
         """``L_i(theta_i, lambda)`` per task ``[m]`` (gathered over the ranks)."""
         own = [rows.outer(rows.theta, rows.xi, rows.w_val).detach() for rows in self.rows]
-        return self.world.gather_rows(torch.cat(own) if own else self.lam.new_zeros(0))
+        return self.world.gather_parts(own, self.lam)
 
 
 def meta_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor,
-                  world: World = World()) -> tuple[torch.Tensor, dict]:
+                  world: World = World(), chunk: int = TASK_CHUNK,
+                  image_chunk: int = INPUT_CHUNK) -> tuple[torch.Tensor, dict]:
     """``sum_i c_i g_i`` (math.md §3) over ``batch``, ``[p]``, and the losses: what outer training
     and polishing need from a problem without its own ``outer_gradient``. A feature-head problem
     runs the body once per unique input of the batch (a forward, then one pull-back of the summed
-    feature cotangents); over several ranks each runs its span of the tasks and of the inputs."""
-    bound = Bound(problem, lam, batch, world=world)
+    feature cotangents); over several ranks each runs its chunks of ``chunk`` tasks and of
+    ``image_chunk`` inputs."""
+    bound = Bound(problem, lam, batch, chunk=chunk, image_chunk=image_chunk, world=world)
     c = task_weights.to(lam)
     grad = bound.gradient(c)
     weighted = bound.weighted_loss(c)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..curvature import INPUT_CHUNK
 from ..data.tasks import TaskSet
 from ..ops import has_kernels
 from ..parallel import World
@@ -23,7 +24,7 @@ from ..utils.config import check, check_choice, config, finite, results_settings
 from ..utils.progress import stage
 from ..utils.store import StaleResults, fingerprint
 from .batch import TaskBatch, Weights
-from .binding import meta_gradient
+from .binding import chunk_spans, meta_gradient
 from .problem import TrainableProblem, outer_l2
 
 __all__ = ["DTYPES", "Accuracy", "TrainConfig", "TrainResult", "device_of", "evaluate", "full_objective", "meta_train",
@@ -75,41 +76,49 @@ def device_of(config: TrainConfig) -> torch.device:
     return device
 
 
-def _summed(world: World, grad: torch.Tensor, info: dict, total_weight: float) -> tuple[torch.Tensor, dict]:
-    """One rank's share of a gradient and its losses, summed over the ranks."""
-    weighted = float(world.sum_(torch.tensor([info["weighted_loss"]], dtype=torch.float64)))
-    return world.sum_(grad), {"outer_loss": weighted / total_weight, "weighted_loss": weighted,
-                              "inner_grad_norm": world.max(info["inner_grad_norm"])}
+# Tasks (and unique inputs) per block of a training step's meta-batch: blocks are what ranks share and
+# what the exact sums add, fixed by the data so that any number of ranks gets the same bits; small, so
+# that a meta-batch of 16 tasks still keeps four ranks busy. Full-batch objectives (the polish) use the
+# bindings' default chunks.
+TASK_BLOCK, INPUT_BLOCK = 4, INPUT_CHUNK
 
 
-def _by_tasks(world: World, gradient, batch: TaskBatch, task_weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """``gradient(batch, weights)`` with the tasks shared by the ranks, summed over them."""
-    if not world.distributed:
-        return gradient(batch, task_weights)
-    rows = torch.arange(*world.span(len(batch)), device=batch.pos_tr.device)
-    grad, info = gradient(batch.select(rows), task_weights[rows])
-    return _summed(world, grad, info, float(task_weights.sum()))
+def _by_tasks(world: World, gradient, batch: TaskBatch, task_weights: torch.Tensor,
+              like: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """``gradient(block, weights)`` over blocks of :data:`TASK_BLOCK` tasks of ``batch``, the ranks
+    sharing whole blocks, summed exactly (gradients shaped like ``like``)."""
+    first, last = world.span(len(batch), block=TASK_BLOCK)
+    grads, losses, worst = [], [], 0.0
+    for start, end in chunk_spans(last, TASK_BLOCK, first):
+        rows = torch.arange(start, end, device=batch.pos_tr.device)
+        grad, info = gradient(batch.select(rows), task_weights[rows])
+        grads.append(grad)
+        losses.append(torch.tensor(info["weighted_loss"], dtype=torch.float64))
+        worst = max(worst, info["inner_grad_norm"])
+    weighted = float(world.sum_blocks(losses, torch.zeros((), dtype=torch.float64)))
+    return world.sum_blocks(grads, like), {"outer_loss": weighted / float(task_weights.sum()),
+                                           "weighted_loss": weighted, "inner_grad_norm": world.max(worst)}
 
 
 def outer_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor,
                    world: World = World()) -> tuple[torch.Tensor, dict]:
-    """The problem's own ``outer_gradient`` where it has one (over several ranks: each on its span of
-    the tasks), else :func:`~.binding.meta_gradient` (each rank on its span of the tasks and inputs)."""
+    """The problem's own ``outer_gradient`` where it has one (over blocks of the tasks, shared by the
+    ranks), else :func:`~.binding.meta_gradient` (each rank on its chunks of the tasks and inputs)."""
     own = getattr(problem, "outer_gradient", None)
     if own is None:
         return meta_gradient(problem, lam, batch, task_weights, world)
-    return _by_tasks(world, lambda b, c: own(lam, b, c), batch, task_weights)
+    return _by_tasks(world, lambda b, c: own(lam, b, c), batch, task_weights, lam)
 
 
 def training_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor,
                       world: World = World()):
-    """What outer training steps on: the problem's ``training_gradient`` where it has one (an
-    approximation such as first-order MAML), else :func:`outer_gradient`; over several ranks each
-    takes its span of the batch's tasks."""
-    own = getattr(problem, "training_gradient", None)
-    gradient = (lambda b, c: own(lam, b, c)) if own is not None else \
-        (lambda b, c: outer_gradient(problem, lam, b, c))
-    return _by_tasks(world, gradient, batch, task_weights)
+    """What outer training steps on: the problem's ``training_gradient`` (an approximation such as
+    first-order MAML) or ``outer_gradient`` where it has one, over blocks of the tasks, else
+    :func:`~.binding.meta_gradient` in blocks of :data:`TASK_BLOCK` tasks and :data:`INPUT_BLOCK` inputs."""
+    own = getattr(problem, "training_gradient", None) or getattr(problem, "outer_gradient", None)
+    if own is None:
+        return meta_gradient(problem, lam, batch, task_weights, world, TASK_BLOCK, INPUT_BLOCK)
+    return _by_tasks(world, lambda b, c: own(lam, b, c), batch, task_weights, lam)
 
 
 def _active(weights: Weights) -> torch.Tensor:
@@ -171,8 +180,8 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
     """Train lambda from ``lam0`` (default: the problem's seeded init) by Adam on the total
     gradient plus the outer L2's; resumes from ``checkpoint`` when it holds a run of the same
     configuration and task set (a larger ``steps`` extends it). Over several ranks (torch.distributed)
-    each computes its span of every meta-batch and the gradients are summed: every rank takes the
-    same steps."""
+    each computes its blocks of every meta-batch and the gradients are summed exactly: every rank
+    takes the same steps, the ones a single process takes."""
     dtype, device, world = DTYPES[config.dtype], device_of(config), World.current()
     weights = weights.to(device=device, dtype=dtype) if weights is not None else Weights.uniform(tasks, dtype, device)
     lam = (problem.init_lambda(config.seed, dtype) if lam0 is None else lam0.detach()).to(device=device, dtype=dtype)
@@ -199,9 +208,6 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
         start, result.losses, spent = state["step"], state["losses"], state.get("seconds", 0.0)
     active = _active(weights)
     batch_size = len(active) if config.meta_batch == 0 else min(config.meta_batch, len(active))
-    if batch_size < world.size:
-        raise ValueError(f"a meta-batch of {batch_size} tasks cannot be shared by {world.size} ranks: raise "
-                         f"TrainConfig.meta_batch to at least {world.size}")
     began = time.perf_counter()
     bar = stage(range(start, config.steps), total=config.steps, initial=start, desc="meta-train",
                 disable=not (progress and world.writer))

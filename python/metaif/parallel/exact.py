@@ -1,0 +1,127 @@
+"""Sums whose result does not depend on the order or grouping of the addends.
+
+A floating-point sum changes with the order of its additions, so a sum split over ranks (each
+adding its share, then an all-reduce) gives other bits on another number of ranks. Here every
+element of every addend is cut into integer digits on a grid of fixed ``WINDOW_BITS``-bit windows,
+the same grid for every addend (binned summation, as in ReproBLAS): per element, the digits of the
+``WINDOWS`` windows from the one holding the largest addend's leading bit down are added as 64-bit
+integers, which is exact and associative, and lower digits are dropped from every addend alike. The
+result is then the same whatever the order, the grouping into ranks, or when the largest addend
+arrived, and it is within ``count * 2**-64`` of the element's largest addend of the exact sum (more
+accurate than a float64 sum); the final rounding to the output dtype is the only one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["WINDOWS", "WINDOW_BITS", "ExactSum"]
+
+WINDOW_BITS = 32  # digits below 2**32: 2**31 of them fit in an int64 limb before it could overflow
+WINDOWS = 3  # kept windows: at least 64 bits below an element's largest leading bit
+_LOWEST = -31 + WINDOWS - 1  # lowest top window: units stay >= 2**-992 (normal float64)
+_EMPTY = -(2 ** 20)  # the top window of an element that has only had zeros (below every real one)
+
+
+def _windows(x: torch.Tensor) -> torch.Tensor:
+    """The window holding each element's leading bit (``_EMPTY`` for zeros), int32."""
+    exponent = torch.frexp(x).exponent  # |x| < 2**exponent: the leading bit is exponent - 1
+    top = torch.div(exponent - 1, WINDOW_BITS, rounding_mode="floor").clamp_(min=_LOWEST)
+    return torch.where(x == 0, _EMPTY, top).to(torch.int32)
+
+
+def _shifted(limbs: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``limbs [WINDOWS, *s]`` re-expressed ``shift [*s] >= 0`` windows higher, element by element."""
+    out = torch.zeros_like(limbs)
+    for j in range(WINDOWS):
+        source = j - shift  # the old window that becomes window j
+        for i in range(j + 1):  # the old windows that can land on j
+            out[j] += torch.where(source == i, limbs[i], 0)
+    return out
+
+
+def _unit(top: torch.Tensor, j: int) -> torch.Tensor:
+    """``2**(WINDOW_BITS * (top - j))``, float64 (exact powers of two; 0 for empty elements)."""
+    exponent = (WINDOW_BITS * (top.to(torch.int64) - j)).clamp(min=-1100)
+    return torch.ldexp(torch.ones_like(exponent, dtype=torch.float64), exponent)
+
+
+class ExactSum:
+    """A running sum of tensors shaped like ``like`` (its dtype is the result's), independent of the
+    addends' order and grouping and within ``count * 2**-64`` of each element's largest addend.
+
+    :meth:`add` deposits an addend (or rows of one); :meth:`merge` adds another sum, which is what
+    an all-reduce of :attr:`top` (max), then of :attr:`limbs` and :attr:`special` (sums) does over
+    ranks after :meth:`align`; :meth:`value` rounds once to the dtype. Non-finite addends make the
+    value non-finite, as a float sum would (inf + -inf is nan in any order)."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.shape, self.dtype, self.device = like.shape, like.dtype, like.device
+        self.limbs = torch.zeros(WINDOWS, *like.shape, dtype=torch.int64, device=like.device)
+        self.top = torch.full(like.shape, _EMPTY, dtype=torch.int32, device=like.device)
+        self.special = torch.zeros(like.shape, dtype=torch.float64, device=like.device)
+
+    def add(self, part: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Add ``part`` (shaped like the sum), or only its ``rows`` (an index into the first dimension:
+        ``part[rows]`` goes to those rows of the sum; a repeated row is added as often)."""
+        x = part.detach().to(torch.float64)
+        if rows is None and x.shape != self.shape:
+            raise ValueError(f"an addend of shape {tuple(x.shape)} cannot join a sum of shape {tuple(self.shape)}")
+        x = x if rows is None else x[rows]
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            self._scatter(self.special, rows, torch.where(finite, 0.0, x))
+            x = torch.where(finite, x, 0.0)
+        if rows is None:
+            self.align(torch.maximum(self.top, _windows(x)))
+            top = self.top
+        else:
+            touched = torch.unique(rows)
+            index = rows.view(-1, *[1] * (x.dim() - 1)).expand_as(x)
+            wanted = self.top.scatter_reduce(0, index, _windows(x), "amax")[touched]
+            self.limbs[:, touched] = _shifted(self.limbs[:, touched], (wanted - self.top[touched]).to(torch.int64))
+            self.top[touched] = wanted
+            top = self.top[rows]
+        for j in range(WINDOWS):
+            unit = _unit(top, j)
+            # exact: a power-of-two scale, |digits| < 2**32 (no digits where nothing was ever added)
+            digits = torch.where(unit > 0, torch.trunc(x / unit), 0.0)
+            x = x - digits * unit  # exact: clears the digits' bits
+            self._scatter(self.limbs[j], rows, digits.to(torch.int64))
+
+    @staticmethod
+    def _scatter(into: torch.Tensor, rows: torch.Tensor | None, values: torch.Tensor) -> None:
+        if rows is None:
+            into += values
+        else:
+            into.index_add_(0, rows, values)
+
+    def align(self, top: torch.Tensor) -> None:
+        """Re-express the sum on windows up to ``top`` (element-wise at least its own): what every
+        rank does with the largest top of all ranks before their limbs are added."""
+        top = top.to(self.top)
+        if bool((top < self.top).any()):
+            raise ValueError("align cannot lower a top window")
+        self.limbs = _shifted(self.limbs, (top - self.top).to(torch.int64))
+        self.top = top.clone()
+
+    def merge(self, other: ExactSum) -> None:
+        """Add another sum of the same shape into this one (exactly)."""
+        if other.shape != self.shape:
+            raise ValueError(f"cannot merge a sum of shape {tuple(other.shape)} into one of {tuple(self.shape)}")
+        top = torch.maximum(self.top, other.top)
+        self.align(top)
+        self.limbs += _shifted(other.limbs, (top - other.top).to(torch.int64))
+        self.special += other.special
+
+    def value(self) -> torch.Tensor:
+        """The sum, rounded once to the dtype of ``like``."""
+        limbs = self.limbs.clone()
+        for j in range(WINDOWS - 1, 0, -1):  # carry upwards: lower limbs in [0, 2**32)
+            carry = limbs[j] >> WINDOW_BITS
+            limbs[j] -= carry << WINDOW_BITS
+            limbs[j - 1] += carry
+        low = torch.zeros_like(self.special)
+        for j in range(WINDOWS - 1, 0, -1):  # below 2**64 units of the top window: one rounding
+            low = low + limbs[j].to(torch.float64) * _unit(self.top, j)
+        return (limbs[0].to(torch.float64) * _unit(self.top, 0) + low + self.special).to(self.dtype)
