@@ -41,6 +41,7 @@ ANALYSIS_FLAGS = [
     Flag("precondition", ("analysis", "influence", "solver", "precondition")),
     Flag("retries", ("analysis", "influence", "solver", "retries")),
     Flag("on-failure", ("analysis", "influence", "solver", "on_failure")),
+    Flag("memory-gb", ("analysis", "influence", "memory_gb")),
     Flag("score-tasks", ("analysis", "score_tasks")),
     Flag("polish", ("analysis", "polish")),
     Flag("anchor", ("analysis", "anchor"))]

@@ -6,7 +6,7 @@ from torch import nn
 from torch.func import grad, jvp
 
 from metaif.curvature import AutogradPasses, SecondOrderPasses, body_passes, supports
-from metaif.influence import InfluenceAnalyzer, InfluenceConfig
+from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig
 from metaif.linalg import MetaifWarning
 from metaif.meta import AnilConfig, AnilProblem
 from metaif.models import FlatModel, conv4, mlp, resnet12
@@ -81,14 +81,45 @@ def test_analyzer_products_agree_across_body_passes():
     lam = problem.init_lambda(0, torch.float64)
     fast, slow = (InfluenceAnalyzer(problem, lam, small_tasks, config=InfluenceConfig(body_passes=p, image_chunk=5))
                   for p in ("structured", "autograd"))
-    assert isinstance(fast.binding.body.passes[0], SecondOrderPasses)
-    assert isinstance(slow.binding.body.passes[0], AutogradPasses)
+    assert isinstance(fast.binding.body.kept[0], SecondOrderPasses)
+    assert isinstance(slow.binding.body.kept[0], AutogradPasses)
     for seed in (0, 1):  # the second product reuses the kept cotangent state
         v = randn(lam.numel(), seed=seed)
         for variant in ("exact", "gn", "direct"):
             torch.testing.assert_close(fast.hvp(v, variant), slow.hvp(v, variant))
     torch.testing.assert_close(fast.task_gradients(), slow.task_gradients())
     torch.testing.assert_close(fast.gradient(fast.c), slow.gradient(slow.c))
+
+
+@pytest.mark.parametrize("passes", ["structured", "autograd"])
+def test_a_memory_budget_recomputes_chunks_to_the_same_bits(passes):
+    """No budget, a budget that keeps some chunks and none at all: the same features, products,
+    gradients and scores, bit for bit; the diagnostics say what was kept."""
+    tasks, test = make_taskset(4), make_taskset(2, seed=9)
+    problem = AnilProblem(small_conv(), AnilConfig(ways=3, delta=0.3, gamma=1e-3))
+    lam = problem.init_lambda(0, torch.float64)
+    settings = dict(body_passes=passes, image_chunk=8, solver=SolverConfig(damping=5.0))  # PD at this lambda
+    whole = InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(**settings))
+    chunks = len(whole.binding.body.chunks)
+    per_chunk = whole.binding.body.kept[0].kept_bytes()
+    some = 2.5 * per_chunk / 2 ** 30  # two or three chunks' forward state, fewer once g's signal is kept
+    results = []
+    for memory_gb in (None, some, 0.0):
+        analyzer = InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(**settings, memory_gb=memory_gb))
+        v = randn(lam.numel(), seed=0)
+        results.append([analyzer.binding.phi, analyzer.hvp(v), analyzer.hvp(2 * v), analyzer.gradient(analyzer.c),
+                        analyzer.task_gradients([0, 3]), analyzer.scores(test).tasks])
+        report = analyzer.diagnostics["body_memory"]
+        assert report["kept_chunks"] + report["recomputed_chunks"] == chunks
+        if memory_gb is None:
+            assert report["recomputed_chunks"] == 0
+        elif memory_gb == 0.0:
+            assert report["kept_chunks"] == 0 and report["kept_mb"] == 0
+        else:
+            assert 0 < report["kept_chunks"] < chunks and report["kept_mb"] <= report["budget_mb"]
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
 
 
 def test_resnet12_is_the_few_shot_backbone_with_frozen_norms():
@@ -125,7 +156,7 @@ def test_resnet12_passes_and_total_hessian_products_match_references():
     with pytest.warns(MetaifWarning, match=r"module 0 \(_ResidualBlock\) has no hand-written rule"):
         fast = InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(path="auto"))
     seam = InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(path="seam"))
-    assert isinstance(fast.binding.body.passes[0], AutogradPasses)
+    assert isinstance(fast.binding.body.kept[0], AutogradPasses)
     for variant in ("exact", "gn"):
         torch.testing.assert_close(fast.hvp(v, variant), seam.hvp(v, variant))
     torch.testing.assert_close(fast.task_gradients(), seam.task_gradients())  # with the products: every IF

@@ -61,6 +61,26 @@ def test_the_command_line_writes_the_same_files_on_one_two_and_three_processes(t
     assert not (tmp_path / "2" / ".metaif.lock").exists()
 
 
+def test_a_run_stopped_on_some_processes_resumes_on_another_number(tmp_path):
+    """Training stopped after 2 steps on 2 processes and extended to 4 on one (and from 1 to 3
+    processes) resumes from the checkpoint and ends with the lambda of 4 steps on one process."""
+    import json
+
+    from metaif.cli import main
+
+    flags = ["train", "--train-tasks", "12", "--test-tasks", "12", "--quiet"]
+    assert main([*flags, "--steps", "4", "--out", str(tmp_path / "whole")]) == 0
+    whole = torch.load(tmp_path / "whole" / "lambda.pt")
+    for first, then in ((2, 1), (1, 3)):
+        out = tmp_path / f"{first}-then-{then}"
+        assert main([*flags, "--steps", "2", "--nproc", str(first), "--out", str(out)]) == 0
+        saved = torch.load(out / "checkpoint.pt", weights_only=False)
+        torch.save({**saved, "seconds": 1000.0}, out / "checkpoint.pt")  # marks the checkpoint as used
+        assert main([*flags, "--steps", "4", "--nproc", str(then), "--out", str(out)]) == 0
+        assert json.loads((out / "results.json").read_text())["train_seconds"] > 1000  # resumed, not restarted
+        assert torch.equal(torch.load(out / "lambda.pt"), whole), f"{first} then {then} processes"
+
+
 def test_two_torchrun_nodes_equal_two_local_ranks(tmp_path):
     """Two "nodes" on this machine, each `torchrun --nnodes 2 --node-rank k --nproc-per-node 1` with a
     c10d rendezvous on loopback (node 0 hosts the store, as on a cluster), run one training: the

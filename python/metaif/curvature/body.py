@@ -79,6 +79,26 @@ def unsupported(model: FlatModel) -> str | None:
 _CHANNELS_LAST = torch.channels_last
 
 
+def _storage_bytes(tensors, inputs: tuple[torch.Tensor, ...] = ()) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views of one storage count once), not
+    counting those of ``inputs`` (the images and lambda, which the caller holds anyway)."""
+    theirs = {t.untyped_storage().data_ptr() for t in inputs}
+    seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(size for pointer, size in seen.items() if pointer not in theirs)
+
+
+def _tensors_in(obj):
+    """Every tensor in nested dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors_in(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors_in(value)
+
+
 class _Affine:
     """A ``Conv2d`` or ``Linear`` whose weight and bias sit at slices of the flat vector.
 
@@ -217,6 +237,7 @@ class SecondOrderPasses:
             raise ValueError("SecondOrderPasses needs an nn.Sequential of Conv2d/Linear/ReLU/Tanh/"
                              "Softplus/MaxPool2d/Flatten; use AutogradPasses for other bodies")
         self.lam, self.num_params = lam.detach(), model.num_params
+        self._inputs = (x, lam)
         self.steps = self._plan(model, fuse_first=has_kernels(x.device))
         self.state: list[dict] = []
         h = x
@@ -243,6 +264,11 @@ class SecondOrderPasses:
                     signal = step.backward_input(st, signal) if isinstance(step, _Affine) \
                         else self._linear_back(step, st, signal)
         self._has_g = True
+
+    def kept_bytes(self) -> int:
+        """Bytes of the per-image state these passes keep (forward state, the backward signal of
+        ``g`` once given, the latest tangents)."""
+        return _storage_bytes(_tensors_in([self.state, self.phi, self._tangents]), self._inputs)
 
     @staticmethod
     def _plan(model: FlatModel, fuse_first: bool) -> list:
@@ -387,13 +413,24 @@ class AutogradPasses:
         with torch.no_grad():
             self.phi = model(self._leaf.detach(), x)
         self._graph: tuple | None = None  # (phi, J^T (g + u), u)
+        self._graph_bytes = 0
+
+    def kept_bytes(self) -> int:
+        """Bytes of the features and of the tensors the kept gradient graph saved."""
+        return _storage_bytes([self.phi]) + self._graph_bytes
 
     def cotangent(self, g: torch.Tensor) -> None:
-        with torch.enable_grad():
+        saved: list[torch.Tensor] = []
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved.append(t)
+            return t
+
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             u = torch.zeros_like(g, requires_grad=True)
             phi = self.model(self._leaf, self.x)
             h = torch.autograd.grad(((g + u) * phi).sum(), self._leaf, create_graph=True)[0]
-        self._graph = (phi, h, u)
+        self._graph, self._graph_bytes = (phi, h, u), _storage_bytes(saved, (self.x, self._leaf))
 
     def tangent(self, v: torch.Tensor) -> torch.Tensor:
         if self._graph is not None:

@@ -53,6 +53,9 @@ class InfluenceAnalyzer:
         self.diagnostics = {"inner_grad_norm_max": float(self.binding.inner_norm.max()),
                             "total_grad_norm": float(stationarity.norm()), "gamma_term": self.gamma_term,
                             "num_tasks": len(tasks), "p": self.lam.numel()}
+        body_memory = getattr(self.binding, "body_memory", None)  # bindings with body passes over inputs
+        if body_memory is not None:
+            self.diagnostics["body_memory"] = body_memory
 
     # ---- what is analysed ----------------------------------------------------------------------
 

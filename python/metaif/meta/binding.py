@@ -20,6 +20,7 @@ the data (ranks take whole chunks), and sums total gradients over them exactly
 
 from __future__ import annotations
 
+import math
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -100,7 +101,8 @@ class BodyBinding:
     """Feature-head problems: lambda is the body, theta_i the head. ``image_chunk`` bounds the
     body passes' memory; ``inner`` names the head solver (:data:`~metaif.curvature.HEAD_SOLVERS`),
     applied to ``grad^2_theta F_i + inner_damping I``; ``passes`` the body passes; ``theta0``
-    warm-starts the heads ``[B, q]``; heads are solved ``chunk`` tasks at a time. Over several
+    warm-starts the heads ``[B, q]``; heads are solved ``chunk`` tasks at a time; ``memory`` bounds
+    the bytes of per-input state the body passes keep (:class:`~metaif.curvature.ImageBody`). Over several
     ranks (``world``) each solves the heads of its span of whole chunks of the tasks and runs the
     body passes of its span of the inputs; heads, features and tangents are gathered, and pull-backs
     sum over the ranks."""
@@ -109,11 +111,12 @@ class BodyBinding:
 
     def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, image_chunk: int = INPUT_CHUNK,
                  inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
-                 theta0: torch.Tensor | None = None, world: World = World(), chunk: int = TASK_CHUNK) -> None:
+                 theta0: torch.Tensor | None = None, world: World = World(), chunk: int = TASK_CHUNK,
+                 memory: float = math.inf) -> None:
         self.head = FeatureHead(problem)
         self.lam, self.batch, self.world = lam.detach(), batch, world
         self.inner, self.inner_damping = inner, inner_damping
-        self.body = ImageBody(self.head.body, self.lam, batch.inputs.to(lam.dtype), image_chunk, passes, world)
+        self.body = ImageBody(self.head.body, self.lam, batch.inputs.to(lam.dtype), image_chunk, passes, world, memory)
         self.phi = self.body.phi
         first, last = world.span(len(batch), block=chunk)
         solved = []
@@ -129,6 +132,11 @@ class BodyBinding:
     @property
     def num_inputs(self) -> int:
         return len(self.body)
+
+    @property
+    def body_memory(self) -> dict:
+        """How the body passes' state fits the memory budget (:attr:`ImageBody.memory_report`)."""
+        return self.body.memory_report
 
     def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> Rows:
         head, b = self.head, self.batch
@@ -340,14 +348,15 @@ class Bound:
     ``path`` "auto" uses the unique-input :class:`BodyBinding` for problems that declare a
     feature-space head, the :class:`UnrolledBinding` for explicit inner maps and the
     :class:`SeamBinding` otherwise; "seam" forces the latter for feature-head problems.
-    ``inner``, ``inner_damping``, ``passes``, ``image_chunk`` and ``theta0`` are the bindings'.
+    ``inner``, ``inner_damping``, ``passes``, ``image_chunk``, ``memory`` and ``theta0`` are the bindings'.
     """
 
     binding: Binding
 
     def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, *, path: str = "auto", chunk: int = TASK_CHUNK,
                  image_chunk: int = INPUT_CHUNK, inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
-                 theta0: torch.Tensor | None = None, progress: bool = False, world: World = World()) -> None:
+                 theta0: torch.Tensor | None = None, progress: bool = False, world: World = World(),
+                 memory: float = math.inf) -> None:
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         if isinstance(problem, UnrolledProblem):
@@ -355,7 +364,7 @@ class Bound:
             self.binding = UnrolledBinding(problem, lam, batch, chunk, world)
         elif path == "auto" and isinstance(problem, FeatureHeadProblem):
             self.binding = BodyBinding(problem, lam, batch, image_chunk, inner, inner_damping, passes, theta0, world,
-                                       chunk)
+                                       chunk, memory)
         else:
             if inner not in ("auto", "cholesky"):
                 raise ValueError(f"inner solver {inner!r} needs the feature-head path; the per-task path solves the "
