@@ -1,11 +1,13 @@
 """Hand-written body passes against torch.func (float64), and through the influence analyzer."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 from torch.func import grad, jvp
 
-from metaif.curvature import AutogradPasses, SecondOrderPasses, body_passes, supports
+from metaif.curvature import AutogradPasses, SecondOrderPasses, TracedPasses, body_passes, passes_for, supports
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig
 from metaif.linalg import MetaifWarning
 from metaif.meta import AnilConfig, AnilProblem
@@ -21,7 +23,35 @@ def small_conv(pool_first: bool = False) -> FlatModel:
     return FlatModel(module, 5)
 
 
+class _Residual(nn.Module):
+    """Every registered step beyond the Sequential ones: batch norms (affine and not) with trained
+    statistics, a residual sum, LeakyReLU, Tanh in a branch, average pools, eval-mode dropout, identity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3), nn.LeakyReLU(0.1))
+        self.branch = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3, affine=False), nn.Tanh())
+        self.skip = nn.Identity()
+        self.pool = nn.Sequential(nn.AvgPool2d(2), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(self.pool(torch.add(self.branch(h), self.skip(h))))
+
+
+def residual_body() -> FlatModel:
+    module = _Residual().eval()
+    gen = torch.Generator().manual_seed(5)
+    for norm in (module.stem[1], module.branch[1]):  # trained statistics, not the identity
+        norm.running_mean.copy_(torch.randn(3, generator=gen))
+        norm.running_var.copy_(torch.rand(3, generator=gen) + 0.5)
+    return FlatModel(module, 4)
+
+
 BODIES = {
+    "resnet12": (lambda: resnet12(1, (2, 3, 3, 4), 16), (1, 16, 16)),
+    "residual-mixed": (residual_body, (2, 8, 8)),
     "conv4": (lambda: conv4(channels=4, image_size=16), (1, 16, 16)),
     "conv4-rgb": (lambda: conv4(in_channels=3, channels=4, image_size=16), (3, 16, 16)),
     "mixed-conv": (small_conv, (1, 8, 8)),
@@ -32,39 +62,47 @@ BODIES = {
 }
 
 
+def close(actual, expected):
+    """Float64 agreement to 1e-10 (rounding, not approximation)."""
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+
+
 def randn(*shape, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 @pytest.mark.parametrize("name", sorted(BODIES))
-@pytest.mark.parametrize("passes", [SecondOrderPasses, AutogradPasses])
+@pytest.mark.parametrize("passes", [SecondOrderPasses, TracedPasses, AutogradPasses])
 def test_passes_match_torch_func(name, passes):
     make, shape = BODIES[name]
     body = make()
+    if passes is SecondOrderPasses and not supports(body):
+        pytest.skip("a residual body: not a Sequential")
     lam, x = body.init(0, torch.float64), randn(6, *shape, seed=1)
     g, m, v = randn(6, body.out_features, seed=2), randn(6, body.out_features, seed=3), randn(lam.numel(), seed=4)
     p = passes(body, lam, x)
     p.cotangent(g)
-    torch.testing.assert_close(p.phi, body(lam, x))
-    torch.testing.assert_close(p.tangent(v), jvp(lambda la: body(la, x), (lam,), (v,))[1])
+    close(p.phi, body(lam, x))
+    close(p.tangent(v), jvp(lambda la: body(la, x), (lam,), (v,))[1])
     expected = grad(lambda la: (m * body(la, x)).sum() + (g * jvp(lambda l2: body(l2, x), (la,), (v,))[1]).sum())(lam)
-    torch.testing.assert_close(p.pull(m, v), expected)
-    torch.testing.assert_close(p.pull(m), grad(lambda la: (m * body(la, x)).sum())(lam))
+    close(p.pull(m, v), expected)
+    close(p.pull(m), grad(lambda la: (m * body(la, x)).sum())(lam))
     # a new direction without an explicit tangent call
     v2 = randn(lam.numel(), seed=5)
     expected2 = grad(lambda la: (g * jvp(lambda l2: body(l2, x), (la,), (v2,))[1]).sum())(lam)
-    torch.testing.assert_close(p.pull(torch.zeros_like(m), v2), expected2)
+    close(p.pull(torch.zeros_like(m), v2), expected2)
     # a direction changed in place after its tangent: the pull must not reuse stale tangents
     p.tangent(v2)
     v2.mul_(2.0)
-    torch.testing.assert_close(p.pull(torch.zeros_like(m), v2), 2.0 * expected2)
+    close(p.pull(torch.zeros_like(m), v2), 2.0 * expected2)
 
 
 def test_unsupported_bodies_fall_back_and_bad_requests_are_named():
     body = FlatModel(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.GELU()), 3)
     assert not supports(body)
     lam = body.init(0, torch.float64)
-    with pytest.warns(MetaifWarning, match=r"module 2 \(GELU\) has no hand-written rule.*autograd"):
+    assert passes_for(body) == ("autograd", "GELU at 2 (call_module)")
+    with pytest.warns(MetaifWarning, match=r"GELU at 2 \(call_module\) has no registered step.*autograd"):
         assert isinstance(body_passes(body, lam, randn(2, 4, seed=0)), AutogradPasses)
     with pytest.raises(ValueError, match="AutogradPasses"):
         body_passes(body, lam, randn(2, 4, seed=0), "structured")
@@ -91,7 +129,7 @@ def test_analyzer_products_agree_across_body_passes():
     torch.testing.assert_close(fast.gradient(fast.c), slow.gradient(slow.c))
 
 
-@pytest.mark.parametrize("passes", ["structured", "autograd"])
+@pytest.mark.parametrize("passes", ["structured", "traced", "autograd"])
 def test_a_memory_budget_recomputes_chunks_to_the_same_bits(passes):
     """No budget, a budget that keeps some chunks and none at all: the same features, products,
     gradients and scores, bit for bit; the diagnostics say what was kept."""
@@ -140,23 +178,19 @@ def test_resnet12_is_the_few_shot_backbone_with_frozen_norms():
 
 
 def test_resnet12_passes_and_total_hessian_products_match_references():
-    """A residual body with batch norms (no structured passes): autograd passes against torch.func,
-    and the analyzer's unique-image path against its per-task (seam) path, float64."""
+    """A residual body with batch norms: traced passes (chosen by "auto", no warning), and the
+    analyzer's unique-image path against its per-task (seam) path, float64."""
     body = resnet12(1, (2, 3, 3, 4), 16)
-    assert not supports(body)
-    lam, x = body.init(0, torch.float64), randn(5, 1, 16, 16, seed=1)
-    v, m = randn(lam.numel(), seed=2), randn(5, 4, seed=3)
-    p = AutogradPasses(body, lam, x)
-    torch.testing.assert_close(p.tangent(v), jvp(lambda la: body(la, x), (lam,), (v,))[1])
-    torch.testing.assert_close(p.pull(m), grad(lambda la: (m * body(la, x)).sum())(lam))
-
+    assert not supports(body) and passes_for(body) == ("traced", None)
+    lam, v = body.init(0, torch.float64), randn(body.num_params, seed=2)
     tasks = make_taskset(3)
     tasks = type(tasks)(**{**tasks.__dict__, "images": torch.nn.functional.interpolate(tasks.images, size=16)})
     problem = AnilProblem(body, AnilConfig(ways=3, delta=0.3, gamma=1e-3, inner_tol=1e-12))
-    with pytest.warns(MetaifWarning, match=r"module 0 \(_ResidualBlock\) has no hand-written rule"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MetaifWarning)
         fast = InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(path="auto"))
     seam = InfluenceAnalyzer(problem, lam, tasks, config=InfluenceConfig(path="seam"))
-    assert isinstance(fast.binding.body.kept[0], AutogradPasses)
+    assert isinstance(fast.binding.body.kept[0], TracedPasses)
     for variant in ("exact", "gn"):
-        torch.testing.assert_close(fast.hvp(v, variant), seam.hvp(v, variant))
-    torch.testing.assert_close(fast.task_gradients(), seam.task_gradients())  # with the products: every IF
+        close(fast.hvp(v, variant), seam.hvp(v, variant))
+    close(fast.task_gradients(), seam.task_gradients())  # with the products: every IF

@@ -24,32 +24,46 @@ qualifies; the autograd path serves every other body.
 
 from __future__ import annotations
 
-import warnings
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, jvp
 
-from ..linalg import MetaifWarning
 from ..models.nets import FlatModel
 from ..ops import has_kernels
 from ..ops.patches import gather_patch_matmul, gather_patch_matmul_t
 from ..utils.seen import SeenTensor
 
-
-def _tanh_derivatives(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    t = torch.tanh(z)
-    d1 = 1 - t * t
-    return d1, -2 * t * d1
+_CHANNELS_LAST = torch.channels_last
 
 
-def _softplus_derivatives(z: torch.Tensor, module: nn.Softplus) -> tuple[torch.Tensor, torch.Tensor]:
+def smooth_derivatives(z: torch.Tensor, module: nn.Tanh | nn.Softplus) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigma'(z), sigma''(z))`` of a smooth activation ``module``."""
+    if isinstance(module, nn.Tanh):
+        t = torch.tanh(z)
+        d1 = 1 - t * t
+        return d1, -2 * t * d1
     s = torch.sigmoid(module.beta * z)
     linear = module.beta * z > module.threshold  # torch's softplus is the identity there
     d1 = torch.where(linear, torch.ones_like(s), s)
     d2 = torch.where(linear, torch.zeros_like(s), module.beta * s * (1 - s))
     return d1, d2
+
+
+def affine_backward(module: nn.Conv2d | nn.Linear, out_grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+                    need_input: bool, need_weight: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(input gradient, weight gradient) of ``<out_grad, module(x) at weight w>`` (no bias)."""
+    if not isinstance(module, nn.Conv2d):
+        gi = out_grad @ w if need_input else None
+        gw = out_grad.flatten(0, -2).T @ x.flatten(0, -2) if need_weight else None
+        return gi, gw
+    gi, gw, _ = torch.ops.aten.convolution_backward(
+        out_grad.contiguous(memory_format=_CHANNELS_LAST), x.contiguous(memory_format=_CHANNELS_LAST), w,
+        None, module.stride, module.padding, module.dilation, False, [0, 0], module.groups,
+        [need_input, need_weight, False])
+    return gi, gw
 
 
 def _supported(module: nn.Module) -> bool:
@@ -76,10 +90,9 @@ def unsupported(model: FlatModel) -> str | None:
     return None
 
 
-_CHANNELS_LAST = torch.channels_last
 
 
-def _storage_bytes(tensors, inputs: tuple[torch.Tensor, ...] = ()) -> int:
+def storage_bytes(tensors, inputs: tuple[torch.Tensor, ...] = ()) -> int:
     """Bytes of the distinct storages behind ``tensors`` (views of one storage count once), not
     counting those of ``inputs`` (the images and lambda, which the caller holds anyway)."""
     theirs = {t.untyped_storage().data_ptr() for t in inputs}
@@ -87,16 +100,18 @@ def _storage_bytes(tensors, inputs: tuple[torch.Tensor, ...] = ()) -> int:
     return sum(size for pointer, size in seen.items() if pointer not in theirs)
 
 
-def _tensors_in(obj):
-    """Every tensor in nested dicts, lists and tuples."""
+def tensors_in(obj):
+    """Every tensor in nested dicts, lists, tuples and dataclasses."""
     if isinstance(obj, torch.Tensor):
         yield obj
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        yield from tensors_in(vars(obj))
     elif isinstance(obj, dict):
         for value in obj.values():
-            yield from _tensors_in(value)
+            yield from tensors_in(value)
     elif isinstance(obj, (list, tuple)):
         for value in obj:
-            yield from _tensors_in(value)
+            yield from tensors_in(value)
 
 
 class _Affine:
@@ -177,15 +192,7 @@ class _Affine:
     def _backward(self, out_grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
                   need_input: bool, need_weight: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(input gradient, weight gradient) of ``<out_grad, apply(x, w)>``."""
-        if not self.conv:
-            gi = out_grad @ w if need_input else None
-            gw = out_grad.flatten(0, -2).T @ x.flatten(0, -2) if need_weight else None
-            return gi, gw
-        m = self.module
-        gi, gw, _ = torch.ops.aten.convolution_backward(
-            out_grad.contiguous(memory_format=_CHANNELS_LAST), x.contiguous(memory_format=_CHANNELS_LAST), w,
-            None, m.stride, m.padding, m.dilation, False, [0, 0], m.groups, [need_input, need_weight, False])
-        return gi, gw
+        return affine_backward(self.module, out_grad, x, w, need_input, need_weight)
 
 
 class _PooledPatches(_Affine):
@@ -268,7 +275,7 @@ class SecondOrderPasses:
     def kept_bytes(self) -> int:
         """Bytes of the per-image state these passes keep (forward state, the backward signal of
         ``g`` once given, the latest tangents)."""
-        return _storage_bytes(_tensors_in([self.state, self.phi, self._tangents]), self._inputs)
+        return storage_bytes(tensors_in([self.state, self.phi, self._tangents]), self._inputs)
 
     @staticmethod
     def _plan(model: FlatModel, fuse_first: bool) -> list:
@@ -326,7 +333,7 @@ class SecondOrderPasses:
         if isinstance(mod, nn.ReLU):
             st["d1"] = (h > 0).to(h)
             return h * st["d1"]
-        st["d1"], st["d2"] = _tanh_derivatives(h) if isinstance(mod, nn.Tanh) else _softplus_derivatives(h, mod)
+        st["d1"], st["d2"] = smooth_derivatives(h, mod)
         return mod(h)
 
     def _linear_back(self, step, st: dict, signal: torch.Tensor) -> torch.Tensor:
@@ -417,7 +424,7 @@ class AutogradPasses:
 
     def kept_bytes(self) -> int:
         """Bytes of the features and of the tensors the kept gradient graph saved."""
-        return _storage_bytes([self.phi]) + self._graph_bytes
+        return storage_bytes([self.phi]) + self._graph_bytes
 
     def cotangent(self, g: torch.Tensor) -> None:
         saved: list[torch.Tensor] = []
@@ -430,7 +437,7 @@ class AutogradPasses:
             u = torch.zeros_like(g, requires_grad=True)
             phi = self.model(self._leaf, self.x)
             h = torch.autograd.grad(((g + u) * phi).sum(), self._leaf, create_graph=True)[0]
-        self._graph, self._graph_bytes = (phi, h, u), _storage_bytes(saved, (self.x, self._leaf))
+        self._graph, self._graph_bytes = (phi, h, u), storage_bytes(saved, (self.x, self._leaf))
 
     def tangent(self, v: torch.Tensor) -> torch.Tensor:
         if self._graph is not None:
@@ -445,20 +452,3 @@ class AutogradPasses:
             raise RuntimeError("call cotangent(g) before a second-order pull")
         phi, h, _ = self._graph
         return torch.autograd.grad((h * v).sum() + (m * phi).sum(), self._leaf, retain_graph=True)[0]
-
-
-PASSES = {"structured": SecondOrderPasses, "autograd": AutogradPasses}
-
-
-def body_passes(model: FlatModel, lam: torch.Tensor, x: torch.Tensor, method: str = "auto"):
-    """The passes ``method`` (a name of :data:`PASSES`) of ``model`` at ``lam`` on ``x``; ``"auto"``
-    takes the hand-written ones where :func:`supports` says so, autograd otherwise."""
-    if method == "auto":
-        reason = unsupported(model)
-        if reason is not None:  # once per reason (the warnings registry): a slower path, not an error
-            warnings.warn(f"body passes: {reason} has no hand-written rule, so the body runs on autograd's "
-                          f"passes (slower and more memory per image)", MetaifWarning, stacklevel=2)
-        method = "structured" if reason is None else "autograd"
-    if method not in PASSES:
-        raise ValueError(f"body passes must be 'auto' or one of {', '.join(PASSES)}, got {method!r}")
-    return PASSES[method](model, lam, x)

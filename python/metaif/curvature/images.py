@@ -17,7 +17,7 @@ from torch.func import grad, vmap
 from ..models.nets import FlatModel
 from ..parallel import ExactSum, World
 from ..utils.seen import SeenTensor
-from .body import body_passes
+from .passes import body_passes
 
 __all__ = ["INPUT_CHUNK", "ImageBody"]
 
@@ -82,7 +82,8 @@ class ImageBody:
                 "budget_mb": self.memory / 2 ** 20}
 
     def _passes(self, i: int):
-        """Chunk ``i``'s passes: the kept ones, or made afresh (given ``g`` when a pull has set one)."""
+        """Chunk ``i``'s passes: the kept ones, or made afresh (given ``g`` once a pull has set one:
+        autograd's tangent runs through g's graph then, and must take the same path as when kept)."""
         made = self.kept[i]
         if made is None:
             made = self._make(self.body, self.lam, self.images[self.chunks[i]])
