@@ -50,6 +50,7 @@ class Step:
     state its :meth:`forward` returned."""
 
     uses_delta = False  # whether pull's second-order term reads g's backward signal at the output
+    reads_input_tangent = False  # whether pull's second-order term reads the input's tangent
 
     def __init__(self, module: nn.Module | None, params: dict[str, slice], buffers: dict[str, Tensor]) -> None:
         self.module, self.params, self.buffers = module, params, buffers
@@ -93,7 +94,7 @@ class _AffineState:
 class AffineStep(Step):
     """``Conv2d`` (zero padding) and ``Linear``: bilinear in (input, weight), plus a bias."""
 
-    uses_delta = True
+    uses_delta = reads_input_tangent = True
 
     @staticmethod
     def refuses(module: nn.Module | None) -> str | None:
@@ -147,7 +148,7 @@ class FrozenNormStep(Step):
     """Batch norm in eval mode: frozen statistics, so an affine map per channel, bilinear in
     (input, scale)."""
 
-    uses_delta = True
+    uses_delta = reads_input_tangent = True
 
     @staticmethod
     def refuses(module: nn.Module | None) -> str | None:
@@ -201,8 +202,17 @@ class FrozenNormStep(Step):
 
 @dataclass
 class _ActivationState:
-    d1: Tensor         # sigma'(x)
-    d2: Maybe          # sigma''(x), None where it is zero (piecewise linear)
+    d1: Maybe          # sigma'(x) of a smooth activation
+    d2: Maybe          # sigma''(x) of a smooth activation
+    positive: Maybe = None  # x > 0 of a piecewise-linear one (a byte per element, not a float)
+    slope: float = 0.0      # its slope below 0
+
+    def derivative(self, like: Tensor) -> Tensor:
+        """sigma'(x) in ``like``'s dtype."""
+        if self.d1 is not None:
+            return self.d1
+        # the slope in x's dtype (a Python float would make a float32 tensor: 0.1 off by 1.5e-8)
+        return torch.where(self.positive, like.new_ones(()), like.new_full((), self.slope))
 
 
 @register_step(nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Softplus)
@@ -213,25 +223,24 @@ class ActivationStep(Step):
     def uses_delta(self) -> bool:
         return isinstance(self.module, (nn.Tanh, nn.Softplus))
 
+    reads_input_tangent = uses_delta
+
     def forward(self, inputs, lam):
         x, m = inputs[0], self.module
-        if isinstance(m, nn.ReLU):
-            d1, d2 = (x > 0).to(x), None
-        elif isinstance(m, nn.LeakyReLU):
-            # the slope in x's dtype (a Python float would make a float32 tensor: 0.1 off by 1.5e-8)
-            d1, d2 = torch.where(x > 0, x.new_ones(()), x.new_full((), m.negative_slope)), None
+        if isinstance(m, (nn.ReLU, nn.LeakyReLU)):
+            state = _ActivationState(None, None, x > 0, getattr(m, "negative_slope", 0.0))
         else:
-            d1, d2 = smooth_derivatives(x, m)
-        return _ActivationState(d1, d2), m(x)
+            state = _ActivationState(*smooth_derivatives(x, m))
+        return state, m(x)
 
     def tangent(self, state, dots, v):
-        return None if dots[0] is None else dots[0] * state.d1
+        return None if dots[0] is None else dots[0] * state.derivative(dots[0])
 
     def backward(self, state, signal, wants):
-        return [signal * state.d1 if wants[0] else None]
+        return [signal * state.derivative(signal) if wants[0] else None]
 
     def pull(self, state, zeta, dots, delta, v, grad, wants):
-        gi = zeta * state.d1
+        gi = zeta * state.derivative(zeta)
         if v is not None and state.d2 is not None and dots[0] is not None:
             gi = gi + delta * state.d2 * dots[0]
         return [gi if wants[0] else None]
@@ -368,11 +377,14 @@ def traced_unsupported(model: FlatModel) -> str | None:
 
 @dataclass
 class _Node:
-    """A node of the plan: its step, the positions of its inputs, whether it depends on lambda."""
+    """A node of the plan: its step, the positions of its inputs, whether it depends on lambda, the
+    last node that reads its value, and whether a pull reads its tangent."""
 
     step: Step
     inputs: list[int]
     depends: bool
+    last_use: int = 0
+    tangent_read: bool = False
 
 
 class TracedPasses:
@@ -389,10 +401,11 @@ class TracedPasses:
         self.states: list = []
         values: list[Maybe] = [x]  # position 0: the input
         with torch.no_grad():
-            for node in self.nodes[1:]:
-                state, out = node.step.forward([values[i] for i in node.inputs], self.lam)
+            for i, node in enumerate(self.nodes[1:], 1):
+                state, out = node.step.forward([values[j] for j in node.inputs], self.lam)
                 self.states.append(state)
                 values.append(out)
+                self._release(values, i)
         self.states.insert(0, None)
         self.phi = values[-1].contiguous()
         self._deltas: list[Maybe] | None = None
@@ -429,7 +442,18 @@ class TracedPasses:
                 step = STEPS[_node_kind(node, modules)](module, params, buffers)
                 nodes.append(_Node(step, inputs, bool(params) or any(nodes[i].depends for i in inputs)))
                 position[node] = len(nodes) - 1
+        for i, node in enumerate(nodes):
+            for j in node.inputs:
+                nodes[j].last_use = i
+                nodes[j].tangent_read |= node.step.reads_input_tangent
         return nodes
+
+    def _release(self, values: list[Maybe], i: int, keep: bool = False) -> None:
+        """Forget the values node ``i`` was the last to read (unless ``keep`` asks for the ones a
+        pull will read)."""
+        for j in self.nodes[i].inputs:
+            if self.nodes[j].last_use == i and not (keep and self.nodes[j].tangent_read):
+                values[j] = None
 
     def kept_bytes(self) -> int:
         """Bytes of the per-image state these passes keep."""
@@ -459,6 +483,7 @@ class TracedPasses:
             for i, node in enumerate(self.nodes[1:], 1):
                 dots.append(node.step.tangent(self.states[i], [dots[j] for j in node.inputs], v)
                             if node.depends else None)
+                self._release(dots, i, keep=True)
         self._dots, self._dot_v = dots, v.clone()
         return dots[-1]
 
