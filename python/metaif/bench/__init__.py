@@ -4,12 +4,14 @@
     metaif bench --only scale --root ../shared/data/omniglot
     metaif bench --device cuda --only gpu --root <omniglot folder>
     metaif bench --only distributed --root ../shared/data/omniglot
+    metaif bench --only backbones
 
 Single-threaded by default (the machine is shared), median of repeats; prints one table row
 per case with both timings, the speed-up and, for GEMM-bound kernels, the achieved GFLOP/s
 next to the measured single-thread sgemm peak. Outputs are checked for agreement first. The op
-cases (:mod:`.ops`) run by default; the data-set scale runs (:mod:`.scale`) and the CUDA kernel
-cases (:mod:`.gpu`) when named.
+cases (:mod:`.ops`) run by default; the data-set scale runs (:mod:`.scale`), the CUDA kernel
+cases (:mod:`.gpu`), the processes (:mod:`.distributed`) and the backbones (:mod:`.backbones`)
+when named.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 from ..utils.io import write_json
+from .backbones import backbone_cases
 from .core import BenchConfig, run
 from .distributed import distributed_cases
 from .gpu import gpu_cases
@@ -25,7 +28,7 @@ from .scale import scale_cases
 
 __all__ = ["GROUPS", "BenchConfig", "add_arguments", "main", "main_from_args", "run"]
 
-GROUPS = (*OP_GROUPS, scale_cases, gpu_cases, distributed_cases)
+GROUPS = (*OP_GROUPS, scale_cases, gpu_cases, distributed_cases, backbone_cases)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

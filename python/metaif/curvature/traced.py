@@ -18,7 +18,7 @@ A module type gets these passes by one registered :class:`Step` class (:func:`re
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,7 @@ class Step:
 
     uses_delta = False  # whether pull's second-order term reads g's backward signal at the output
     reads_input_tangent = False  # whether pull's second-order term reads the input's tangent
+    cheap_adjoint = True  # whether backward is elementwise-cheap (then g's signal below it is derived, not kept)
 
     def __init__(self, module: nn.Module | None, params: dict[str, slice], buffers: dict[str, Tensor]) -> None:
         self.module, self.params, self.buffers = module, params, buffers
@@ -95,6 +96,7 @@ class AffineStep(Step):
     """``Conv2d`` (zero padding) and ``Linear``: bilinear in (input, weight), plus a bias."""
 
     uses_delta = reads_input_tangent = True
+    cheap_adjoint = False
 
     @staticmethod
     def refuses(module: nn.Module | None) -> str | None:
@@ -378,13 +380,14 @@ def traced_unsupported(model: FlatModel) -> str | None:
 @dataclass
 class _Node:
     """A node of the plan: its step, the positions of its inputs, whether it depends on lambda, the
-    last node that reads its value, and whether a pull reads its tangent."""
+    last node that reads its value, whether a pull reads its tangent, and the nodes that read it."""
 
     step: Step
     inputs: list[int]
     depends: bool
     last_use: int = 0
     tangent_read: bool = False
+    consumers: list[int] = field(default_factory=list)
 
 
 class TracedPasses:
@@ -398,6 +401,7 @@ class TracedPasses:
             raise ValueError(f"TracedPasses cannot run this body: {reason}; use AutogradPasses")
         self.lam, self.num_params = lam.detach(), model.num_params
         self.nodes = self._plan(model, graph, lam)
+        self._kept_signals, self._derived = self._signal_plan()
         self.states: list = []
         values: list[Maybe] = [x]  # position 0: the input
         with torch.no_grad():
@@ -446,7 +450,33 @@ class TracedPasses:
             for j in node.inputs:
                 nodes[j].last_use = i
                 nodes[j].tangent_read |= node.step.reads_input_tangent
+                nodes[j].consumers.append(i)
         return nodes
+
+    def _signal_plan(self) -> tuple[set[int], dict[int, int]]:
+        """Where g's backward signal is kept, and for the other nodes whose pull reads it, the one
+        consumer it is derived from (a cheap adjoint: batch norm, activation, addition, pooling)."""
+        required = {i for i, node in enumerate(self.nodes) if node.step.uses_delta}
+        kept, derived = set(), {}
+        for j, node in enumerate(self.nodes):  # a consumer comes after its inputs: decided later
+            if j in required:
+                if len(node.consumers) == 1 and self.nodes[node.consumers[0]].step.cheap_adjoint:
+                    derived[j] = node.consumers[0]
+                    required.add(node.consumers[0])
+                else:
+                    kept.add(j)
+        return kept, derived
+
+    def _delta(self, i: int, memo: dict[int, Tensor]) -> Tensor:
+        """g's backward signal at node ``i``: kept, or derived from its consumer's."""
+        if self._deltas[i] is not None:
+            return self._deltas[i]
+        if i not in memo:
+            c = self._derived[i]
+            consumer = self.nodes[c]
+            parts = consumer.step.backward(self.states[c], self._delta(c, memo), [j == i for j in consumer.inputs])
+            memo[i] = parts[consumer.inputs.index(i)]
+        return memo[i]
 
     def _release(self, values: list[Maybe], i: int, keep: bool = False) -> None:
         """Forget the values node ``i`` was the last to read (unless ``keep`` asks for the ones a
@@ -474,7 +504,9 @@ class TracedPasses:
                 for j, part in zip(node.inputs, node.step.backward(self.states[i], signals[i], self._wants(node))):
                     if part is not None:
                         signals[j] = part if signals[j] is None else signals[j] + part
-        self._deltas = [s if n.step.uses_delta else None for s, n in zip(signals, self.nodes)]
+                if i not in self._kept_signals:
+                    signals[i] = None
+        self._deltas = signals
 
     def tangent(self, v: Tensor) -> Tensor:
         """``J v``, ``[N, out]``; the node tangents are kept for the :meth:`pull` of the same ``v``."""
@@ -497,13 +529,14 @@ class TracedPasses:
         grad = self.lam.new_zeros(self.num_params)
         zetas: list[Maybe] = [None] * len(self.nodes)
         zetas[-1] = m.to(self.phi)
+        memo: dict[int, Tensor] = {}  # derived signals of g, for this pull
         with torch.no_grad():
             for i in range(len(self.nodes) - 1, 0, -1):
                 node = self.nodes[i]
                 if zetas[i] is None or not node.depends:
                     continue
                 dots = [None] * len(node.inputs) if v is None else [self._dots[j] for j in node.inputs]
-                delta = None if v is None else self._deltas[i]
+                delta = self._delta(i, memo) if v is not None and node.step.uses_delta else None
                 parts = node.step.pull(self.states[i], zetas[i], dots, delta, v, grad, self._wants(node))
                 zetas[i] = None  # done: its memory goes
                 for j, part in zip(node.inputs, parts):
