@@ -7,7 +7,15 @@ import torch
 from torch import nn
 from torch.func import grad, jvp
 
-from metaif.curvature import AutogradPasses, SecondOrderPasses, TracedPasses, body_passes, passes_for, supports
+from metaif.curvature import (
+    AutogradPasses,
+    SecondOrderPasses,
+    TracedPasses,
+    body_passes,
+    passes_for,
+    supports,
+    traced_unsupported,
+)
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig
 from metaif.linalg import MetaifWarning
 from metaif.meta import AnilConfig, AnilProblem
@@ -194,3 +202,16 @@ def test_resnet12_passes_and_total_hessian_products_match_references():
     for variant in ("exact", "gn"):
         close(fast.hvp(v, variant), seam.hvp(v, variant))
     close(fast.task_gradients(), seam.task_gradients())  # with the products: every IF
+
+
+def test_bad_bodies_and_inputs_are_named_before_any_long_work():
+    tasks = make_taskset(3)  # 8x8 digits
+    too_small = AnilProblem(conv4(1, 4, 28), AnilConfig(ways=3))
+    with pytest.raises(ValueError, match=r"cannot take inputs of shape \(1, 8, 8\).*size it was built for"):
+        InfluenceAnalyzer(too_small, too_small.init_lambda(0), tasks)
+    not_flat = AnilProblem(FlatModel(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), 5), AnilConfig(ways=3))
+    with pytest.raises(ValueError, match=r"maps an input of shape \(1, 8, 8\) to \(2, 6, 6\), not to \[5\]"):
+        InfluenceAnalyzer(not_flat, not_flat.init_lambda(0), tasks)
+    dropout = FlatModel(nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 3)), 3)
+    assert traced_unsupported(dropout) == "Dropout at 1: dropout in train mode (random)"
+    assert passes_for(dropout)[0] == "autograd"

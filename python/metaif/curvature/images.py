@@ -45,6 +45,8 @@ class ImageBody:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         if not memory >= 0:
             raise ValueError(f"memory must be a number of bytes >= 0 (inf: keep everything), got {memory}")
+        if len(images):
+            body.check_inputs(lam, images)
         self.body, self.lam, self.images, self.world, self.memory = body, lam.detach(), images, world, memory
         first, last = world.span(len(images), block=chunk)
         self.chunks = [slice(s, min(s + chunk, last)) for s in range(first, last, chunk)]

@@ -72,6 +72,21 @@ class FlatModel:
         return {name: part.view(shape) for name, part, shape in
                 zip(self.names, torch.split(flat, self.numels), self.shapes)}
 
+    def check_inputs(self, flat: torch.Tensor, x: torch.Tensor) -> None:
+        """Raise a ``ValueError`` that names the shapes unless the model maps ``x [N, ...]``'s first
+        input to ``[1, out_features]`` (one input: cheap, before any long work)."""
+        name = type(self.module).__name__
+        try:
+            with torch.no_grad():
+                out = self(flat, x[:1])
+        except RuntimeError as err:
+            raise ValueError(f"the body ({name}) cannot take inputs of shape {tuple(x.shape[1:])}: {err}; give it "
+                             f"images of the size it was built for (e.g. conv4(image_size=...))") from None
+        if out.shape != (1, self.out_features):
+            raise ValueError(f"the body ({name}) maps an input of shape {tuple(x.shape[1:])} to {tuple(out.shape[1:])}, "
+                             f"not to [{self.out_features}] features (its out_features): end it with a Flatten (or "
+                             f"pooling) to a vector of out_features")
+
     def __call__(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``x [N, ...]`` → ``[N, out_features]``."""
         state = self.unflatten(flat)
