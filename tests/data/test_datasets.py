@@ -108,3 +108,23 @@ def test_shared_real_data_load():
     assert mnist.images.shape == (10000, 1, 28, 28)
     omniglot = load_omniglot(SHARED / "omniglot")
     assert 200 <= omniglot.num_classes <= 260 and omniglot.images.shape[1:] == (1, 28, 28)
+
+
+def test_the_synthetic_mini_imagenet_set_is_seeded_learnable_and_named_synthetic():
+    from metaif.data import DATASETS, SYNTHETIC_NAME, make_synthetic_images
+
+    small = make_synthetic_images(classes=5, per_class=12, size=24, seed=3)
+    assert small.name == SYNTHETIC_NAME == "synthetic-miniimagenet" and SYNTHETIC_NAME in DATASETS
+    assert small.images.shape == (60, 3, 24, 24) and small.images.dtype == torch.float32
+    assert float(small.images.min()) >= 0 and float(small.images.max()) <= 1
+    assert small.labels.tolist() == [k for k in range(5) for _ in range(12)]
+    assert torch.equal(make_synthetic_images(5, 12, 24, seed=3).images, small.images)
+    assert not torch.equal(make_synthetic_images(5, 12, 24, seed=4).images, small.images)
+    # learnable: class means of half the images classify the other half far above chance (0.2)
+    x, y = small.images.flatten(1), small.labels
+    fit = torch.arange(len(y)) % 2 == 0
+    means = torch.stack([x[fit & (y == k)].mean(0) for k in range(5)])
+    assert float((torch.cdist(x[~fit], means).argmin(1) == y[~fit]).float().mean()) > 0.6
+    assert make_synthetic_images(classes=2, per_class=1).images.shape == (2, 3, 84, 84)  # mini-ImageNet's images
+    with pytest.raises(ValueError, match="per_class must be an integer >= 1"):
+        make_synthetic_images(per_class=0)

@@ -1,6 +1,8 @@
 """Data sets, class/image splits and few-shot task sets with stable identities."""
 
-from .datasets import ClassDataset, DataError, load_dataset, load_digits, load_miniimagenet, load_mnist, load_omniglot
+from .catalog import DATASETS, EMBEDDED, load_dataset
+from .datasets import ClassDataset, DataError, load_digits, load_miniimagenet, load_mnist, load_omniglot
+from .synthetic import SYNTHETIC_NAME, make_synthetic_images
 from .tasks import (
     Pool,
     TaskConfig,
@@ -14,6 +16,7 @@ from .tasks import (
     with_rotations,
 )
 
-__all__ = ["ClassDataset", "DataError", "Pool", "TaskConfig", "TaskSet", "corrupt_labels", "hold_out", "load_dataset",
-           "load_digits", "load_miniimagenet", "load_mnist", "load_omniglot", "rotate_classes", "sample_tasks",
-           "split_classes", "split_images", "with_rotations"]
+__all__ = ["DATASETS", "EMBEDDED", "SYNTHETIC_NAME", "ClassDataset", "DataError", "Pool", "TaskConfig", "TaskSet",
+           "corrupt_labels", "hold_out", "load_dataset", "load_digits", "load_miniimagenet", "load_mnist",
+           "load_omniglot", "make_synthetic_images", "rotate_classes", "sample_tasks", "split_classes",
+           "split_images", "with_rotations"]

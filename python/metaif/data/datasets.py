@@ -21,8 +21,7 @@ import torch
 
 from ..utils.extras import optional_import
 
-__all__ = ["ClassDataset", "DataError", "load_digits", "load_mnist", "load_omniglot", "load_miniimagenet",
-           "load_dataset"]
+__all__ = ["ClassDataset", "DataError", "load_digits", "load_mnist", "load_omniglot", "load_miniimagenet"]
 
 
 class DataError(RuntimeError):
@@ -210,15 +209,3 @@ def load_miniimagenet(root: str | Path, split: str = "train", size: int = 84) ->
             labels.append(label)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return ClassDataset("miniimagenet", x, torch.tensor(labels, dtype=torch.int64), names)
-
-
-def load_dataset(name: str, root: str | Path | None = None) -> ClassDataset:
-    """Load by name: ``digits`` (no root), ``mnist``, ``omniglot``, ``miniimagenet`` (root required)."""
-    if name == "digits":
-        return load_digits()
-    loaders = {"mnist": load_mnist, "omniglot": load_omniglot, "miniimagenet": load_miniimagenet}
-    if name not in loaders:
-        raise ValueError(f"unknown dataset {name!r}; choose one of digits, {', '.join(loaders)}")
-    if root is None:
-        raise ValueError(f"dataset {name!r} needs --root: the folder that holds its files")
-    return loaders[name](root)

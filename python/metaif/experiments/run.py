@@ -11,7 +11,18 @@ from pathlib import Path
 import torch
 
 from ..curvature import get_loss
-from ..data import TaskConfig, TaskSet, hold_out, load_dataset, sample_tasks, split_classes, split_images, with_rotations
+from ..data import (
+    DATASETS,
+    EMBEDDED,
+    TaskConfig,
+    TaskSet,
+    hold_out,
+    load_dataset,
+    sample_tasks,
+    split_classes,
+    split_images,
+    with_rotations,
+)
 from ..meta import AnilConfig, AnilProblem, ImamlConfig, ImamlProblem, MamlConfig, MamlProblem, TrainConfig, evaluate, meta_train
 from ..meta.train import device_of
 from ..meta.unrolled import default_model
@@ -21,7 +32,7 @@ from ..utils.io import save_torch, write_json
 from ..utils.store import Stage
 
 HEAD_LOSSES = {"logistic": "softmax", "ridge": "squared", "binary": "binary"}
-DATASETS = ("digits", "omniglot", "mnist", "miniimagenet")
+
 FORMS = ("anil", "imaml", "maml")
 # the body of each --model, for images of `channels` x `size` x `size`
 BODIES = {
@@ -36,7 +47,8 @@ MODELS = tuple(BODIES)
 class RunConfig:
     """One meta-training run; saved as ``config.json`` next to its results."""
 
-    dataset: str = setting("digits", "data set (digits is embedded; the others read --root)", choices=DATASETS)
+    dataset: str = setting("digits", "data set (digits is embedded, synthetic-miniimagenet is generated: 64 x 600 "
+                                     "84x84 RGB images, not real data; the others read --root)", choices=DATASETS)
     root: str | None = setting(None, "folder with the data set's files (not needed for digits)")
     split: str = setting("class", "meta-train/test split: class (disjoint classes) or image (disjoint images of "
                                   "every class, the paper's MNIST setting)", choices=("class", "image"))
@@ -89,7 +101,7 @@ class RunConfig:
               self.inner_steps)
         check(finite(self.inner_lr) and self.inner_lr > 0, self, "inner_lr", "a finite number > 0", self.inner_lr)
         check(not (self.first_order and self.meta_sgd), self, "first_order", "off with meta_sgd", self.first_order)
-        check(self.dataset == "digits" or bool(self.root), self, "root",
+        check(self.dataset in EMBEDDED or bool(self.root), self, "root",
               f"the folder with the {self.dataset} files (--root)", self.root)
 
 
