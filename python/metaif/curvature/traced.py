@@ -67,6 +67,7 @@ class Step:
         return None if where is None else flat[where].view(getattr(self.module, name).shape)
 
     def forward(self, inputs: list[Tensor], lam: Tensor) -> tuple[object, Tensor]:
+        """(the state the other rules read, the output) of the node on ``inputs`` at ``lam``."""
         raise NotImplementedError
 
     def tangent(self, state, dots: list[Maybe], v: Tensor) -> Maybe:
@@ -88,7 +89,6 @@ class Step:
 class _AffineState:
     x: Tensor          # the input
     w: Tensor          # the weight at lambda
-    out_grad: Maybe = None
 
 
 @register_step(nn.Conv2d, nn.Linear)
@@ -360,8 +360,8 @@ def _trace(model: FlatModel) -> tuple[fx.GraphModule | None, str | None]:
         if node.op in ("placeholder", "output"):
             continue
         kind = _node_kind(node, modules)
-        name = node.target if node.op == "call_module" else getattr(node.target, "__name__", str(node.target))
-        what = f"{type(modules[node.target]).__name__} at {node.target}" if node.op == "call_module" else name
+        what = f"{type(modules[node.target]).__name__} at {node.target}" if node.op == "call_module" else \
+            getattr(node.target, "__name__", str(node.target))
         if node.op not in ("call_module", "call_function") or kind not in STEPS:
             return None, f"{what} ({node.op})"
         if any(not isinstance(arg, fx.Node) for arg in node.args) or node.kwargs:
