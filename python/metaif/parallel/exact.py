@@ -14,6 +14,7 @@ accurate than a float64 sum); the final rounding to the output dtype is the only
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 __all__ = ["WINDOWS", "WINDOW_BITS", "ExactSum"]
 
@@ -51,15 +52,16 @@ class ExactSum:
     addends' order and grouping and within ``count * 2**-64`` of each element's largest addend.
 
     :meth:`add` deposits an addend (or rows of one); :meth:`merge` adds another sum, which is what
-    an all-reduce of :attr:`top` (max), then of :attr:`limbs` and :attr:`special` (sums) does over
+    an all-reduce of :attr:`top` (max), then of :attr:`limbs` and :meth:`special` (sums) does over
     ranks after :meth:`align`; :meth:`value` rounds once to the dtype. Non-finite addends make the
-    value non-finite, as a float sum would (inf + -inf is nan in any order)."""
+    value non-finite, as a float sum would (inf + -inf is nan in any order); the float64 side sum
+    that holds them exists only once one arrives (:attr:`has_special`)."""
 
     def __init__(self, like: torch.Tensor) -> None:
         self.shape, self.dtype, self.device = like.shape, like.dtype, like.device
         self.limbs = torch.zeros(WINDOWS, *like.shape, dtype=torch.int64, device=like.device)
         self.top = torch.full(like.shape, _EMPTY, dtype=torch.int32, device=like.device)
-        self.special = torch.zeros(like.shape, dtype=torch.float64, device=like.device)
+        self._special: Tensor | None = None
 
     def add(self, part: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """Add ``part`` (shaped like the sum), or only its ``rows`` (an index into the first dimension:
@@ -70,7 +72,7 @@ class ExactSum:
         x = x if rows is None else x[rows]
         finite = torch.isfinite(x)
         if not bool(finite.all()):
-            self._scatter(self.special, rows, torch.where(finite, 0.0, x))
+            self._scatter(self.special(), rows, torch.where(finite, 0.0, x))
             x = torch.where(finite, x, 0.0)
         if rows is None:
             self.align(torch.maximum(self.top, _windows(x)))
@@ -112,16 +114,31 @@ class ExactSum:
         top = torch.maximum(self.top, other.top)
         self.align(top)
         self.limbs += _shifted(other.limbs, (top - other.top).to(torch.int64))
-        self.special += other.special
+        if other.has_special:
+            self.special().add_(other.special())
+
+    @property
+    def has_special(self) -> bool:
+        """Whether a non-finite addend arrived (then :meth:`special` holds their sum)."""
+        return self._special is not None
+
+    def special(self) -> torch.Tensor:
+        """The float64 sum of the non-finite addends, ``[*shape]`` (made on first use)."""
+        if self._special is None:
+            self._special = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
+        return self._special
 
     def value(self) -> torch.Tensor:
         """The sum, rounded once to the dtype of ``like``."""
-        limbs = self.limbs.clone()
+        limbs = self.limbs  # carried in place: the sum they hold does not change
         for j in range(WINDOWS - 1, 0, -1):  # carry upwards: lower limbs in [0, 2**32)
             carry = limbs[j] >> WINDOW_BITS
             limbs[j] -= carry << WINDOW_BITS
             limbs[j - 1] += carry
-        low = torch.zeros_like(self.special)
-        for j in range(WINDOWS - 1, 0, -1):  # below 2**64 units of the top window: one rounding
-            low = low + limbs[j].to(torch.float64) * _unit(self.top, j)
-        return (limbs[0].to(torch.float64) * _unit(self.top, 0) + low + self.special).to(self.dtype)
+        total = limbs[WINDOWS - 1].to(torch.float64).mul_(_unit(self.top, WINDOWS - 1))
+        for j in range(WINDOWS - 2, 0, -1):  # below 2**64 units of the top window: one rounding
+            total.add_(limbs[j].to(torch.float64).mul_(_unit(self.top, j)))
+        total = limbs[0].to(torch.float64).mul_(_unit(self.top, 0)).add_(total)
+        if self.has_special:
+            total.add_(self._special)
+        return total.to(self.dtype)

@@ -70,7 +70,8 @@ class World:
             dist.all_reduce(top, op=dist.ReduceOp.MAX)
             acc.align(top)
             dist.all_reduce(acc.limbs, op=dist.ReduceOp.SUM)
-            dist.all_reduce(acc.special, op=dist.ReduceOp.SUM)
+            if self.max(float(acc.has_special)):  # non-finite addends somewhere: rare, so sent only then
+                dist.all_reduce(acc.special(), op=dist.ReduceOp.SUM)
         return acc.value()
 
     def sum_blocks(self, parts, like: torch.Tensor) -> torch.Tensor:
