@@ -22,6 +22,7 @@ WINDOW_BITS = 32  # digits below 2**32: 2**31 of them fit in an int64 limb befor
 WINDOWS = 3  # kept windows: at least 64 bits below an element's largest leading bit
 _LOWEST = -31 + WINDOWS - 1  # lowest top window: units stay >= 2**-992 (normal float64)
 _EMPTY = -(2 ** 20)  # the top window of an element that has only had zeros (below every real one)
+_SLICE = 1 << 22  # elements per slice of value()
 
 
 def _windows(x: torch.Tensor) -> torch.Tensor:
@@ -66,10 +67,9 @@ class ExactSum:
     def add(self, part: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """Add ``part`` (shaped like the sum), or only its ``rows`` (an index into the first dimension:
         ``part[rows]`` goes to those rows of the sum; a repeated row is added as often)."""
-        x = part.detach().to(torch.float64)
-        if rows is None and x.shape != self.shape:
-            raise ValueError(f"an addend of shape {tuple(x.shape)} cannot join a sum of shape {tuple(self.shape)}")
-        x = x if rows is None else x[rows]
+        if rows is None and part.shape != self.shape:
+            raise ValueError(f"an addend of shape {tuple(part.shape)} cannot join a sum of shape {tuple(self.shape)}")
+        x = (part.detach() if rows is None else part.detach()[rows]).to(torch.float64)  # only the rows widen
         finite = torch.isfinite(x)
         if not bool(finite.all()):
             self._scatter(self.special(), rows, torch.where(finite, 0.0, x))
@@ -78,9 +78,9 @@ class ExactSum:
             self.align(torch.maximum(self.top, _windows(x)))
             top = self.top
         else:
-            touched = torch.unique(rows)
-            index = rows.view(-1, *[1] * (x.dim() - 1)).expand_as(x)
-            wanted = self.top.scatter_reduce(0, index, _windows(x), "amax")[touched]
+            touched, slot = torch.unique(rows, return_inverse=True)
+            index = slot.view(-1, *[1] * (x.dim() - 1)).expand_as(x)
+            wanted = self.top[touched].scatter_reduce_(0, index, _windows(x), "amax")  # only the touched rows
             self.limbs[:, touched] = _shifted(self.limbs[:, touched], (wanted - self.top[touched]).to(torch.int64))
             self.top[touched] = wanted
             top = self.top[rows]
@@ -129,16 +129,21 @@ class ExactSum:
         return self._special
 
     def value(self) -> torch.Tensor:
-        """The sum, rounded once to the dtype of ``like``."""
-        limbs = self.limbs  # carried in place: the sum they hold does not change
-        for j in range(WINDOWS - 1, 0, -1):  # carry upwards: lower limbs in [0, 2**32)
-            carry = limbs[j] >> WINDOW_BITS
-            limbs[j] -= carry << WINDOW_BITS
-            limbs[j - 1] += carry
-        total = limbs[WINDOWS - 1].to(torch.float64).mul_(_unit(self.top, WINDOWS - 1))
-        for j in range(WINDOWS - 2, 0, -1):  # below 2**64 units of the top window: one rounding
-            total.add_(limbs[j].to(torch.float64).mul_(_unit(self.top, j)))
-        total = limbs[0].to(torch.float64).mul_(_unit(self.top, 0)).add_(total)
-        if self.has_special:
-            total.add_(self._special)
-        return total.to(self.dtype)
+        """The sum, rounded once to the dtype of ``like`` (worked out ``_SLICE`` elements at a time, so
+        that the temporaries stay small beside the limbs)."""
+        limbs, top = self.limbs.view(WINDOWS, -1), self.top.view(-1)  # carried in place: the same sum
+        out = torch.empty(top.numel(), dtype=self.dtype, device=self.device)
+        for start in range(0, top.numel(), _SLICE):
+            part, at = limbs[:, start:start + _SLICE], top[start:start + _SLICE]
+            for j in range(WINDOWS - 1, 0, -1):  # carry upwards: lower limbs in [0, 2**32)
+                carry = part[j] >> WINDOW_BITS
+                part[j] -= carry << WINDOW_BITS
+                part[j - 1] += carry
+            total = part[WINDOWS - 1].to(torch.float64).mul_(_unit(at, WINDOWS - 1))
+            for j in range(WINDOWS - 2, 0, -1):  # below 2**64 units of the top window: one rounding
+                total.add_(part[j].to(torch.float64).mul_(_unit(at, j)))
+            total = part[0].to(torch.float64).mul_(_unit(at, 0)).add_(total)
+            if self.has_special:
+                total.add_(self._special.view(-1)[start:start + _SLICE])
+            out[start:start + _SLICE] = total
+        return out.view(self.shape)
