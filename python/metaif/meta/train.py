@@ -24,7 +24,7 @@ from ..utils.config import check, check_choice, config, finite, results_settings
 from ..utils.progress import stage
 from ..utils.store import StaleResults, fingerprint
 from .batch import TaskBatch, Weights
-from .binding import chunk_spans, meta_gradient
+from .binding import TASK_CHUNK, chunk_spans, meta_gradient
 from .problem import TrainableProblem, outer_l2
 
 __all__ = ["DTYPES", "Accuracy", "TrainConfig", "TrainResult", "device_of", "evaluate", "full_objective", "meta_train",
@@ -83,13 +83,13 @@ def device_of(config: TrainConfig) -> torch.device:
 TASK_BLOCK, INPUT_BLOCK = 4, INPUT_CHUNK
 
 
-def _by_tasks(world: World, gradient, batch: TaskBatch, task_weights: torch.Tensor,
-              like: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """``gradient(block, weights)`` over blocks of :data:`TASK_BLOCK` tasks of ``batch``, the ranks
-    sharing whole blocks, summed exactly (gradients shaped like ``like``)."""
-    first, last = world.span(len(batch), block=TASK_BLOCK)
+def _by_tasks(world: World, gradient, batch: TaskBatch, task_weights: torch.Tensor, like: torch.Tensor,
+              block: int) -> tuple[torch.Tensor, dict]:
+    """``gradient(block, weights)`` over blocks of ``block`` tasks of ``batch``, the ranks sharing
+    whole blocks, summed exactly (gradients shaped like ``like``)."""
+    first, last = world.span(len(batch), block=block)
     grads, losses, worst = [], [], 0.0
-    for start, end in chunk_spans(last, TASK_BLOCK, first):
+    for start, end in chunk_spans(last, block, first):
         rows = torch.arange(start, end, device=batch.pos_tr.device)
         grad, info = gradient(batch.select(rows), task_weights[rows])
         grads.append(grad)
@@ -107,7 +107,7 @@ def outer_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: t
     own = getattr(problem, "outer_gradient", None)
     if own is None:
         return meta_gradient(problem, lam, batch, task_weights, world)
-    return _by_tasks(world, lambda b, c: own(lam, b, c), batch, task_weights, lam)
+    return _by_tasks(world, lambda b, c: own(lam, b, c), batch, task_weights, lam, TASK_CHUNK)
 
 
 def training_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor,
@@ -118,7 +118,7 @@ def training_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights
     own = getattr(problem, "training_gradient", None) or getattr(problem, "outer_gradient", None)
     if own is None:
         return meta_gradient(problem, lam, batch, task_weights, world, TASK_BLOCK, INPUT_BLOCK)
-    return _by_tasks(world, lambda b, c: own(lam, b, c), batch, task_weights, lam)
+    return _by_tasks(world, lambda b, c: own(lam, b, c), batch, task_weights, lam, TASK_BLOCK)
 
 
 def _active(weights: Weights) -> torch.Tensor:
