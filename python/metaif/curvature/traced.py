@@ -377,6 +377,14 @@ def traced_unsupported(model: FlatModel) -> str | None:
     return _trace(model)[1]
 
 
+def _own(named: dict, module_name: str) -> dict:
+    """The entries of ``named`` (keyed by qualified names) that belong to the module itself, by their
+    short names (``"weight"``, ``"running_mean"``), not to its children."""
+    prefix = f"{module_name}."
+    return {name[len(prefix):]: value for name, value in named.items()
+            if name.startswith(prefix) and "." not in name[len(prefix):]}
+
+
 @dataclass
 class _Node:
     """A node of the plan: its step, the positions of its inputs, whether it depends on lambda, the
@@ -437,11 +445,9 @@ class TracedPasses:
                                        nodes[position[result]].depends))
             else:
                 module = modules.get(node.target) if node.op == "call_module" else None
-                prefix = f"{node.target}." if module is not None else ""
-                params = {name[len(prefix):]: where for name, where in offsets.items()
-                          if module is not None and name.startswith(prefix) and "." not in name[len(prefix):]}
-                buffers = {name[len(prefix):]: b.to(lam) for name, b in model.buffers.items()
-                           if module is not None and name.startswith(prefix) and "." not in name[len(prefix):]}
+                params = _own(offsets, node.target) if module is not None else {}
+                buffers = {name: b.to(lam) for name, b in _own(model.buffers, node.target).items()} \
+                    if module is not None else {}
                 inputs = [position[arg] for arg in node.args]
                 step = STEPS[_node_kind(node, modules)](module, params, buffers)
                 nodes.append(_Node(step, inputs, bool(params) or any(nodes[i].depends for i in inputs)))
