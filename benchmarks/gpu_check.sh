@@ -3,7 +3,10 @@
 #
 #     benchmarks/gpu_check.sh [RESULTS.json] [OMNIGLOT_FOLDER]
 #
-# 1. builds metaif against that machine's own torch (whatever its version: the build pins to it);
+# 0. when METAIF_WHEEL names a wheel built elsewhere (build_tools/build_wheel.sh, against another
+#    torch), installs it without rebuilding into a venv that sees this machine's torch and runs every
+#    op against metaif.reference (tests/wheel_smoke.py): the stable ABI's promise, checked;
+# 1. builds metaif against that machine's own torch, with its CUDA kernels;
 # 2. runs the CUDA tests (tests/test_cuda.py) and the CPU emulation of the kernels' code;
 # 3. benchmarks every kernel against the PyTorch composition with CUDA events, and the exact total
 #    HVP of the 200-task Omniglot Conv-4 pipeline when OMNIGLOT_FOLDER is given
@@ -36,6 +39,13 @@ rm -f "$logs/steps.txt"
   "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
 } >"$logs/environment.log" 2>&1
 cat "$logs/environment.log"
+
+if [ -n "${METAIF_WHEEL:-}" ]; then
+  venv=$(mktemp -d)/venv
+  "$python" -m venv --system-site-packages "$venv"
+  step prebuilt_wheel 120 bash -c "'$venv/bin/python' -m pip install -q --no-deps '$METAIF_WHEEL' && cd /tmp &&
+    '$venv/bin/python' '$PWD/tests/wheel_smoke.py'"
+fi
 
 if step build 300 "$python" -m pip install --no-build-isolation --no-deps -v -e .; then
   step tests 150 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/ops/test_emulation.py \

@@ -4,7 +4,7 @@
 // (blas.cpp), so a torch without them gives a clear ImportError instead of an undefined symbol.
 #pragma once
 
-#include <c10/util/Exception.h>
+#include "tensor.h"
 
 #include <cstdint>
 #include <limits>
@@ -28,8 +28,8 @@ struct Routines {
 const Routines& routines();
 
 inline int to_blas_int(int64_t v) {
-  TORCH_CHECK(v <= std::numeric_limits<int>::max(),
-              "metaif: a matrix dimension of ", v, " exceeds the 32-bit BLAS interface");
+  METAIF_CHECK(v <= std::numeric_limits<int>::max(),
+               "metaif: a matrix dimension of ", v, " exceeds the 32-bit BLAS interface");
   return static_cast<int>(v);
 }
 

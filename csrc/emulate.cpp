@@ -9,9 +9,6 @@
 // left out of the wheel; importing it registers the ops.
 #include "python_module.h"  // first: it includes Python.h
 
-#include <ATen/ATen.h>
-#include <torch/library.h>
-
 #include <tuple>
 #include <vector>
 
@@ -27,7 +24,7 @@ namespace metaif {
 namespace {
 
 void check_threads(const char* op, int64_t threads) {
-  TORCH_CHECK(threads >= 0 && threads <= 64, op, ": threads must lie in [0, 64] (0: one thread), got ", threads);
+  METAIF_CHECK(threads >= 0 && threads <= 64, op, ": threads must lie in [0, 64] (0: one thread), got ", threads);
 }
 
 // column(team, task, column, storage) for every column of a [tasks, batch, dim] problem, each on a
@@ -46,13 +43,13 @@ void run_columns(const char* op, int64_t tasks, int64_t batch, int64_t storage, 
 }
 
 template <typename T, typename Family>
-at::Tensor neumann_blocks(const char* op, const Family& family, const at::Tensor& b,
-                           const std::optional<at::Tensor>& scale, int64_t iters, double rtol, int64_t threads) {
-  at::Tensor x = at::empty(b.sizes(), b.options());
+Tensor neumann_blocks(const char* op, const Family& family, const Tensor& b,
+                           const std::optional<Tensor>& scale, int64_t iters, double rtol, int64_t threads) {
+  Tensor x = empty_like_shape(b, b.sizes());
   const int64_t batch = b.size(1), q = family.task(0).dim();
-  const T* bp = b.data_ptr<T>();
-  T* xp = x.data_ptr<T>();
-  const double* sp = scale.has_value() ? scale->data_ptr<double>() : nullptr;
+  const T* bp = b.mutable_data_ptr<T>();
+  T* xp = x.mutable_data_ptr<T>();
+  const double* sp = scale.has_value() ? scale->mutable_data_ptr<double>() : nullptr;
   const int64_t storage = team::neumann_storage(q, 1, family.task(0).scratch_size());
   run_columns<T>(op, b.size(0), batch, storage, threads, [&](const auto& team, int64_t t, int64_t c, T* buf) {
     const int64_t offset = (t * batch + c) * q;
@@ -65,17 +62,17 @@ at::Tensor neumann_blocks(const char* op, const Family& family, const at::Tensor
 }
 
 template <typename T, typename Family>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cg_blocks(const char* op, const Family& family, const at::Tensor& b,
+std::tuple<Tensor, Tensor, Tensor> cg_blocks(const char* op, const Family& family, const Tensor& b,
                                                           double rtol, int64_t maxiter, int64_t threads) {
   const int64_t tasks = b.size(0), batch = b.size(1), q = family.task(0).dim();
-  at::Tensor x = at::zeros(b.sizes(), b.options());
-  at::Tensor iters = at::zeros({tasks, batch}, b.options().dtype(at::kLong));
-  at::Tensor resid = at::zeros({tasks, batch}, b.options());
+  Tensor x = zeros_like_shape(b, b.sizes());
+  Tensor iters = zeros_like_shape(b, {tasks, batch}, ScalarType::Long);
+  Tensor resid = zeros_like_shape(b, {tasks, batch});
   const int64_t cap = maxiter < 0 ? q : maxiter;
-  const T* bp = b.data_ptr<T>();
-  T* xp = x.data_ptr<T>();
-  int64_t* ip = iters.data_ptr<int64_t>();
-  T* rp = resid.data_ptr<T>();
+  const T* bp = b.mutable_data_ptr<T>();
+  T* xp = x.mutable_data_ptr<T>();
+  int64_t* ip = iters.mutable_data_ptr<int64_t>();
+  T* rp = resid.mutable_data_ptr<T>();
   const int64_t storage = team::cg_storage(q, 1, family.task(0).scratch_size());
   run_columns<T>(op, tasks, batch, storage, threads, [&](const auto& team, int64_t t, int64_t c, T* buf) {
     const int64_t offset = (t * batch + c) * q;
@@ -87,23 +84,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cg_blocks(const char* op, const F
   return {x, iters, resid};
 }
 
-at::Tensor neumann_dense(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& scale,
+Tensor neumann_dense(const Tensor& a, const Tensor& b, const std::optional<Tensor>& scale,
                          int64_t iters, double damping, std::optional<double> rtol, int64_t threads) {
   constexpr const char* kOp = "neumann_dense";
   check_dense_inputs(kOp, a, b);
   check_threads(kOp, threads);
   const auto s = neumann_scales(kOp, scale, a.size(0), iters, damping, b);
   const double tol = neumann_rtol(kOp, rtol);
-  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
-  if (bc.numel() == 0) return at::empty(bc.sizes(), bc.options());
-  return AT_DISPATCH_FLOATING_TYPES(bc.scalar_type(), kOp, [&] {
-    const team::DenseFamily<scalar_t> family{ac.data_ptr<scalar_t>(), a.size(1), static_cast<scalar_t>(damping)};
+  const Tensor ac = contiguous(a), bc = contiguous(b);
+  if (bc.numel() == 0) return empty_like_shape(bc, bc.sizes());
+  return METAIF_DISPATCH_FLOATING(bc.scalar_type(), kOp, [&] {
+    const team::DenseFamily<scalar_t> family{ac.mutable_data_ptr<scalar_t>(), a.size(1), static_cast<scalar_t>(damping)};
     return neumann_blocks<scalar_t>(kOp, family, bc, s, iters, tol, threads);
   });
 }
 
-at::Tensor neumann_ce_head(const at::Tensor& feats, const at::Tensor& probs, const std::optional<at::Tensor>& weights,
-                           const at::Tensor& b, const std::optional<at::Tensor>& scale, int64_t iters, double damping,
+Tensor neumann_ce_head(const Tensor& feats, const Tensor& probs, const std::optional<Tensor>& weights,
+                           const Tensor& b, const std::optional<Tensor>& scale, int64_t iters, double damping,
                            std::optional<double> rtol, int64_t threads) {
   constexpr const char* kOp = "neumann_ce_head";
   const CeHeadInputs in = ce_head_inputs(kOp, feats, probs, weights, b, "b");
@@ -111,54 +108,54 @@ at::Tensor neumann_ce_head(const at::Tensor& feats, const at::Tensor& probs, con
   check_threads(kOp, threads);
   const auto s = neumann_scales(kOp, scale, in.tasks, iters, damping, b);
   const double tol = neumann_rtol(kOp, rtol);
-  const at::Tensor bc = b.contiguous();
-  if (bc.numel() == 0) return at::empty(bc.sizes(), bc.options());
-  return AT_DISPATCH_FLOATING_TYPES(bc.scalar_type(), kOp, [&] {
+  const Tensor bc = contiguous(b);
+  if (bc.numel() == 0) return empty_like_shape(bc, bc.sizes());
+  return METAIF_DISPATCH_FLOATING(bc.scalar_type(), kOp, [&] {
     return neumann_blocks<scalar_t>(kOp, in.family<scalar_t>(damping), bc, s, iters, tol, threads);
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cg_dense(const at::Tensor& a, const at::Tensor& b, double damping,
+std::tuple<Tensor, Tensor, Tensor> cg_dense(const Tensor& a, const Tensor& b, double damping,
                                                         double rtol, int64_t maxiter, int64_t threads) {
   constexpr const char* kOp = "cg_dense";
   check_dense_inputs(kOp, a, b);
   check_solver_args(kOp, damping, rtol, maxiter);
   check_threads(kOp, threads);
-  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
-  return AT_DISPATCH_FLOATING_TYPES(bc.scalar_type(), kOp, [&] {
-    const team::DenseFamily<scalar_t> family{ac.data_ptr<scalar_t>(), a.size(1), static_cast<scalar_t>(damping)};
+  const Tensor ac = contiguous(a), bc = contiguous(b);
+  return METAIF_DISPATCH_FLOATING(bc.scalar_type(), kOp, [&] {
+    const team::DenseFamily<scalar_t> family{ac.mutable_data_ptr<scalar_t>(), a.size(1), static_cast<scalar_t>(damping)};
     return cg_blocks<scalar_t>(kOp, family, bc, rtol, maxiter, threads);
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cg_ce_head(const at::Tensor& feats, const at::Tensor& probs,
-                                                          const std::optional<at::Tensor>& weights,
-                                                          const at::Tensor& b, double damping, double rtol,
+std::tuple<Tensor, Tensor, Tensor> cg_ce_head(const Tensor& feats, const Tensor& probs,
+                                                          const std::optional<Tensor>& weights,
+                                                          const Tensor& b, double damping, double rtol,
                                                           int64_t maxiter, int64_t threads) {
   constexpr const char* kOp = "cg_ce_head";
   const CeHeadInputs in = ce_head_inputs(kOp, feats, probs, weights, b, "b");
   check_solver_args(kOp, damping, rtol, maxiter);
   check_singular_damping(kOp, damping);
   check_threads(kOp, threads);
-  const at::Tensor bc = b.contiguous();
-  return AT_DISPATCH_FLOATING_TYPES(bc.scalar_type(), kOp, [&] {
+  const Tensor bc = contiguous(b);
+  return METAIF_DISPATCH_FLOATING(bc.scalar_type(), kOp, [&] {
     return cg_blocks<scalar_t>(kOp, in.family<scalar_t>(damping), bc, rtol, maxiter, threads);
   });
 }
 
-at::Tensor ce_head_hvp(const at::Tensor& feats, const at::Tensor& probs, const at::Tensor& vecs, double damping,
-                       const std::optional<at::Tensor>& weights, int64_t threads) {
+Tensor ce_head_hvp(const Tensor& feats, const Tensor& probs, const Tensor& vecs, double damping,
+                       const std::optional<Tensor>& weights, int64_t threads) {
   constexpr const char* kOp = "ce_head_hvp";
   const CeHeadInputs in = ce_head_inputs(kOp, feats, probs, weights, vecs, "vecs");
   check_finite(kOp, damping, "damping");
   check_threads(kOp, threads);
-  const at::Tensor v = vecs.contiguous();
-  at::Tensor out = at::empty(v.sizes(), v.options());
+  const Tensor v = contiguous(vecs);
+  Tensor out = empty_like_shape(v, v.sizes());
   const int64_t batch = v.size(1), dim = in.classes * in.d;
-  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), kOp, [&] {
+  METAIF_DISPATCH_FLOATING(v.scalar_type(), kOp, [&] {
     const auto family = in.family<scalar_t>(damping);
-    const scalar_t* vp = v.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
+    const scalar_t* vp = v.mutable_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
     run_columns<scalar_t>(kOp, in.tasks, batch, in.n * in.classes, threads,
                           [&](const auto& team, int64_t t, int64_t c, scalar_t* z) {
                             const int64_t offset = (t * batch + c) * dim;
@@ -169,24 +166,24 @@ at::Tensor ce_head_hvp(const at::Tensor& feats, const at::Tensor& probs, const a
   return out;
 }
 
-at::Tensor gather_patch_matmul(const at::Tensor& cols, const at::Tensor& index, const at::Tensor& mask,
-                               const at::Tensor& weight) {
+Tensor gather_patch_matmul(const Tensor& cols, const Tensor& index, const Tensor& mask,
+                               const Tensor& weight) {
   constexpr const char* kOp = "gather_patch_matmul";
   const PatchShape s = check_patch_args(kOp, cols, index, mask);
   check_like(kOp, cols, "cols", weight, "weight");
-  const at::Tensor c = cols.contiguous(), idx = index.contiguous(), m = mask.contiguous(), w = weight.contiguous();
-  at::Tensor out = at::empty({s.n, s.positions, s.channels}, cols.options());
+  const Tensor c = contiguous(cols), idx = contiguous(index), m = contiguous(mask), w = contiguous(weight);
+  Tensor out = empty_like_shape(cols, {s.n, s.positions, s.channels});
   bool in_range = true;
-  AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), kOp, [&] {
-    const int64_t* ip = idx.data_ptr<int64_t>();
+  METAIF_DISPATCH_FLOATING(cols.scalar_type(), kOp, [&] {
+    const int64_t* ip = idx.mutable_data_ptr<int64_t>();
     for (int64_t at = 0; at < out.numel(); ++at) {  // the kernel's thread `at`
       const int64_t row = ip[at];
       if (!arith::row_in_range(row, s)) {
         in_range = false;
         continue;
       }
-      out.data_ptr<scalar_t>()[at] = m.data_ptr<scalar_t>()[at] *
-          arith::patch_product(c.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s, at / (s.positions * s.channels), row,
+      out.mutable_data_ptr<scalar_t>()[at] = m.mutable_data_ptr<scalar_t>()[at] *
+          arith::patch_product(c.mutable_data_ptr<scalar_t>(), w.mutable_data_ptr<scalar_t>(), s, at / (s.positions * s.channels), row,
                                at % s.channels);
     }
   });
@@ -194,30 +191,30 @@ at::Tensor gather_patch_matmul(const at::Tensor& cols, const at::Tensor& index, 
   return out;
 }
 
-at::Tensor gather_patch_matmul_t(const at::Tensor& cols, const at::Tensor& index, const at::Tensor& mask,
-                                 const at::Tensor& signal) {
+Tensor gather_patch_matmul_t(const Tensor& cols, const Tensor& index, const Tensor& mask,
+                                 const Tensor& signal) {
   constexpr const char* kOp = "gather_patch_matmul_t";
   const PatchShape s = check_patch_args(kOp, cols, index, mask);
   check_like(kOp, cols, "cols", signal, "signal");
-  const at::Tensor c = cols.contiguous(), idx = index.contiguous(), m = mask.contiguous(), g = signal.contiguous();
-  at::Tensor total = at::zeros({s.channels, s.taps}, cols.options().dtype(at::kDouble));
+  const Tensor c = contiguous(cols), idx = contiguous(index), m = contiguous(mask), g = contiguous(signal);
+  Tensor total = zeros_like_shape(cols, {s.channels, s.taps}, ScalarType::Double);
   bool in_range = true;
-  AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), kOp, [&] {
-    double* tp = total.data_ptr<double>();
+  METAIF_DISPATCH_FLOATING(cols.scalar_type(), kOp, [&] {
+    double* tp = total.mutable_data_ptr<double>();
     for (int64_t channel = 0; channel < s.channels; ++channel)  // the kernel's thread (channel, tap)
       for (int64_t tap = 0; tap < s.taps; ++tap)
         for (int64_t image = 0; image < s.n; ++image)
-          tp[channel * s.taps + tap] += arith::patch_adjoint(c.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
-                                                             m.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), s, image,
+          tp[channel * s.taps + tap] += arith::patch_adjoint(c.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>(),
+                                                             m.mutable_data_ptr<scalar_t>(), g.mutable_data_ptr<scalar_t>(), s, image,
                                                              channel, tap, in_range);
   });
   check_index_range(kOp, !in_range, s.rows);
-  return total.to(cols.scalar_type());
+  return torch::stable::to(total, cols.scalar_type());
 }
 
 }  // namespace
 
-TORCH_LIBRARY(metaif_emulate, m) {
+STABLE_TORCH_LIBRARY(metaif_emulate, m) {
   m.def("neumann_dense(Tensor a, Tensor b, Tensor? scale, int iters, float damping, float? rtol, int threads) "
         "-> Tensor");
   m.def("neumann_ce_head(Tensor feats, Tensor probs, Tensor? weights, Tensor b, Tensor? scale, int iters, "
@@ -231,19 +228,19 @@ TORCH_LIBRARY(metaif_emulate, m) {
   m.def("gather_patch_matmul_t(Tensor cols, Tensor index, Tensor mask, Tensor signal) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(metaif_emulate, CPU, m) {
-  m.impl("neumann_dense", &neumann_dense);
-  m.impl("neumann_ce_head", &neumann_ce_head);
-  m.impl("cg_dense", &cg_dense);
-  m.impl("cg_ce_head", &cg_ce_head);
-  m.impl("ce_head_hvp", &ce_head_hvp);
-  m.impl("gather_patch_matmul", &gather_patch_matmul);
-  m.impl("gather_patch_matmul_t", &gather_patch_matmul_t);
+STABLE_TORCH_LIBRARY_IMPL(metaif_emulate, CPU, m) {
+  m.impl("neumann_dense", TORCH_BOX(&neumann_dense));
+  m.impl("neumann_ce_head", TORCH_BOX(&neumann_ce_head));
+  m.impl("cg_dense", TORCH_BOX(&cg_dense));
+  m.impl("cg_ce_head", TORCH_BOX(&cg_ce_head));
+  m.impl("ce_head_hvp", TORCH_BOX(&ce_head_hvp));
+  m.impl("gather_patch_matmul", TORCH_BOX(&gather_patch_matmul));
+  m.impl("gather_patch_matmul_t", TORCH_BOX(&gather_patch_matmul_t));
 }
 
 }  // namespace metaif
 
-extern "C" PyObject* PyInit__emulate(void) {
+PyMODINIT_FUNC PyInit__emulate(void) {
   static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_emulate", nullptr, -1, nullptr,
                                    nullptr, nullptr, nullptr, nullptr};
   return metaif::create_module(&module_def);

@@ -2,9 +2,6 @@
 // output (im2col rows times weights) read only where a max-pool picked it. Per image the dense
 // product [L, C] is one small GEMM into a thread-local tile that stays in L2 and is gathered from
 // there, instead of writing and re-reading the whole layer output through memory.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-
 #include <atomic>
 #include <vector>
 
@@ -23,7 +20,7 @@ template <typename T>
 bool gather_patch_matmul_kernel(const T* cols, const int64_t* index, const T* mask, const T* weight,
                                 T* out, const PatchShape& s) {
   std::atomic<bool> bad{false};
-  at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> tile(static_cast<size_t>(s.rows * s.channels));
     for (int64_t i = begin; i < end; ++i) {
       // tile [L, C] = cols_i [L, K] @ weight^T
@@ -37,30 +34,30 @@ bool gather_patch_matmul_kernel(const T* cols, const int64_t* index, const T* ma
   return bad;
 }
 
-at::Tensor gather_patch_matmul(const at::Tensor& cols, const at::Tensor& index, const at::Tensor& mask,
-                                   const at::Tensor& weight) {
+Tensor gather_patch_matmul(const Tensor& cols, const Tensor& index, const Tensor& mask,
+                                   const Tensor& weight) {
   const PatchShape s = check_patch_args(kOp, cols, index, mask);
   check_like(kOp, cols, "cols", weight, "weight");
   check_rank(kOp, weight, "weight", 2, "[C, K]");
   check_size(kOp, weight, "weight", 0, s.channels, "index.shape[2] (C)");
   check_size(kOp, weight, "weight", 1, s.taps, "cols.shape[2] (K)");
-  at::Tensor out = at::empty({s.n, s.positions, s.channels}, cols.options());
+  Tensor out = empty_like_shape(cols, {s.n, s.positions, s.channels});
   if (out.numel() == 0) return out;
-  const at::Tensor c = cols.contiguous(), idx = index.contiguous(), m = mask.contiguous();
-  const at::Tensor w = weight.contiguous();
+  const Tensor c = contiguous(cols), idx = contiguous(index), m = contiguous(mask);
+  const Tensor w = contiguous(weight);
   bool bad = false;
-  AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), kOp, [&] {
+  METAIF_DISPATCH_FLOATING(cols.scalar_type(), kOp, [&] {
 #if defined(METAIF_WITH_CUDA)
     if (c.is_cuda()) {
-      const c10::cuda::CUDAGuard guard(c.device());
-      return check_launch(cuda::gather_patch_matmul<scalar_t>(c.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
-                                                              m.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-                                                              out.data_ptr<scalar_t>(), s, current_stream()));
+      const DeviceGuard guard(c);
+      return check_launch(cuda::gather_patch_matmul<scalar_t>(c.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>(),
+                                                              m.mutable_data_ptr<scalar_t>(), w.mutable_data_ptr<scalar_t>(),
+                                                              out.mutable_data_ptr<scalar_t>(), s, current_stream(c)));
     }
 #endif
-    bad = gather_patch_matmul_kernel<scalar_t>(c.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
-                                               m.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-                                               out.data_ptr<scalar_t>(), s);
+    bad = gather_patch_matmul_kernel<scalar_t>(c.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>(),
+                                               m.mutable_data_ptr<scalar_t>(), w.mutable_data_ptr<scalar_t>(),
+                                               out.mutable_data_ptr<scalar_t>(), s);
   });
   check_index_range(kOp, bad, s.rows);
   return out;
@@ -68,6 +65,6 @@ at::Tensor gather_patch_matmul(const at::Tensor& cols, const at::Tensor& index, 
 
 }  // namespace
 
-METAIF_IMPL_ALL_DEVICES(m.impl("gather_patch_matmul", &gather_patch_matmul);)
+METAIF_IMPL_ALL_DEVICES(m.impl("gather_patch_matmul", TORCH_BOX(&gather_patch_matmul));)
 
 }  // namespace metaif

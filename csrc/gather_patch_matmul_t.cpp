@@ -2,10 +2,9 @@
 // signal[n, p, c] cols[n, index[n, p, c], k]. Per image the masked signal is scattered into a
 // thread-local [L, C] tile (L2-resident) and contracted with the image's patch rows by one small
 // GEMM; images are accumulated in double. CUDA: cuda/gather_patch_matmul_t.cu.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-
+#include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <vector>
 
 #include "blas.h"
@@ -18,15 +17,19 @@ namespace {
 
 constexpr const char* kOp = "gather_patch_matmul_t";
 
-// Returns whether some index was out of range (those entries are skipped).
+// Returns whether some index was out of range (those entries are skipped). Each range of images
+// that parallel_for hands out is accumulated on its own; the ranges are added in image order, so
+// the sum depends only on the (static) split, not on which thread ran first.
 template <typename T>
 bool gather_patch_matmul_t_kernel(const T* cols, const int64_t* index, const T* mask, const T* signal,
                                   double* total, const PatchShape& s) {
   const int64_t block = s.taps * s.channels;
-  std::vector<double> per_thread(static_cast<size_t>(at::get_num_threads() * block), 0.0);
+  std::vector<std::pair<int64_t, std::vector<double>>> ranges;
+  std::mutex ranges_mutex;
   std::atomic<bool> bad{false};
-  at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-    double* acc = per_thread.data() + at::get_thread_num() * block;
+  torch::stable::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> sums(static_cast<size_t>(block), 0.0);
+    double* acc = sums.data();
     std::vector<T> tile(static_cast<size_t>(s.rows * s.channels), T(0)), partial(static_cast<size_t>(block));
     for (int64_t i = begin; i < end; ++i) {
       T* t = tile.data();
@@ -38,43 +41,46 @@ bool gather_patch_matmul_t_kernel(const T* cols, const int64_t* index, const T* 
       for (int64_t j = 0; j < block; ++j) acc[j] += static_cast<double>(partial[j]);
       for_each_gathered(index, s, i, [&](int64_t, int64_t slot) { t[slot] = T(0); });  // reset what was written
     }
+    const std::lock_guard<std::mutex> lock(ranges_mutex);
+    ranges.emplace_back(begin, std::move(sums));
   });
-  for (size_t t = 0; t < per_thread.size(); t += static_cast<size_t>(block))
-    for (int64_t j = 0; j < block; ++j) total[j] += per_thread[t + j];
+  std::sort(ranges.begin(), ranges.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& range : ranges)
+    for (int64_t j = 0; j < block; ++j) total[j] += range.second[static_cast<size_t>(j)];
   return bad;
 }
 
-at::Tensor gather_patch_matmul_t(const at::Tensor& cols, const at::Tensor& index, const at::Tensor& mask,
-                                     const at::Tensor& signal) {
+Tensor gather_patch_matmul_t(const Tensor& cols, const Tensor& index, const Tensor& mask,
+                                     const Tensor& signal) {
   const PatchShape s = check_patch_args(kOp, cols, index, mask);
   check_like(kOp, cols, "cols", signal, "signal");
-  TORCH_CHECK(signal.sizes() == index.sizes(), kOp, ": signal must have the shape of index ", index.sizes(),
-              ", got ", signal.sizes());
-  at::Tensor total = at::zeros({s.taps, s.channels}, cols.options().dtype(at::kDouble));
+  METAIF_CHECK(signal.sizes() == index.sizes(), kOp, ": signal must have the shape of index ",
+               Dims{index.sizes()}, ", got ", Dims{signal.sizes()});
+  Tensor total = zeros_like_shape(cols, {s.taps, s.channels}, ScalarType::Double);
   if (index.numel() > 0 && s.taps > 0) {
-    const at::Tensor c = cols.contiguous(), idx = index.contiguous(), m = mask.contiguous();
-    const at::Tensor g = signal.contiguous();
+    const Tensor c = contiguous(cols), idx = contiguous(index), m = contiguous(mask);
+    const Tensor g = contiguous(signal);
     bool bad = false;
-    AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), kOp, [&] {
+    METAIF_DISPATCH_FLOATING(cols.scalar_type(), kOp, [&] {
 #if defined(METAIF_WITH_CUDA)
       if (c.is_cuda()) {
-        const c10::cuda::CUDAGuard guard(c.device());
-        return check_launch(cuda::gather_patch_matmul_t<scalar_t>(c.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
-                                                                  m.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
-                                                                  total.data_ptr<double>(), s, current_stream()));
+        const DeviceGuard guard(c);
+        return check_launch(cuda::gather_patch_matmul_t<scalar_t>(c.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>(),
+                                                                  m.mutable_data_ptr<scalar_t>(), g.mutable_data_ptr<scalar_t>(),
+                                                                  total.mutable_data_ptr<double>(), s, current_stream(c)));
       }
 #endif
-      bad = gather_patch_matmul_t_kernel<scalar_t>(c.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
-                                             m.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
-                                             total.data_ptr<double>(), s);
+      bad = gather_patch_matmul_t_kernel<scalar_t>(c.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>(),
+                                             m.mutable_data_ptr<scalar_t>(), g.mutable_data_ptr<scalar_t>(),
+                                             total.mutable_data_ptr<double>(), s);
     });
     check_index_range(kOp, bad, s.rows);
   }
-  return total.t().to(cols.scalar_type()).contiguous();
+  return contiguous(torch::stable::to(torch::stable::transpose(total, 0, 1), cols.scalar_type()));
 }
 
 }  // namespace
 
-METAIF_IMPL_ALL_DEVICES(m.impl("gather_patch_matmul_t", &gather_patch_matmul_t);)
+METAIF_IMPL_ALL_DEVICES(m.impl("gather_patch_matmul_t", TORCH_BOX(&gather_patch_matmul_t));)
 
 }  // namespace metaif

@@ -1,9 +1,7 @@
 // Gauss-Newton-vector products of softmax cross-entropy from per-example logit Jacobians,
 // batched over tasks and vectors: out[t, b] = (G_t + damping I) vecs[t, b]. CPU: per task, two
-// GEMMs around the Hessian rows (csrc/operators.h); CUDA: two batched cuBLAS products (ATen)
+// GEMMs around the Hessian rows (csrc/operators.h); CUDA: two batched cuBLAS products (torch.matmul)
 // around one elementwise kernel (cuda/ggn_hvp.cu).
-#include <ATen/ATen.h>
-
 #include "checks.h"
 #include "cuda_support.h"
 #include "operators.h"
@@ -12,8 +10,8 @@
 namespace metaif {
 namespace {
 
-at::Tensor ggn_hvp(const at::Tensor& jac, const at::Tensor& probs, const at::Tensor& vecs, double damping,
-                   const std::optional<at::Tensor>& weights) {
+Tensor ggn_hvp(const Tensor& jac, const Tensor& probs, const Tensor& vecs, double damping,
+                   const std::optional<Tensor>& weights) {
   constexpr const char* kOp = "ggn_hvp";
   check_rank(kOp, jac, "jac", 4, "[T, n, C, P]");
   check_floating(kOp, jac, "jac");
@@ -28,33 +26,33 @@ at::Tensor ggn_hvp(const at::Tensor& jac, const at::Tensor& probs, const at::Ten
   check_size(kOp, vecs, "vecs", 0, tasks, "jac.shape[0] (T)");
   check_size(kOp, vecs, "vecs", 2, params, "jac.shape[3] (P)");
   check_finite(kOp, damping, "damping");
-  const at::Tensor w = weights_or_uniform(kOp, weights, jac, {tasks, n}, "[T, n]");
-  const at::Tensor j = jac.contiguous(), p = probs.contiguous(), v = vecs.contiguous();
-  if (v.numel() == 0) return at::empty(v.sizes(), v.options());
+  const Tensor w = weights_or_uniform(kOp, weights, jac, {tasks, n}, "[T, n]");
+  const Tensor j = contiguous(jac), p = contiguous(probs), v = contiguous(vecs);
+  if (v.numel() == 0) return empty_like_shape(v, v.sizes());
 #if defined(METAIF_WITH_CUDA)
   if (v.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(v.device());
-    const at::Tensor rows = j.view({tasks, n * classes, params});
-    at::Tensor z = at::bmm(v, rows.transpose(1, 2)).contiguous();  // [T, B, n C]
-    AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), kOp, [&] {
-      check_launch(cuda::softmax_hessian_rows<scalar_t>(z.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(),
-                                                        w.data_ptr<scalar_t>(), tasks, v.size(1), n, classes,
-                                                        current_stream()));
+    const DeviceGuard guard(v);
+    const Tensor rows = torch::stable::view(j, {tasks, n * classes, params});
+    Tensor z = contiguous(torch::stable::matmul(v, torch::stable::transpose(rows, 1, 2)));  // [T, B, n C]
+    METAIF_DISPATCH_FLOATING(v.scalar_type(), kOp, [&] {
+      check_launch(cuda::softmax_hessian_rows<scalar_t>(z.mutable_data_ptr<scalar_t>(), p.mutable_data_ptr<scalar_t>(),
+                                                        w.mutable_data_ptr<scalar_t>(), tasks, v.size(1), n, classes,
+                                                        current_stream(v)));
     });
-    return at::baddbmm(v, z, rows, damping, 1.0);
+    return torch::stable::subtract(torch::stable::matmul(z, rows), v, -damping);  // z rows + damping v
   }
 #endif
-  at::Tensor out = at::empty(v.sizes(), v.options());
-  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), kOp, [&] {
-    const GgnOperator<scalar_t> op{j.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), n, classes,
+  Tensor out = empty_like_shape(v, v.sizes());
+  METAIF_DISPATCH_FLOATING(v.scalar_type(), kOp, [&] {
+    const GgnOperator<scalar_t> op{j.mutable_data_ptr<scalar_t>(), p.mutable_data_ptr<scalar_t>(), w.mutable_data_ptr<scalar_t>(), n, classes,
                                    params, static_cast<scalar_t>(damping)};
-    apply_each_task<scalar_t>(op, tasks, v.size(1), v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+    apply_each_task<scalar_t>(op, tasks, v.size(1), v.mutable_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
   });
   return out;
 }
 
 }  // namespace
 
-METAIF_IMPL_ALL_DEVICES(m.impl("ggn_hvp", &ggn_hvp);)
+METAIF_IMPL_ALL_DEVICES(m.impl("ggn_hvp", TORCH_BOX(&ggn_hvp));)
 
 }  // namespace metaif

@@ -2,8 +2,6 @@
 // per-task matrices): every failure names the op, the argument and what was expected.
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include <optional>
 
 #include "checks.h"
@@ -14,28 +12,28 @@ namespace metaif {
 
 // Validated, contiguous inputs of the ce-head operator; keeps the tensors alive.
 struct CeHeadInputs {
-  at::Tensor feats, probs, weights;
+  Tensor feats, probs, weights;
   int64_t tasks, n, d, classes;
 
   template <typename T>
   CeHeadOperator<T> op(double damping) const {
-    return {feats.data_ptr<T>(), probs.data_ptr<T>(), weights.data_ptr<T>(), n, d, classes,
+    return {feats.mutable_data_ptr<T>(), probs.mutable_data_ptr<T>(), weights.mutable_data_ptr<T>(), n, d, classes,
             static_cast<T>(damping)};
   }
 
   // The same operator as the team kernels (CUDA, emulation) take it.
   template <typename T>
   team::CeHeadFamily<T> family(double damping) const {
-    return {feats.data_ptr<T>(), probs.data_ptr<T>(), weights.data_ptr<T>(), n, d, classes,
+    return {feats.mutable_data_ptr<T>(), probs.mutable_data_ptr<T>(), weights.mutable_data_ptr<T>(), n, d, classes,
             static_cast<T>(damping)};
   }
 };
 
 // vecs: [T, B, C, d]
-inline CeHeadInputs ce_head_inputs(const char* opname, const at::Tensor& feats,
-                                   const at::Tensor& probs,
-                                   const std::optional<at::Tensor>& weights,
-                                   const at::Tensor& vecs, const char* vecs_name) {
+inline CeHeadInputs ce_head_inputs(const char* opname, const Tensor& feats,
+                                   const Tensor& probs,
+                                   const std::optional<Tensor>& weights,
+                                   const Tensor& vecs, const char* vecs_name) {
   check_rank(opname, feats, "feats", 3, "[T, n, d]");
   check_floating(opname, feats, "feats");
   check_like(opname, feats, "feats", probs, "probs");
@@ -49,25 +47,25 @@ inline CeHeadInputs ce_head_inputs(const char* opname, const at::Tensor& feats,
   check_size(opname, vecs, vecs_name, 0, tasks, "feats.shape[0] (T)");
   check_size(opname, vecs, vecs_name, 2, classes, "probs.shape[2] (C)");
   check_size(opname, vecs, vecs_name, 3, d, "feats.shape[2] (d)");
-  return {feats.contiguous(), probs.contiguous(),
+  return {contiguous(feats), contiguous(probs),
           weights_or_uniform(opname, weights, feats, {tasks, n}, "[T, n]"), tasks, n, d, classes};
 }
 
 // The softmax cross-entropy Hessian is singular (adding one constant to every class's logit changes
 // nothing), so the solvers of the ce-head operator need damping > 0.
 inline void check_singular_damping(const char* opname, double damping) {
-  TORCH_CHECK(std::isfinite(damping) && damping > 0.0, opname, ": damping must be > 0, got ", damping,
+  METAIF_CHECK(std::isfinite(damping) && damping > 0.0, opname, ": damping must be > 0, got ", damping,
               ": the softmax cross-entropy Hessian is singular (adding one constant to every class's logit "
               "changes nothing), so without damping there is no inverse to converge to");
 }
 
 // b: [T, B, q]
-inline void check_dense_inputs(const char* opname, const at::Tensor& a, const at::Tensor& b) {
+inline void check_dense_inputs(const char* opname, const Tensor& a, const Tensor& b) {
   check_rank(opname, a, "a", 3, "[T, q, q]");
   check_floating(opname, a, "a");
   check_like(opname, a, "a", b, "b");
-  TORCH_CHECK(a.size(1) == a.size(2), opname, ": a must be square per task, [T, q, q], got ",
-              a.sizes());
+  METAIF_CHECK(a.size(1) == a.size(2), opname, ": a must be square per task, [T, q, q], got ",
+              Dims{a.sizes()});
   check_rank(opname, b, "b", 3, "[T, B, q]");
   check_size(opname, b, "b", 0, a.size(0), "a.shape[0] (T)");
   check_size(opname, b, "b", 2, a.size(1), "a.shape[1] (q)");

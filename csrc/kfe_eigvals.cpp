@@ -3,8 +3,6 @@
 // eigenbases first (two GEMMs over all n*t rows), so DW_n is only ever formed in rotated form,
 // one example at a time, in a reused tile. For t = 1 the rotated DW_n is an outer product and
 // the whole sum collapses to a single GEMM of the squared rotated vectors.
-#include <ATen/ATen.h>
-
 #include <algorithm>
 #include <optional>
 #include <vector>
@@ -54,32 +52,34 @@ void kfe_eigvals_kernel(const T* rot_g, const T* rot_a, const T* w, T* out, int6
 // rot_g [n, t, d_out], rot_a [n, t, d_in]. t = 1: one cuBLAS product of the squared rotated vectors;
 // else per-example rotated tiles (batched cuBLAS products, in chunks that bound their memory),
 // squared, weighted and summed by cuda/kfe_eigvals.cu.
-at::Tensor kfe_eigvals_cuda(const at::Tensor& rot_g, const at::Tensor& rot_a, const at::Tensor& w) {
-  const c10::cuda::CUDAGuard guard(rot_g.device());
+Tensor kfe_eigvals_cuda(const Tensor& rot_g, const Tensor& rot_a, const Tensor& w) {
+  const DeviceGuard guard(rot_g);
   const int64_t n = rot_g.size(0), d_out = rot_g.size(2), d_in = rot_a.size(2), block = d_out * d_in;
   if (rot_g.size(1) == 1) {
-    const at::Tensor g2 = rot_g.squeeze(1).square() * w.unsqueeze(1);
-    return at::matmul(g2.t(), rot_a.squeeze(1).square());
+    const Tensor g = torch::stable::squeeze(rot_g, 1), a = torch::stable::squeeze(rot_a, 1);
+    const Tensor g2 = mul(mul(g, g), torch::stable::unsqueeze(w, 1));
+    return torch::stable::matmul(torch::stable::transpose(g2, 0, 1), mul(a, a));
   }
   constexpr int64_t kTileElements = int64_t{1} << 26;
   const int64_t chunk = std::max<int64_t>(1, kTileElements / block);
-  at::Tensor total = at::zeros({d_out, d_in}, rot_g.options().dtype(at::kDouble));
+  Tensor total = zeros_like_shape(rot_g, {d_out, d_in}, ScalarType::Double);
   for (int64_t begin = 0; begin < n; begin += chunk) {
     const int64_t count = std::min(chunk, n - begin);
-    const at::Tensor tiles = at::bmm(rot_g.narrow(0, begin, count).transpose(1, 2), rot_a.narrow(0, begin, count))
-                                 .contiguous();
-    AT_DISPATCH_FLOATING_TYPES(rot_g.scalar_type(), kOp, [&] {
-      check_launch(cuda::weighted_square_sum<scalar_t>(tiles.data_ptr<scalar_t>(), w.data_ptr<scalar_t>() + begin,
-                                                       count, block, total.data_ptr<double>(), current_stream()));
+    Tensor g = rot_g, a = rot_a;  // narrow takes a non-const reference
+    const Tensor tiles = contiguous(torch::stable::matmul(torch::stable::transpose(torch::stable::narrow(g, 0, begin, count), 1, 2),
+                                                          torch::stable::narrow(a, 0, begin, count)));
+    METAIF_DISPATCH_FLOATING(rot_g.scalar_type(), kOp, [&] {
+      check_launch(cuda::weighted_square_sum<scalar_t>(tiles.mutable_data_ptr<scalar_t>(), w.mutable_data_ptr<scalar_t>() + begin,
+                                                       count, block, total.mutable_data_ptr<double>(), current_stream(rot_g)));
     });
   }
-  return total.to(rot_g.scalar_type());
+  return torch::stable::to(total, rot_g.scalar_type());
 }
 #endif
 
-at::Tensor kfe_eigvals(const at::Tensor& out_grads, const at::Tensor& acts,
-                           const at::Tensor& q_out, const at::Tensor& q_in,
-                           const std::optional<at::Tensor>& weights) {
+Tensor kfe_eigvals(const Tensor& out_grads, const Tensor& acts,
+                           const Tensor& q_out, const Tensor& q_in,
+                           const std::optional<Tensor>& weights) {
   check_rank(kOp, out_grads, "out_grads", 3, "[n, t, d_out]");
   check_floating(kOp, out_grads, "out_grads");
   check_rank(kOp, acts, "acts", 3, "[n, t, d_in]");
@@ -92,18 +92,18 @@ at::Tensor kfe_eigvals(const at::Tensor& out_grads, const at::Tensor& acts,
   check_size(kOp, acts, "acts", 1, t, "out_grads.shape[1] (t)");
   check_square(kOp, q_out, "q_out", d_out, "[d_out, d_out]", "out_grads.shape[2] (d_out)");
   check_square(kOp, q_in, "q_in", d_in, "[d_in, d_in]", "acts.shape[2] (d_in)");
-  const at::Tensor w = weights_or_uniform(kOp, weights, out_grads, {n}, "[n]");
+  const Tensor w = weights_or_uniform(kOp, weights, out_grads, {n}, "[n]");
 
-  at::Tensor out = at::zeros({d_out, d_in}, out_grads.options());
+  Tensor out = zeros_like_shape(out_grads, {d_out, d_in});
   if (n == 0 || t == 0 || out.numel() == 0) return out;
-  const at::Tensor rot_g = at::matmul(out_grads.reshape({n * t, d_out}), q_out).contiguous();
-  const at::Tensor rot_a = at::matmul(acts.reshape({n * t, d_in}), q_in).contiguous();
+  const Tensor rot_g = contiguous(torch::stable::matmul(torch::stable::reshape(out_grads, {n * t, d_out}), q_out));
+  const Tensor rot_a = contiguous(torch::stable::matmul(torch::stable::reshape(acts, {n * t, d_in}), q_in));
 #if defined(METAIF_WITH_CUDA)
-  if (out.is_cuda()) return kfe_eigvals_cuda(rot_g.view({n, t, d_out}), rot_a.view({n, t, d_in}), w);
+  if (out.is_cuda()) return kfe_eigvals_cuda(torch::stable::view(rot_g, {n, t, d_out}), torch::stable::view(rot_a, {n, t, d_in}), w);
 #endif
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), kOp, [&] {
-    kfe_eigvals_kernel<scalar_t>(rot_g.data_ptr<scalar_t>(), rot_a.data_ptr<scalar_t>(),
-                                 w.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, t, d_out,
+  METAIF_DISPATCH_FLOATING(out.scalar_type(), kOp, [&] {
+    kfe_eigvals_kernel<scalar_t>(rot_g.mutable_data_ptr<scalar_t>(), rot_a.mutable_data_ptr<scalar_t>(),
+                                 w.mutable_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, t, d_out,
                                  d_in);
   });
   return out;
@@ -111,6 +111,6 @@ at::Tensor kfe_eigvals(const at::Tensor& out_grads, const at::Tensor& acts,
 
 }  // namespace
 
-METAIF_IMPL_ALL_DEVICES(m.impl("kfe_eigvals", &kfe_eigvals);)
+METAIF_IMPL_ALL_DEVICES(m.impl("kfe_eigvals", TORCH_BOX(&kfe_eigvals));)
 
 }  // namespace metaif

@@ -3,8 +3,6 @@
 // CPU: the two products with q_in run as one GEMM over all rows of the batch; the q_out products
 // and the eigenvalue division run per matrix while it is hot in cache. CUDA: rotate (cuBLAS),
 // scale (cuda/kfe_ihvp.cu), rotate back (cuBLAS).
-#include <ATen/ATen.h>
-
 #include <vector>
 
 #include "metaif/arith.h"
@@ -19,8 +17,8 @@ namespace {
 
 constexpr const char* kOp = "kfe_ihvp";
 
-void check_kfe_args(const at::Tensor& grads, const at::Tensor& q_out, const at::Tensor& q_in,
-                    const at::Tensor& eigvals, double damping) {
+void check_kfe_args(const Tensor& grads, const Tensor& q_out, const Tensor& q_in,
+                    const Tensor& eigvals, double damping) {
   check_min_rank(kOp, grads, "grads", 2, "[..., d_out, d_in]");
   check_floating(kOp, grads, "grads");
   check_like(kOp, grads, "grads", q_out, "q_out");
@@ -51,16 +49,17 @@ void inverse_eigenvalues(const T* eig, double damping, int64_t count, T* inv) {
 
 // A square basis as a BLAS operand, copied only when it is neither row- nor column-major.
 struct Basis {
-  at::Tensor storage;
+  Tensor storage;
   bool column_major;
 
-  explicit Basis(const at::Tensor& q)
-      : storage(q.is_contiguous() || !q.t().is_contiguous() ? q.contiguous() : q),
-        column_major(!q.is_contiguous() && q.t().is_contiguous()) {}
+  explicit Basis(const Tensor& q)
+      : column_major(!q.is_contiguous() && torch::stable::transpose(q, 0, 1).is_contiguous()) {
+    storage = column_major ? q : contiguous(q);
+  }
 
   template <typename T>
   blas::Operand<T> operand() const {
-    return {storage.data_ptr<T>(), storage.size(0), column_major};
+    return {storage.mutable_data_ptr<T>(), storage.size(0), column_major};
   }
 };
 
@@ -90,52 +89,54 @@ void kfe_ihvp_kernel(const T* grads, blas::Operand<T> q_out, blas::Operand<T> q_
 }
 
 #if defined(METAIF_WITH_CUDA)
-// The rotations through cuBLAS (ATen), the division in one elementwise kernel that reports to
+// The rotations through cuBLAS (torch.matmul), the division in one elementwise kernel that reports to
 // status instead of raising.
-at::Tensor kfe_ihvp_cuda(const at::Tensor& g, const at::Tensor& q_out, const at::Tensor& q_in,
-                         const at::Tensor& eig, double damping, Status* status) {
+Tensor kfe_ihvp_cuda(const Tensor& g, const Tensor& q_out, const Tensor& q_in,
+                         const Tensor& eig, double damping, Status* status) {
   const int64_t d_out = g.size(-2), d_in = g.size(-1);
-  at::Tensor rotated = at::matmul(q_out.t(), at::matmul(g.reshape({-1, d_out, d_in}), q_in)).contiguous();
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), kOp, [&] {
-    check_launch(cuda::kfe_scale<scalar_t>(rotated.data_ptr<scalar_t>(), eig.data_ptr<scalar_t>(),
+  using torch::stable::matmul;
+  const Tensor q_out_t = torch::stable::transpose(q_out, 0, 1), q_in_t = torch::stable::transpose(q_in, 0, 1);
+  Tensor rotated = contiguous(matmul(q_out_t, matmul(torch::stable::reshape(g, {-1, d_out, d_in}), q_in)));
+  METAIF_DISPATCH_FLOATING(g.scalar_type(), kOp, [&] {
+    check_launch(cuda::kfe_scale<scalar_t>(rotated.mutable_data_ptr<scalar_t>(), eig.mutable_data_ptr<scalar_t>(),
                                            static_cast<scalar_t>(damping), rotated.size(0), d_out * d_in, status,
-                                           current_stream()));
+                                           current_stream(g)));
   });
-  return at::matmul(at::matmul(q_out, rotated), q_in.t()).reshape(g.sizes());
+  return torch::stable::reshape(matmul(matmul(q_out, rotated), q_in_t), g.sizes());
 }
 #endif
 
 // One layer; on CUDA the eigenvalue check reports to `status` (read back by the caller), on the
 // CPU it raises here.
-at::Tensor kfe_ihvp_layer(const at::Tensor& grads, const at::Tensor& q_out, const at::Tensor& q_in,
-                          const at::Tensor& eigvals, double damping, Status* status) {
+Tensor kfe_ihvp_layer(const Tensor& grads, const Tensor& q_out, const Tensor& q_in,
+                          const Tensor& eigvals, double damping, Status* status) {
   check_kfe_args(grads, q_out, q_in, eigvals, damping);
   const int64_t d_out = grads.size(-2), d_in = grads.size(-1);
-  if (grads.numel() == 0) return at::empty(grads.sizes(), grads.options());
-  const at::Tensor g = grads.contiguous(), eig = eigvals.contiguous();
+  if (grads.numel() == 0) return empty_like_shape(grads, grads.sizes());
+  const Tensor g = contiguous(grads), eig = contiguous(eigvals);
 #if defined(METAIF_WITH_CUDA)
   if (g.is_cuda()) return kfe_ihvp_cuda(g, q_out, q_in, eig, damping, status);
 #endif
-  at::Tensor out = at::empty(grads.sizes(), grads.options());
+  Tensor out = empty_like_shape(grads, grads.sizes());
   const int64_t batch = grads.numel() / (d_out * d_in);
   const Basis qo(q_out), qi(q_in);
-  at::Tensor workspace = at::empty({(batch + 2) * d_out * d_in}, g.options());
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), kOp, [&] {
-    kfe_ihvp_kernel<scalar_t>(g.data_ptr<scalar_t>(), qo.operand<scalar_t>(),
-                              qi.operand<scalar_t>(), eig.data_ptr<scalar_t>(), damping,
-                              out.data_ptr<scalar_t>(), workspace.data_ptr<scalar_t>(), batch,
+  Tensor workspace = empty_like_shape(g, {(batch + 2) * d_out * d_in});
+  METAIF_DISPATCH_FLOATING(g.scalar_type(), kOp, [&] {
+    kfe_ihvp_kernel<scalar_t>(g.mutable_data_ptr<scalar_t>(), qo.operand<scalar_t>(),
+                              qi.operand<scalar_t>(), eig.mutable_data_ptr<scalar_t>(), damping,
+                              out.mutable_data_ptr<scalar_t>(), workspace.mutable_data_ptr<scalar_t>(), batch,
                               d_out, d_in);
   });
   return out;
 }
 
-at::Tensor kfe_ihvp(const at::Tensor& grads, const at::Tensor& q_out, const at::Tensor& q_in,
-                    const at::Tensor& eigvals, double damping) {
+Tensor kfe_ihvp(const Tensor& grads, const Tensor& q_out, const Tensor& q_in,
+                    const Tensor& eigvals, double damping) {
 #if defined(METAIF_WITH_CUDA)
   if (grads.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(grads.device());
+    const DeviceGuard guard(grads);
     const DeviceStatus status(grads);
-    at::Tensor out = kfe_ihvp_layer(grads, q_out, q_in, eigvals, damping, status.get());
+    Tensor out = kfe_ihvp_layer(grads, q_out, q_in, eigvals, damping, status.get());
     status.check(kOp);
     return out;
   }
@@ -148,23 +149,23 @@ template <typename F>
 auto for_layer(size_t layer, F&& f) {
   try {
     return f();
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "kfe_ihvp_grouped: layer ", layer, ": ", e.what_without_backtrace());
-    throw;  // not reached: TORCH_CHECK(false) throws
+  } catch (const std::exception& e) {
+    fail("kfe_ihvp_grouped: layer ", layer, ": ", e.what());
   }
 }
 
-std::vector<at::Tensor> kfe_ihvp_grouped(at::TensorList grads, at::TensorList q_out, at::TensorList q_in,
-                                         at::TensorList eigvals, double damping) {
+std::vector<Tensor> kfe_ihvp_grouped(const std::vector<Tensor>& grads, const std::vector<Tensor>& q_out,
+                                     const std::vector<Tensor>& q_in, const std::vector<Tensor>& eigvals,
+                                     double damping) {
   const size_t layers = grads.size();
-  TORCH_CHECK(q_out.size() == layers && q_in.size() == layers && eigvals.size() == layers,
+  METAIF_CHECK(q_out.size() == layers && q_in.size() == layers && eigvals.size() == layers,
               "kfe_ihvp_grouped: grads, q_out, q_in and eigvals must have one entry per layer; "
               "got ", layers, ", ", q_out.size(), ", ", q_in.size(), " and ", eigvals.size());
-  std::vector<at::Tensor> outs;
+  std::vector<Tensor> outs;
   outs.reserve(layers);
 #if defined(METAIF_WITH_CUDA)
   if (layers > 0 && grads[0].is_cuda()) {  // every layer launched before the statuses are read
-    const c10::cuda::CUDAGuard guard(grads[0].device());
+    const DeviceGuard guard(grads[0]);
     std::vector<DeviceStatus> statuses;
     statuses.reserve(layers);
     for (size_t l = 0; l < layers; ++l) {
@@ -184,6 +185,6 @@ std::vector<at::Tensor> kfe_ihvp_grouped(at::TensorList grads, at::TensorList q_
 
 }  // namespace
 
-METAIF_IMPL_ALL_DEVICES(m.impl("kfe_ihvp", &kfe_ihvp); m.impl("kfe_ihvp_grouped", &kfe_ihvp_grouped);)
+METAIF_IMPL_ALL_DEVICES(m.impl("kfe_ihvp", TORCH_BOX(&kfe_ihvp)); m.impl("kfe_ihvp_grouped", TORCH_BOX(&kfe_ihvp_grouped));)
 
 }  // namespace metaif

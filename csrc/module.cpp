@@ -2,9 +2,9 @@
 // (python_module.h).
 #include "python_module.h"  // first: it includes Python.h
 
-#include <torch/library.h>
+#include "tensor.h"
 
-extern "C" PyObject* PyInit__C(void) {
+PyMODINIT_FUNC PyInit__C(void) {
   static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
                                    nullptr, nullptr, nullptr, nullptr};
   return metaif::create_module(&module_def);
@@ -12,7 +12,7 @@ extern "C" PyObject* PyInit__C(void) {
 
 // Schemas of the public ops; implementations are registered next to their kernels
 // (csrc/<op>.cpp for CPU, cuda/<op>.cu through csrc for CUDA).
-TORCH_LIBRARY(metaif, m) {
+STABLE_TORCH_LIBRARY(metaif, m) {
   m.def("kfe_ihvp(Tensor grads, Tensor q_out, Tensor q_in, Tensor eigvals, float damping) -> Tensor");
   m.def("kfe_ihvp_grouped(Tensor[] grads, Tensor[] q_out, Tensor[] q_in, Tensor[] eigvals, "
         "float damping) -> Tensor[]");

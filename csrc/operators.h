@@ -5,14 +5,12 @@
 // a task on its prepared form, so its data stays in cache for the whole solve.
 #pragma once
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-
 #include <vector>
 
 #include "metaif/arith.h"
 #include "blas.h"
 #include "ce_head_kernel.h"
+#include "tensor.h"
 
 namespace metaif {
 
@@ -120,7 +118,7 @@ struct TaskBuffers {
 template <typename T, typename Op>
 void apply_each_task(const Op& op, int64_t tasks, int64_t batch, const T* in, T* out) {
   const int64_t stride = batch * op.dim();
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     TaskBuffers<T, Op> buf(op, batch);
     for (int64_t t = begin; t < end; ++t)
       op.prepare(t, buf.storage.data())

@@ -3,26 +3,24 @@
 // output is only needed at gathered positions (the arg-max of a max-pool window), masked.
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include "checks.h"
 #include "metaif/patch_shape.h"
 
 namespace metaif {
 
 // cols [N, L, K], index [N, P, C] (int64 rows of cols), mask [N, P, C].
-inline PatchShape check_patch_args(const char* op, const at::Tensor& cols, const at::Tensor& index,
-                                   const at::Tensor& mask) {
+inline PatchShape check_patch_args(const char* op, const Tensor& cols, const Tensor& index,
+                                   const Tensor& mask) {
   check_rank(op, cols, "cols", 3, "[N, L, K]");
   check_floating(op, cols, "cols");
   check_rank(op, index, "index", 3, "[N, P, C]");
-  TORCH_CHECK(index.scalar_type() == at::kLong, op, ": index must be int64, got ", index.scalar_type());
-  TORCH_CHECK(index.device() == cols.device(), op, ": index is on ", index.device(), " but cols is on ",
+  METAIF_CHECK(index.scalar_type() == ScalarType::Long, op, ": index must be int64, got ", index.scalar_type());
+  METAIF_CHECK(index.device() == cols.device(), op, ": index is on ", index.device(), " but cols is on ",
               cols.device(), "; move them to one device");
   check_size(op, index, "index", 0, cols.size(0), "cols.shape[0] (N)");
   check_like(op, cols, "cols", mask, "mask");
-  TORCH_CHECK(mask.sizes() == index.sizes(), op, ": mask must have the shape of index ", index.sizes(),
-              ", got ", mask.sizes());
+  METAIF_CHECK(mask.sizes() == index.sizes(), op, ": mask must have the shape of index ", Dims{index.sizes()},
+              ", got ", Dims{mask.sizes()});
   return PatchShape{cols.size(0), cols.size(1), cols.size(2), index.size(1), index.size(2)};
 }
 
@@ -48,7 +46,7 @@ inline bool for_each_gathered(const int64_t* index, const PatchShape& s, int64_t
 
 // The kernels check every index as they read it (no extra pass over index) and report here.
 inline void check_index_range(const char* op, bool out_of_range, int64_t rows) {
-  TORCH_CHECK(!out_of_range, op, ": index values must lie in [0, cols.shape[1]) = [0, ", rows, ")");
+  METAIF_CHECK(!out_of_range, op, ": index values must lie in [0, cols.shape[1]) = [0, ", rows, ")");
 }
 
 }  // namespace metaif

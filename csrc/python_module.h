@@ -1,7 +1,8 @@
 // The extension modules (metaif._C, the tests' metaif._emulate) are empty Python modules whose
-// import runs the static initialisers that register their ops (TORCH_LIBRARY: no pybind11, no
-// Python-side bindings). The import fails with a clear ImportError when the BLAS routines the CPU
-// kernels call are missing.
+// import runs the static initialisers that register their ops (STABLE_TORCH_LIBRARY: no pybind11,
+// no Python-side bindings), built on the Python limited API (Py_LIMITED_API, set by CMakeLists.txt:
+// one abi3 binary for every CPython >= 3.10). The import fails with a clear ImportError when the
+// BLAS routines the CPU kernels call are missing.
 #pragma once
 
 #include <Python.h>

@@ -1,4 +1,4 @@
-// The elementwise middle of the Gauss-Newton product (between the two batched GEMMs that ATen
+// The elementwise middle of the Gauss-Newton product (between the two batched GEMMs that torch.matmul
 // runs on cuBLAS): each example's logit-space vector times the softmax cross-entropy Hessian.
 #include "launch.cuh"
 

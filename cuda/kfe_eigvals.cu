@@ -1,5 +1,5 @@
 // EK-FAC corrected eigenvalues for several positions per example: the rotated per-example
-// gradients (a batched cuBLAS product in ATen) are squared, weighted and summed over examples in
+// gradients (a batched cuBLAS product: torch.matmul through the stable ABI) are squared, weighted and summed over examples in
 // one pass, a thread per eigenvalue (coalesced along the tiles), accumulated in double.
 #include "launch.cuh"
 

@@ -1,5 +1,5 @@
 // The eigenvalue division of the Kronecker-factored inverse, between the rotations into and out of
-// the eigenbasis that ATen runs on cuBLAS: one elementwise pass over the rotated batch.
+// the eigenbasis that torch.matmul runs on cuBLAS: one elementwise pass over the rotated batch.
 #include "launch.cuh"
 
 namespace metaif::cuda {
