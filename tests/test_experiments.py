@@ -13,10 +13,11 @@ import torch
 from metaif import cli
 from metaif.experiments import paper
 from metaif.experiments.commands import QUICK
-from metaif.experiments.common import AnalysisConfig, ExperimentConfig, Workspace, train_model
+from metaif.experiments.common import AnalysisConfig, ExperimentConfig, Workspace, analyze, train_model
 from metaif.experiments.retrain import retrain_without
 from metaif.experiments.run import RunConfig
 from metaif.linalg import MetaifWarning
+from metaif.meta import Weights, solve_outer
 from metaif.models import resnet12
 
 SMALL = ["--train-tasks", "60", "--test-tasks", "40", "--steps", "20", "--score-tasks", "20", "--polish", "40",
@@ -44,8 +45,10 @@ def test_score_influence_and_edit_commands(shared_run, capsys):
     arrays = np.load(shared_run / "influence.npz")
     assert arrays["task_delta"].shape[0] == 60 and arrays["scores_train"].shape == (60, 5)
     assert json.loads(str(arrays["config"]))["variant"] == "exact"
-    assert cli.main(["edit", "--out", out, "--remove-tasks", "0,3", "--remove-train", "1:0", *SMALL]) == 0
+    assert cli.main(["edit", "--out", out, "--remove-tasks", "0,3", "--remove-train", "1:0", "--polish-edit", "3",
+                     *SMALL]) == 0
     edit = json.loads((shared_run / "edit.json").read_text())
+    assert 1 <= edit["polish"]["iterations"] <= 3 and edit["polish"]["stop"]["rule"] == "absolute", edit["polish"]
     # two of 60 tasks and one support example: the edited model is a small step from the trained one
     before, after = edit["accuracy_before"], edit["accuracy_after"]
     assert edit["removed"]["tasks"] == [0, 3] and after != before and edit["solve"]["iterations_max"] >= 1
@@ -103,6 +106,55 @@ def test_a_retrain_that_stops_at_its_cap_says_so(tmp_path):
         warnings.simplefilter("error", MetaifWarning)
         done = retrain_without(trained, replace(analysis, polish=500), tasks=[0, 1, 2])
     assert 2 < done.iterations < 500
+
+
+@pytest.fixture(scope="module")
+def small_trained(tmp_path_factory):
+    """40 digits tasks polished around an anchor (a well-posed optimum). In float32, with inner problems
+    solved to ~1e-6, L-BFGS stalls near max |D_lambda L| ~ 1e-4: polish_tol 1e-6 is never reached."""
+    run = replace(RunConfig(), **{**QUICK, "train_tasks": 40, "test_tasks": 20})
+    analysis = AnalysisConfig(polish=300, anchor=1.0, polish_tol=1e-6)
+    return train_model(run, analysis, Workspace(tmp_path_factory.mktemp("small"), progress=False)), analysis
+
+
+def test_the_relative_stopping_rule_stops_at_a_fraction_of_the_starting_gradient(small_trained):
+    trained, analysis = small_trained
+    absolute = retrain_without(trained, analysis, tasks=[0, 1, 2])
+    relative = retrain_without(trained, replace(analysis, retrain_rtol=0.1), tasks=[0, 1, 2])
+    stop = relative.stop
+    assert stop["rule"] == "relative" and stop["reason"] == "tolerance", stop
+    assert stop["threshold"] == pytest.approx(0.1 * stop["start_grad_max"]) and stop["threshold"] > 1e-6
+    assert stop["final_grad_max"] <= stop["threshold"]
+    assert absolute.stop["rule"] == "absolute" and absolute.stop["reason"] == "stalled", absolute.stop
+    assert 0 < relative.iterations < absolute.iterations
+    # the starting gradient the rule needs is L-BFGS's first evaluation, not an extra one
+    weights = Weights.uniform(trained.train, trained.lam.dtype).without_positions(tasks=[0, 1, 2])
+    same_path = solve_outer(trained.problem, trained.train, trained.lam, weights, tol=1e-12,
+                            max_iter=relative.iterations)
+    assert len(same_path.losses) == len(relative.losses) and same_path.stop["reason"] == "cap"
+    assert torch.equal(same_path.lam, relative.lam)
+
+
+def test_an_edit_polished_by_the_retrain_solver_reaches_the_retrain_in_fewer_iterations(small_trained):
+    """Removing 10 of 40 tasks: the retrain from lambda* stops on the relative rule; L-BFGS continued
+    from the edit, to the same threshold on the objective without them, ends closer to the retrain
+    than the edit alone (measured: 3x), in fewer iterations (measured: 2 against 4)."""
+    trained, analysis = small_trained
+    removal = {"tasks": list(range(10))}
+    retrained = retrain_without(trained, replace(analysis, retrain_rtol=0.1), **removal)
+    analyzer = analyze(trained, analysis, progress=False)
+    edited = analyzer.edit(**removal)
+    polished = analyzer.edit(**removal, polish=300, polish_tol=retrained.stop["threshold"])
+    record = analyzer.editor.last_polish
+    assert record.stop["reason"] == "tolerance" and retrained.stop["reason"] == "tolerance"
+
+    def gap(lam):
+        return float((lam - retrained.lam).norm())
+
+    assert gap(polished) < 0.5 * gap(edited), (gap(polished), gap(edited))
+    assert 0 < record.iterations < retrained.iterations, (record.iterations, retrained.iterations)
+    with pytest.raises(ValueError, match="polish must be an integer >= 0"):
+        analyzer.edit(**removal, polish=-1)
 
 
 @pytest.mark.slow

@@ -44,6 +44,8 @@ ANALYSIS_FLAGS = [
     Flag("memory-gb", ("analysis", "influence", "memory_gb")),
     Flag("score-tasks", ("analysis", "score_tasks")),
     Flag("polish", ("analysis", "polish")),
+    Flag("polish-tol", ("analysis", "polish_tol")),
+    Flag("retrain-rtol", ("analysis", "retrain_rtol")),
     Flag("anchor", ("analysis", "anchor"))]
 RETRAIN_FLAGS = [Flag("retrain", ("analysis", "retrain")), Flag("retrain-steps", ("analysis", "retrain_steps"))]
 FRACTION_FLAG = Flag("fraction", ("fraction",))
@@ -134,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--refine", type=int, default=0, help="Newton refinement steps re-solving the inner problems, "
                                                                  "each halved until the objective without the removed "
                                                                  "items falls (default: 0)")
+            p.add_argument("--polish-edit", type=int, default=0,
+                           help="then at most this many iterations of the retrain's L-BFGS on the objective without the "
+                                "removed items, stopping on its rule (--polish-tol, --retrain-rtol) (default: 0)")
     return parser
 
 
@@ -193,7 +198,7 @@ def run_command(args: argparse.Namespace, config) -> int:
         if args.command == "score":
             return commands.score(config, ws)
         if args.command == "edit":
-            return commands.edit(config, ws, *removal, args.refine)
+            return commands.edit(config, ws, *removal, args.refine, args.polish_edit)
         return commands.experiment(config, args.name, ws)
 
 

@@ -114,17 +114,24 @@ def influence(config: ExperimentConfig, ws: Workspace, deltas: bool) -> int:
     return 0
 
 
-def edit(config: ExperimentConfig, ws: Workspace, tasks, val, train, refine: int) -> int:
-    """λ̂ without the given items (math.md §11), saved as ``lambda_edited.pt``, with accuracies."""
+def edit(config: ExperimentConfig, ws: Workspace, tasks, val, train, refine: int, polish: int = 0) -> int:
+    """λ̂ without the given items (math.md §11), optionally polished by ``polish`` L-BFGS iterations
+    of the retrain, saved as ``lambda_edited.pt``, with accuracies."""
     validate_removal(config, tasks, val, train)
     save_config(ws.out, config)
     trained = train_model(config.run, config.analysis, ws.sub("model"))
     analyzer = analyze(trained, config.analysis, ws.progress)
     began = time.perf_counter()
-    lam = analyzer.edit(tasks=tasks, val=val, train=train, refine=refine)
+    analysis = config.analysis
+    lam = analyzer.edit(tasks=tasks, val=val, train=train, refine=refine, polish=polish, polish_tol=analysis.polish_tol,
+                        polish_rtol=analysis.retrain_rtol)
     seconds = time.perf_counter() - began
     save_torch(ws.out / "lambda_edited.pt", lam)
-    summary = {"removed": {"tasks": tasks, "val": val, "train": train}, "refine": refine, "seconds": seconds,
+    record = analyzer.editor.last_polish if polish else None
+    polished = None if record is None else {"iterations": record.iterations, "seconds": record.wall_time,
+                                            "stop": record.stop}
+    summary = {"removed": {"tasks": tasks, "val": val, "train": train}, "refine": refine, "polish": polished,
+               "seconds": seconds,
                "damping": analyzer.damping_used, "solve": solve_summary(analyzer),
                "accuracy_before": asdict(accuracy(trained, trained.lam)),
                "accuracy_after": asdict(accuracy(trained, lam))}

@@ -49,6 +49,10 @@ class AnalysisConfig:
     polish: int = setting(200, "full-batch L-BFGS iterations at most that bring the Adam-trained lambda to "
                                "stationarity, the point influence functions linearise around (0: off)")
     polish_tol: float = setting(1e-5, "the polish stops at max |D_lambda L| <= polish_tol")
+    retrain_rtol: float = setting(0.0, "retraining, and the polish that continues an edit, also stop once max "
+                                       "|D_lambda L| has fallen to this fraction of its value where they start (0: "
+                                       "polish_tol alone, which float32 cannot reach over thousands of tasks)",
+                                  added=True)
     stationarity_tol: float = setting(5e-3, "a warning says when the analysed ||D_lambda L|| is above this")
     anchor: float | None = setting(None, "rho of the proximal anchor rho/2 ||lambda - lambda_trained||^2 that the "
                                          "polish adds (None: chosen on held-out tasks from anchor_grid; 0: none)")
@@ -67,6 +71,8 @@ class AnalysisConfig:
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, self, name, "an integer >= 1",
                   getattr(self, name))
         check(isinstance(self.polish, int) and self.polish >= 0, self, "polish", "an integer >= 0", self.polish)
+        check(finite(self.retrain_rtol) and 0 <= self.retrain_rtol < 1, self, "retrain_rtol", "a fraction in [0, 1)",
+              self.retrain_rtol)
         for name in ("polish_tol", "stationarity_tol"):
             check(finite(getattr(self, name)) and getattr(self, name) > 0, self, name, "a finite number > 0",
                   getattr(self, name))

@@ -80,9 +80,11 @@ def _retrained(trained: Trained, analysis: AnalysisConfig, ws: Workspace, key: s
 
 # ---- Table 1 ----------------------------------------------------------------------------------
 
-TABLE1_METHODS = [("task", "Retrain"), ("task", "Direct IF"), ("task", "task-IF"),
+TABLE1_METHODS = [("task", "Retrain"), ("task", "Direct IF"), ("task", "task-IF"), ("task", "task-IF + polish"),
                   ("instance", "Retrain (train)"), ("instance", "instance-IF (train)"),
-                  ("instance", "Retrain (val)"), ("instance", "instance-IF (val)")]
+                  ("instance", "instance-IF + polish (train)"),
+                  ("instance", "Retrain (val)"), ("instance", "instance-IF (val)"),
+                  ("instance", "instance-IF + polish (val)")]
 PROTOCOLS = ("harmful", "random")
 
 
@@ -108,9 +110,11 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
     """For each seed and removal protocol (``config.protocols``: the ``fraction`` most harmful
     tasks / training instances / validation instances by their influence scores, or a random
     ``fraction`` as the paper removes), the meta-test accuracy and runtime of warm-started
-    retraining against the IF edits. An edit's runtime counts the analyzer's set-up (inner solves
-    at lambda*), the solves it needs and the edit; the harmful protocol's IF rows also count the
-    scores that chose what to remove (Direct IF and retraining do not)."""
+    retraining against the IF edits, and against the edits polished by the retrain's L-BFGS down to
+    the threshold the retrain stopped at ("IF + polish": the edit as the retrain's warm start). An
+    edit's runtime counts the analyzer's set-up (inner solves at lambda*), the solves it needs and
+    the edit; the harmful protocol's IF rows also count the scores that chose what to remove (Direct
+    IF and retraining do not). Retrain and polish rows record their L-BFGS iterations."""
     out = ws.out
     save_config(out, config)
     ledger = _ledger(ws, {"experiment": "table1", "config": results_settings(config)})
@@ -136,25 +140,40 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
                 counted = setup_s + time.perf_counter() - began
             removal = removal_sets(protocol, config.fraction, seed, scores, shapes)
 
-            def edited(counted: float, **items):
-                """An edit's accuracy; its runtime adds the ``counted`` analysis seconds."""
+            def edited(counted: float, polish_to: str | None = None, **items):
+                """An edit's accuracy; its runtime adds the ``counted`` analysis seconds. ``polish_to``:
+                the ledger key of the retrain whose stopping threshold the polish goes down to (an
+                entry from before thresholds were recorded stopped at polish_tol)."""
                 began = time.perf_counter()
-                lam = analyzer.edit(**items)
-                return {"accuracy": accuracy(trained, lam).mean, "seconds": counted + time.perf_counter() - began,
-                        "damping": analyzer.damping_used, "solve": solve_summary(analyzer)}
+                polish = {}
+                if polish_to is not None:
+                    threshold = ledger.data[f"{seed}/{protocol}/{polish_to}"].get("threshold", config.analysis.polish_tol)
+                    polish = {"polish": max(config.analysis.polish, 1), "polish_tol": threshold}
+                lam = analyzer.edit(**items, **polish)
+                entry = {"accuracy": accuracy(trained, lam).mean, "seconds": counted + time.perf_counter() - began,
+                         "damping": analyzer.damping_used, "solve": solve_summary(analyzer)}
+                if polish:
+                    record = analyzer.editor.last_polish
+                    entry.update(iterations=record.iterations, polish_seconds=record.wall_time, stop=record.stop)
+                return entry
 
             def retrained(key, **items):
                 result = _retrained(trained, config.analysis, ws, f"{seed}/{protocol}/{key}", **items)
                 return {"accuracy": accuracy(trained, result.lam).mean, "seconds": result.wall_time,
-                        "iterations": result.iterations, "grad_norm": result.grad_norm}
+                        "iterations": result.iterations, "grad_norm": result.grad_norm,
+                        "threshold": result.stop["threshold"], "stop": result.stop}
 
-            jobs = {"task/Retrain": lambda: retrained("task", tasks=removal["tasks"]),
-                    "task/Direct IF": lambda: edited(setup_s, tasks=removal["tasks"], method="direct"),
-                    "task/task-IF": lambda: edited(counted, tasks=removal["tasks"]),
-                    "instance/Retrain (train)": lambda: retrained("train", train=removal["train"]),
-                    "instance/instance-IF (train)": lambda: edited(counted, train=removal["train"]),
-                    "instance/Retrain (val)": lambda: retrained("val", val=removal["val"]),
-                    "instance/instance-IF (val)": lambda: edited(counted, val=removal["val"])}
+            tasks, train, val = ({"tasks": removal["tasks"]}, {"train": removal["train"]}, {"val": removal["val"]})
+            jobs = {"task/Retrain": lambda: retrained("task", **tasks),
+                    "task/Direct IF": lambda: edited(setup_s, method="direct", **tasks),
+                    "task/task-IF": lambda: edited(counted, **tasks),
+                    "task/task-IF + polish": lambda: edited(counted, "task/Retrain", **tasks),
+                    "instance/Retrain (train)": lambda: retrained("train", **train),
+                    "instance/instance-IF (train)": lambda: edited(counted, **train),
+                    "instance/instance-IF + polish (train)": lambda: edited(counted, "instance/Retrain (train)", **train),
+                    "instance/Retrain (val)": lambda: retrained("val", **val),
+                    "instance/instance-IF (val)": lambda: edited(counted, **val),
+                    "instance/instance-IF + polish (val)": lambda: edited(counted, "instance/Retrain (val)", **val)}
             for key, job in jobs.items():
                 ledger.run(f"{seed}/{protocol}/{key}", job)
 
@@ -165,6 +184,8 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
             entries = [ledger.data[f"{s}/{protocol}/{level}/{name}"] for s in config.seeds]
             rows[f"{level}/{name}"] = {"accuracy": _mean_std([e["accuracy"] for e in entries]),
                                        "seconds": _mean_std([e["seconds"] for e in entries])}
+            if all("iterations" in e for e in entries):
+                rows[f"{level}/{name}"]["iterations"] = _mean_std([e["iterations"] for e in entries])
         protocols[protocol] = rows
     base = _mean_std([ledger.data[f"{s}/base"]["accuracy"] for s in config.seeds])
     result = {"dataset": config.run.dataset, "seeds": list(config.seeds), "fraction_removed": config.fraction,
@@ -184,9 +205,11 @@ def table1_markdown(result: dict) -> str:
     out = [f"### {result['dataset']} (removing {result['fraction_removed']:.0%}, seeds {result['seeds']}; "
            f"trained model {acc:.4f} ± {std:.4f})\n"]
     for protocol, rows in result["protocols"].items():
-        out.append(f"\n{protocol} removal\n\n| level | method | meta-test accuracy | runtime (s) |\n|---|---|---|---|\n")
+        out.append(f"\n{protocol} removal\n\n| level | method | meta-test accuracy | runtime (s) | L-BFGS iterations |\n"
+                   "|---|---|---|---|---|\n")
         out += [f"| {key.split('/')[0]} | {key.split('/', 1)[1]} | {r['accuracy'][0]:.4f} ± {r['accuracy'][1]:.4f} "
-                f"| {r['seconds'][0]:.2f} ± {r['seconds'][1]:.2f} |\n" for key, r in rows.items()]
+                f"| {r['seconds'][0]:.2f} ± {r['seconds'][1]:.2f} | "
+                f"{'{:.1f}'.format(r['iterations'][0]) if 'iterations' in r else ''} |\n" for key, r in rows.items()]
     return "".join(out)
 
 

@@ -40,7 +40,8 @@ def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=()
                     checkpoint: Path | None = None, progress: bool = False) -> TrainResult:
     """Warm-started retraining without the given task positions / ``(position, j)`` instances
     (resuming from ``checkpoint``): the retrained lambda, wall seconds and, for L-BFGS, its
-    iterations and final ``||D_lambda L||``. Warns when L-BFGS stops at its cap (``analysis.polish``)
+    iterations, final ``||D_lambda L||`` and stopping rule (``analysis.polish_tol``, and
+    ``analysis.retrain_rtol`` when set). Warns when L-BFGS stops at its cap (``analysis.polish``)
     instead of its tolerance."""
     weights = Weights.uniform(trained.train, trained.lam.dtype, trained.lam.device).without_positions(tasks, val, train)
     if analysis.retrain != "lbfgs":
@@ -49,9 +50,10 @@ def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=()
                           checkpoint=checkpoint, progress=progress)
     cap = max(analysis.polish, 1)
     result = solve_outer(trained.problem, trained.train, trained.lam, weights, tol=analysis.polish_tol, max_iter=cap,
-                         checkpoint=checkpoint, progress=progress, desc="retrain (L-BFGS)")
-    if result.iterations >= cap:
-        warnings.warn(f"retraining stopped at its cap of {cap} L-BFGS iterations (--polish) with ||D_lambda L|| = "
-                      f"{result.grad_norm:.2e}, not at --polish-tol {analysis.polish_tol:g}: the retrained lambda is on "
-                      f"its way to the optimum without the removed items", MetaifWarning, stacklevel=2)
+                         checkpoint=checkpoint, progress=progress, desc="retrain (L-BFGS)", rtol=analysis.retrain_rtol)
+    if result.stop["reason"] == "cap":
+        warnings.warn(f"retraining stopped at its cap of {cap} L-BFGS iterations (--polish) with max |D_lambda L| = "
+                      f"{result.stop['final_grad_max']:.2e}, above its threshold {result.stop['threshold']:.2e} "
+                      f"(--polish-tol, --retrain-rtol): the retrained lambda is on its way to the optimum without the "
+                      f"removed items", MetaifWarning, stacklevel=2)
     return result

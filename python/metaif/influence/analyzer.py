@@ -176,9 +176,11 @@ class InfluenceAnalyzer:
     # ---- editing (Editor) ------------------------------------------------------------------------
 
     def edit(self, tasks=(), val=(), train=(), method: str = "task-if", refine: int = 0,
-             variant: str | None = None) -> torch.Tensor:
-        """The model without tasks / instances (math.md §11), ``[p]`` (:meth:`Editor.edit <.edit.Editor.edit>`)."""
-        return self.editor.edit(tasks, val, train, method, refine, variant)
+             variant: str | None = None, polish: int = 0, polish_tol: float = 1e-5,
+             polish_rtol: float = 0.0) -> torch.Tensor:
+        """The model without tasks / instances (math.md §11), ``[p]``, optionally polished by the
+        retrain's L-BFGS (:meth:`Editor.edit <.edit.Editor.edit>`; its record: ``editor.last_polish``)."""
+        return self.editor.edit(tasks, val, train, method, refine, variant, polish, polish_tol, polish_rtol)
 
     def newton_steps(self, lam: torch.Tensor, tasks=(), val=(), train=(),
                      variant: str | None = None) -> Iterator[torch.Tensor]:

@@ -1,5 +1,5 @@
-"""Editing (math.md §11): the model without a removal set in one solve, and safeguarded Newton
-refinement toward the re-solved optimum."""
+"""Editing (math.md §11): the model without a removal set in one solve, safeguarded Newton
+refinement toward the re-solved optimum, and the retrain's own L-BFGS continued from the edit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import torch
 
 from ..linalg import MetaifWarning
+from ..meta import TrainResult, solve_outer
 from ..meta.binding import Bound
 from ..meta.problem import outer_l2
 from .config import DIRECT
@@ -27,11 +28,13 @@ ARMIJO, HALVINGS = 1e-4, 10
 class Editor:
     """Edits of ``session``'s lambda* (``[p]`` each). The refinement iterates of the latest removal
     set are kept, so ``edit(refine=r)`` after ``edit(refine=r - 1)`` takes one more step instead of
-    ``r``; only one set is kept, since its iterator holds a binding of every task."""
+    ``r``; only one set is kept, since its iterator holds a binding of every task. ``last_polish``
+    is the L-BFGS record (iterations, seconds, stopping rule) of the latest ``edit(polish=k)``."""
 
     def __init__(self, session: Session, hessian: TotalHessian, removal: RemovalPredictions) -> None:
         self.session, self.hessian, self.removal = session, hessian, removal
         self._path: tuple[tuple, list[torch.Tensor], Iterator[torch.Tensor]] | None = None
+        self.last_polish: TrainResult | None = None
 
     def forget(self) -> None:
         """Drop the kept refinement iterates (the solver changed)."""
@@ -47,15 +50,20 @@ class Editor:
         return (tuple(s.positions(tasks, "removed tasks").tolist()), pairs(val, "val"), pairs(train, "train"), variant)
 
     def edit(self, tasks=(), val=(), train=(), method: str = "task-if", refine: int = 0,
-             variant: str | None = None) -> torch.Tensor:
+             variant: str | None = None, polish: int = 0, polish_tol: float = 1e-5,
+             polish_rtol: float = 0.0) -> torch.Tensor:
         """``λ̂_{-S} = λ* + H^{-1} removal_gradient(S)`` (math.md §11), one solve; ``method``
         "direct" uses the direct IF (tasks and validation instances); ``refine`` Newton steps
-        re-solve the inner problems with S removed (warm-started; H kept from λ*), ``[p]``."""
+        re-solve the inner problems with S removed (warm-started; H kept from λ*); ``polish``
+        iterations (at most) of the retrain's full-batch L-BFGS on the objective without S continue
+        from there, stopping on the retrain's rule (``polish_tol``, ``polish_rtol``:
+        :func:`~metaif.meta.solve_outer`), ``[p]``."""
         s = self.session
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
-        if not (isinstance(refine, int) and refine >= 0):
-            raise ValueError(f"refine must be an integer >= 0 (Newton steps), got {refine!r}")
+        for name, value, unit in (("refine", refine, "Newton steps"), ("polish", polish, "L-BFGS iterations")):
+            if not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"{name} must be an integer >= 0 ({unit}), got {value!r}")
         direct = method == "direct"
         variant = DIRECT if direct else s.variant(variant)
         key = self._key(tasks, val, train, variant)
@@ -67,7 +75,13 @@ class Editor:
             self._path = (key, [], self.newton_steps(lam, tasks, val, train, variant))
         _, iterates, steps = self._path
         iterates.extend(itertools.islice(steps, max(0, refine + 1 - len(iterates))))
-        return iterates[min(refine, len(iterates) - 1)]
+        lam = iterates[min(refine, len(iterates) - 1)]
+        if polish == 0:
+            return lam
+        removed = s.weights.without_positions(tasks, val, train)
+        self.last_polish = solve_outer(s.problem, s.tasks, lam, removed, tol=polish_tol, max_iter=polish,
+                                       desc="polish the edit (L-BFGS)", rtol=polish_rtol)
+        return self.last_polish.lam
 
     def _warn_emptied_classes(self, items: torch.Tensor) -> None:
         """Warns when removing training ``items [k, 2]`` takes some task's last support example of a

@@ -158,8 +158,8 @@ def full_objective(problem: TrainableProblem, tasks: TaskSet, lam: torch.Tensor,
 class TrainResult:
     """The trained ``lam [p]``, the outer losses per step (or per L-BFGS evaluation), the last
     inner ``max ||grad_theta F_i||``, the wall time in seconds summed over resumed sessions, the
-    L-BFGS iterations and final ``||D_lambda L||`` (solve_outer), and, for retraining with test
-    tasks, the meta-test accuracy."""
+    L-BFGS iterations, final ``||D_lambda L||`` and how the solve stopped (solve_outer), and, for
+    retraining with test tasks, the meta-test accuracy."""
 
     lam: torch.Tensor
     losses: list[float] = field(default_factory=list)
@@ -168,6 +168,7 @@ class TrainResult:
     iterations: int = 0
     grad_norm: float = float("nan")
     accuracy: Accuracy | None = None
+    stop: dict = field(default_factory=dict)
 
 
 def _tensor_digest(t: torch.Tensor | None) -> str | None:
@@ -233,12 +234,16 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
 
 def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, weights: Weights | None = None,
                 tol: float = 1e-9, max_iter: int = 1000, checkpoint: str | Path | None = None,
-                progress: bool = False, desc: str = "polish (L-BFGS)", chunk: int = 10) -> TrainResult:
+                progress: bool = False, desc: str = "polish (L-BFGS)", chunk: int = 10,
+                rtol: float = 0.0) -> TrainResult:
     """Full-batch L-BFGS (strong Wolfe) on ``sum_i c_i L_i + gamma/2 ||lambda - anchor||^2`` from
-    ``lam0`` until ``max_j |D_lambda L_j| <= tol``, ``max_iter`` iterations, or a chunk of iterations
-    that no longer lowers the objective beyond its rounding (float32 stalls there): the stationary
-    lambda* that influence functions linearise around, and the warm-started re-solve that is their
-    ground truth (math.md §1).
+    ``lam0`` until ``max_j |D_lambda L_j| <= max(tol, rtol * max_j |D_lambda L_j(lam0)|)``,
+    ``max_iter`` iterations, or a chunk of iterations that no longer lowers the objective beyond its
+    rounding (float32 stalls there): the stationary lambda* that influence functions linearise
+    around, and the warm-started re-solve that is their ground truth (math.md §1). The relative
+    rule (``rtol > 0``) is what a float32 solve over thousands of tasks can reach; ``result.stop``
+    records the rule, its threshold, the starting and final ``max |D_lambda L|`` and why it stopped
+    (tolerance, cap, or stalled).
 
     Every ``chunk`` iterations the iterate and the L-BFGS memory go to ``checkpoint`` (a run with
     the same settings resumes from it); ``progress`` shows iterations, loss, ``||D_lambda L||`` and
@@ -250,20 +255,37 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
     lam = lam0.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS([lam], lr=1.0, max_iter=chunk, history_size=50, tolerance_grad=tol,
                             tolerance_change=0.0, line_search_fn="strong_wolfe")
+    if not (rtol >= 0 and math.isfinite(rtol)):
+        raise ValueError(f"rtol must be a finite number >= 0 (a fraction of the starting max |D_lambda L|), got {rtol!r}")
     identity = {"tasks": tasks.fingerprint(), "lam0": _tensor_digest(lam0), "tol": tol, "gamma": problem.gamma,
                 "anchor": _tensor_digest(getattr(problem, "anchor", None)), "form": getattr(problem, "form", None),
                 "weights": fingerprint([weights.c.tolist(), weights.w_tr.tolist(), weights.w_val.tolist()])}
+    if rtol:
+        identity["rtol"] = rtol
     result, spent = TrainResult(lam.detach()), 0.0
     saved = Checkpoint(checkpoint, identity, device)
     state = saved.load()
+    start_grad, first = None, None
     if state is not None:
         with torch.no_grad():
             lam.copy_(state["lam"])
         opt.load_state_dict(state["opt"])
         result.losses, result.iterations, spent = state["losses"], state["iterations"], state["seconds"]
+        start_grad = state.get("start_grad")
+    elif rtol:
+        # the relative threshold needs the starting gradient before L-BFGS's first test of it; that
+        # evaluation is then handed to L-BFGS instead of being repeated
+        first = _objective(problem, lam.detach(), batch, task_weights, world)
+        start_grad = float(first[1].abs().max())
+    threshold = max(tol, rtol * start_grad) if rtol else tol
+    opt.param_groups[0]["tolerance_grad"] = threshold
 
     def closure():
-        value, lam.grad, info = _objective(problem, lam.detach(), batch, task_weights, world)
+        nonlocal first
+        if first is not None:
+            (value, lam.grad, info), first = first, None
+        else:
+            value, lam.grad, info = _objective(problem, lam.detach(), batch, task_weights, world)
         result.losses.append(value)
         result.inner_grad_norm = info["inner_grad_norm"]
         result.grad_norm = float(lam.grad.norm())
@@ -284,13 +306,17 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
             result.iterations += done
             bar.update(done)
             saved.save(lam=lam.detach(), opt=opt.state_dict(), losses=result.losses, iterations=result.iterations,
-                       seconds=spent + time.perf_counter() - began)
+                       seconds=spent + time.perf_counter() - began, start_grad=start_grad)
             if done < opt.param_groups[0]["max_iter"]:  # converged (or stalled: no descent direction left)
                 break
             if before_loss is not None and before_loss - result.losses[-1] <= rounding * abs(result.losses[-1]):
                 break  # a whole chunk gained nothing measurable
     if not result.losses:  # resumed at max_iter: evaluate once for the record
         closure()
+    final_grad = float(lam.grad.abs().max())
+    reason = "tolerance" if final_grad <= threshold else "cap" if result.iterations >= max_iter else "stalled"
+    result.stop = {"rule": "relative" if rtol else "absolute", "tol": tol, "rtol": rtol, "threshold": threshold,
+                   "start_grad_max": start_grad, "final_grad_max": final_grad, "reason": reason}
     result.lam, result.wall_time = lam.detach().clone(), spent + time.perf_counter() - began
     return result
 
