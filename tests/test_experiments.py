@@ -14,7 +14,7 @@ from metaif import cli
 from metaif.experiments import paper
 from metaif.experiments.commands import QUICK
 from metaif.experiments.common import AnalysisConfig, ExperimentConfig, Workspace, analyze, train_model
-from metaif.experiments.retrain import retrain_without
+from metaif.experiments.retrain import retrain_from_scratch, retrain_without
 from metaif.experiments.run import RunConfig
 from metaif.linalg import MetaifWarning
 from metaif.meta import Weights, solve_outer
@@ -155,6 +155,17 @@ def test_an_edit_polished_by_the_retrain_solver_reaches_the_retrain_in_fewer_ite
     assert 0 < record.iterations < retrained.iterations, (record.iterations, retrained.iterations)
     with pytest.raises(ValueError, match="polish must be an integer >= 0"):
         analyzer.edit(**removal, polish=-1)
+
+
+def test_retraining_from_scratch_repeats_the_run_that_made_lambda_star(small_trained):
+    """The paper's protocol is the same meta-training and polish: with nothing removed it gives back
+    lambda* bit for bit; without tasks it lands elsewhere, and records both stages' time."""
+    trained, analysis = small_trained
+    again = retrain_from_scratch(trained, analysis)
+    assert torch.equal(again.lam, trained.lam)
+    without = retrain_from_scratch(trained, analysis, tasks=[0, 1, 2])
+    assert not torch.equal(without.lam, trained.lam) and without.wall_time > 0
+    assert without.stop["rule"] == "absolute" and without.iterations >= 1
 
 
 @pytest.mark.slow

@@ -51,6 +51,7 @@ RETRAIN_FLAGS = [Flag("retrain", ("analysis", "retrain")), Flag("retrain-steps",
 FRACTION_FLAG = Flag("fraction", ("fraction",))
 SEEDS_FLAG = Flag("seeds", ("seeds",))
 PROTOCOLS_FLAG = Flag("protocols", ("protocols",))
+SCRATCH_FLAG = Flag("from-scratch", ("from_scratch",))
 
 
 def _items(text: str | None) -> list[tuple[int, int]]:
@@ -76,7 +77,7 @@ def _flags_of(command: str) -> list[Flag]:
     if command == "demo":
         flags = flags + [FRACTION_FLAG]
     if command == "experiment":
-        flags = flags + RETRAIN_FLAGS + [FRACTION_FLAG, SEEDS_FLAG, PROTOCOLS_FLAG]
+        flags = flags + RETRAIN_FLAGS + [FRACTION_FLAG, SEEDS_FLAG, PROTOCOLS_FLAG, SCRATCH_FLAG]
     return flags
 
 

@@ -92,6 +92,8 @@ class ExperimentConfig:
     fraction: float = setting(0.05, "share of the tasks / instances removed (table1, demo), in (0, 1)")
     protocols: tuple[str, ...] = setting(("harmful",), "table1: what is removed, harmful (the most negative influence "
                                                        "scores) and/or random (the paper's protocol)")
+    from_scratch: bool = setting(False, "table1: also retrain from the seeded initialisation (the paper's protocol: the "
+                                        "run's Adam steps, then the polish) at each level", added=True)
 
     def __post_init__(self) -> None:
         check(len(self.protocols) >= 1 and set(self.protocols) <= {"harmful", "random"}, self, "protocols",

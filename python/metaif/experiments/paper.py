@@ -32,7 +32,7 @@ from .common import (
     solve_summary,
     train_model,
 )
-from .retrain import retrain_without
+from .retrain import retrain_from_scratch, retrain_without
 from .run import build
 
 
@@ -71,11 +71,14 @@ def _ledger(ws: Workspace, settings: dict) -> Ledger:
     return Ledger(ws.out / "ledger.json")
 
 
-def _retrained(trained: Trained, analysis: AnalysisConfig, ws: Workspace, key: str, **removal) -> TrainResult:
-    """Warm-started retraining for ledger entry ``key``, checkpointed until the entry is written."""
+def _retrained(trained: Trained, analysis: AnalysisConfig, ws: Workspace, key: str, scratch: bool = False,
+               **removal) -> TrainResult:
+    """Retraining for ledger entry ``key`` (warm-started, or from scratch), checkpointed until the
+    entry is written."""
     path = ws.out / "retrain" / (key.replace("/", "_").replace(" ", "_") + ".pt")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return retrain_without(trained, analysis, checkpoint=path, progress=ws.progress, **removal)
+    how = retrain_from_scratch if scratch else retrain_without
+    return how(trained, analysis, checkpoint=path, progress=ws.progress, **removal)
 
 
 # ---- Table 1 ----------------------------------------------------------------------------------
@@ -85,7 +88,14 @@ TABLE1_METHODS = [("task", "Retrain"), ("task", "Direct IF"), ("task", "task-IF"
                   ("instance", "instance-IF + polish (train)"),
                   ("instance", "Retrain (val)"), ("instance", "instance-IF (val)"),
                   ("instance", "instance-IF + polish (val)")]
+SCRATCH_METHODS = [("task", "Retrain (from scratch)"), ("instance", "Retrain (from scratch, train)"),
+                   ("instance", "Retrain (from scratch, val)")]
 PROTOCOLS = ("harmful", "random")
+
+
+def table1_methods(config: ExperimentConfig) -> list[tuple[str, str]]:
+    """Table 1's (level, method) rows: the from-scratch retrains when ``config.from_scratch``."""
+    return TABLE1_METHODS + (SCRATCH_METHODS if config.from_scratch else [])
 
 
 def removal_sets(protocol: str, fraction: float, seed: int, scores=None, shapes=None) -> dict:
@@ -118,7 +128,8 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
     out = ws.out
     save_config(out, config)
     ledger = _ledger(ws, {"experiment": "table1", "config": results_settings(config)})
-    keys = [f"{protocol}/{level}/{name}" for protocol in config.protocols for level, name in TABLE1_METHODS]
+    methods = table1_methods(config)
+    keys = [f"{protocol}/{level}/{name}" for protocol in config.protocols for level, name in methods]
     for seed in stage(config.seeds, desc="table1 seeds", disable=not ws.progress, leave=True):
         run = _seeded(config, seed)
         trained = train_model(run, config.analysis, ws.sub(f"seed{seed}").sub("model"))
@@ -131,7 +142,7 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
         setup_s = time.perf_counter() - began
         shapes = (len(trained.train), trained.train.y_train.shape[1], trained.train.y_val.shape[1])
         for protocol in config.protocols:
-            if all(f"{seed}/{protocol}/{level}/{name}" in ledger.data for level, name in TABLE1_METHODS):
+            if all(f"{seed}/{protocol}/{level}/{name}" in ledger.data for level, name in methods):
                 continue
             scores, counted = None, setup_s
             if protocol == "harmful":
@@ -157,8 +168,8 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
                     entry.update(iterations=record.iterations, polish_seconds=record.wall_time, stop=record.stop)
                 return entry
 
-            def retrained(key, **items):
-                result = _retrained(trained, config.analysis, ws, f"{seed}/{protocol}/{key}", **items)
+            def retrained(key, scratch=False, **items):
+                result = _retrained(trained, config.analysis, ws, f"{seed}/{protocol}/{key}", scratch, **items)
                 return {"accuracy": accuracy(trained, result.lam).mean, "seconds": result.wall_time,
                         "iterations": result.iterations, "grad_norm": result.grad_norm,
                         "threshold": result.stop["threshold"], "stop": result.stop}
@@ -174,13 +185,17 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
                     "instance/Retrain (val)": lambda: retrained("val", **val),
                     "instance/instance-IF (val)": lambda: edited(counted, **val),
                     "instance/instance-IF + polish (val)": lambda: edited(counted, "instance/Retrain (val)", **val)}
+            if config.from_scratch:
+                jobs.update({"task/Retrain (from scratch)": lambda: retrained("scratch_task", True, **tasks),
+                             "instance/Retrain (from scratch, train)": lambda: retrained("scratch_train", True, **train),
+                             "instance/Retrain (from scratch, val)": lambda: retrained("scratch_val", True, **val)})
             for key, job in jobs.items():
                 ledger.run(f"{seed}/{protocol}/{key}", job)
 
     protocols = {}
     for protocol in config.protocols:
         rows = {}
-        for level, name in TABLE1_METHODS:
+        for level, name in methods:
             entries = [ledger.data[f"{s}/{protocol}/{level}/{name}"] for s in config.seeds]
             rows[f"{level}/{name}"] = {"accuracy": _mean_std([e["accuracy"] for e in entries]),
                                        "seconds": _mean_std([e["seconds"] for e in entries])}

@@ -12,11 +12,12 @@ import torch
 from ..data.tasks import TaskSet
 from ..linalg import MetaifWarning
 from ..meta import TrainConfig, TrainResult, Weights, evaluate, meta_train, solve_outer
-from ..meta.problem import TrainableProblem
+from ..meta.problem import TrainableProblem, anchored
 from ..meta.train import DTYPES
 from .common import AnalysisConfig, Trained
+from .run import build
 
-__all__ = ["retrain", "retrain_without"]
+__all__ = ["retrain", "retrain_from_scratch", "retrain_without"]
 
 
 def retrain(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, lam_star: torch.Tensor | None = None,
@@ -56,4 +57,24 @@ def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=()
                       f"{result.stop['final_grad_max']:.2e}, above its threshold {result.stop['threshold']:.2e} "
                       f"(--polish-tol, --retrain-rtol): the retrained lambda is on its way to the optimum without the "
                       f"removed items", MetaifWarning, stacklevel=2)
+    return result
+
+
+def retrain_from_scratch(trained: Trained, analysis: AnalysisConfig, tasks=(), val=(), train=(),
+                         checkpoint: Path | None = None, progress: bool = False) -> TrainResult:
+    """The paper's protocol: meta-train from the seeded initialisation with the run's steps and
+    schedule on the data without the given items (their weights zeroed), then the polish lambda* had
+    (L-BFGS with its anchor rho, around the new Adam result), stopping on the retrain's rule
+    (``analysis.polish_tol``, ``analysis.retrain_rtol``). ``checkpoint`` (a file name stem) resumes
+    both stages. The result's wall time counts both stages, its iterations the polish's. With nothing
+    removed and the anchor given (not chosen from a grid) it is lambda* again."""
+    problem = build(trained.run)[0]
+    weights = Weights.uniform(trained.train, trained.lam.dtype, trained.lam.device).without_positions(tasks, val, train)
+    paths = (None, None) if checkpoint is None else (checkpoint.with_suffix(".adam.pt"), checkpoint.with_suffix(".pt"))
+    adam = meta_train(problem, trained.train, trained.run.train, weights=weights, checkpoint=paths[0], progress=progress)
+    rho = trained.summary.get("rho") or 0.0
+    result = solve_outer(anchored(problem, rho, adam.lam), trained.train, adam.lam, weights, tol=analysis.polish_tol,
+                         max_iter=max(analysis.polish, 1), checkpoint=paths[1], progress=progress,
+                         desc="retrain from scratch: polish", rtol=analysis.retrain_rtol)
+    result.wall_time += adam.wall_time
     return result
