@@ -79,3 +79,9 @@ def test_a_solver_registered_after_import_is_a_method_and_a_flag():
         assert cli.config_from_args(args).analysis.influence.solver.method == "late-test-solver"
     finally:
         del SOLVERS["late-test-solver"]
+
+
+def test_the_experiment_names_are_the_registered_experiments():
+    from metaif.experiments.commands import EXPERIMENTS
+
+    assert cli.EXPERIMENT_NAMES == tuple(EXPERIMENTS)

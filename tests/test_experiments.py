@@ -189,3 +189,30 @@ def test_resnet12_on_rotated_omniglot_is_trained_and_edited_end_to_end(tmp_path)
     lam, lam_edited = torch.load(out / "model" / "lambda_star.pt"), torch.load(out / "lambda_edited.pt")
     assert lam.numel() == resnet12(1, (4, 4, 8, 8), 28).num_params and 0 < (lam_edited - lam).norm() < lam.norm()
     assert edited["removed"]["tasks"] == [2], edited
+
+
+@pytest.mark.slow
+def test_curation_retrains_from_scratch_on_the_kept_tasks_and_resumes(tmp_path):
+    """Two seeds of a tiny corrupted digits curation: every order starts at the all-task model,
+    each point is a from-scratch training on fewer tasks, influence-ordered removal finds more of
+    the corrupted tasks than random, and a second call reads everything from the ledger."""
+    from metaif.experiments.curate import ORDERS, curate, removal_orders
+
+    run = replace(RunConfig(), **{**QUICK, "train_tasks": 40, "test_tasks": 40, "train": replace(QUICK["train"], steps=15)})
+    config = paper.CurveConfig(fractions=(0.0, 0.25), task_fraction=0.25, experiment=ExperimentConfig(
+        run=run, seeds=(0, 1), analysis=AnalysisConfig(score_tasks=10, validation_tasks=20, polish=40, anchor=1.0)))
+    ws = Workspace(tmp_path, progress=False)
+    result = curate(config, ws)
+    assert (tmp_path / "curate_accuracy.png").stat().st_size > 0 and (tmp_path / "curate.json").exists()
+    assert set(result["accuracy"]) == set(ORDERS)
+    starts = {name: accs[0] for name, accs in result["accuracy"].items()}
+    assert len(set(map(tuple, starts.values()))) == 1  # fraction 0 is the model trained on every task
+    ledger = json.loads((tmp_path / "ledger.json").read_text())
+    points = [ledger[f"{s}/{name}/0.250"] for s in (0, 1) for name in ORDERS]
+    assert all(p["kept"] == 30 and p["seconds"] > 0 for p in points)
+    found = {name: np.mean([ledger[f"{s}/{name}/0.250"]["corrupted_share_removed"] for s in (0, 1)]) for name in ORDERS}
+    assert found["most harmful first"] > found["random"], found
+    assert curate(config, ws) == result  # from the ledger
+    orders = removal_orders(torch.tensor([0.5, -2.0, 0.1, -0.05]), seed=0)
+    assert orders["most harmful first"] == [1, 3, 2, 0] and orders["least helpful first"] == [3, 2, 0, 1]
+    assert sorted(orders["random"]) == [0, 1, 2, 3]

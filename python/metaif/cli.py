@@ -69,7 +69,9 @@ COMMANDS = {
     "influence": "task-IF and instance-IF of every training task and instance",
     "score": "influence scores of every task and instance on new tasks, ranked",
     "edit": "remove tasks / instances from a trained model without retraining",
-    "experiment": "the paper's experiments: table1, harmful, effectiveness"}
+    "experiment": "the paper's experiments: table1, harmful, effectiveness; curate: train on the tasks influence "
+                  "keeps"}
+EXPERIMENT_NAMES = ("table1", "harmful", "effectiveness", "curate")  # experiments.commands.EXPERIMENTS (checked)
 
 
 def _flags_of(command: str) -> list[Flag]:
@@ -111,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command, help=text, description=text, epilog=EXIT_CODES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if command == "experiment":
-            p.add_argument("name", choices=["table1", "harmful", "effectiveness"])
+            p.add_argument("name", choices=EXPERIMENT_NAMES)
+            p.add_argument("--corrupt-tasks", type=float, default=None,
+                           help="harmful, curate: share of the meta-training tasks whose labels Figure 1's corruption "
+                                "flips (default: 0.4 for harmful, 0 for curate)")
             p.add_argument("--quick", action="store_true",
                            help="small digits run that finishes in minutes (flags you give still win)")
         p.add_argument("--config", help="a saved config.json; the flags you give override it")
@@ -200,7 +205,7 @@ def run_command(args: argparse.Namespace, config) -> int:
             return commands.score(config, ws)
         if args.command == "edit":
             return commands.edit(config, ws, *removal, args.refine, args.polish_edit)
-        return commands.experiment(config, args.name, ws)
+        return commands.experiment(config, args.name, ws, args.corrupt_tasks)
 
 
 def _one_line_warnings() -> None:

@@ -11,6 +11,7 @@ from ..meta import TrainConfig
 from ..utils.io import save_npz, save_torch, write_csv, write_json
 from . import demo as demo_module
 from . import paper, plots
+from .curate import curate
 from .common import (
     ExperimentConfig,
     Workspace,
@@ -140,12 +141,25 @@ def edit(config: ExperimentConfig, ws: Workspace, tasks, val, train, refine: int
     return 0
 
 
-def experiment(config: ExperimentConfig, name: str, ws: Workspace) -> int:
-    if name == "table1":
-        result = paper.table1(config, ws)
-        print(paper.table1_markdown(result))
-        return 0
-    curve = paper.CurveConfig(experiment=config)
-    result = (paper.harmful if name == "harmful" else paper.effectiveness)(curve, ws)
-    print(json.dumps(result, indent=2))
+def _table1(config: ExperimentConfig, ws: Workspace, corrupt_tasks: float | None) -> str:
+    return paper.table1_markdown(paper.table1(config, ws))
+
+
+def _curve(run, default_corruption: float):
+    """A removal-curve experiment: ``--corrupt-tasks`` (else ``default_corruption``) of the tasks get
+    Figure 1's label corruption."""
+    def experiment(config: ExperimentConfig, ws: Workspace, corrupt_tasks: float | None) -> str:
+        share = default_corruption if corrupt_tasks is None else corrupt_tasks
+        return json.dumps(run(paper.CurveConfig(experiment=config, task_fraction=share), ws), indent=2)
+    return experiment
+
+
+CORRUPTION = paper.CurveConfig.task_fraction
+# name -> (config, workspace, --corrupt-tasks) -> the text printed at the end
+EXPERIMENTS = {"table1": _table1, "harmful": _curve(paper.harmful, CORRUPTION),
+               "effectiveness": _curve(paper.effectiveness, CORRUPTION), "curate": _curve(curate, 0.0)}
+
+
+def experiment(config: ExperimentConfig, name: str, ws: Workspace, corrupt_tasks: float | None = None) -> int:
+    print(EXPERIMENTS[name](config, ws, corrupt_tasks))
     return 0
