@@ -11,7 +11,6 @@ from ..meta import TrainConfig
 from ..utils.io import save_npz, save_torch, write_csv, write_json
 from . import demo as demo_module
 from . import paper, plots
-from .curate import curate
 from .common import (
     ExperimentConfig,
     Workspace,
@@ -22,6 +21,7 @@ from .common import (
     solve_summary,
     train_model,
 )
+from .curate import curate
 
 QUICK = dict(train_tasks=200, test_tasks=200, train=TrainConfig(steps=50))
 
