@@ -20,8 +20,11 @@ from metaif.linalg import MetaifWarning
 from metaif.meta import Weights, solve_outer
 from metaif.models import resnet12
 
-SMALL = ["--train-tasks", "60", "--test-tasks", "40", "--steps", "20", "--score-tasks", "20", "--polish", "40",
-         "--quiet"]
+# its module fixtures are built once: every test of the file on one xdist worker
+pytestmark = pytest.mark.xdist_group("test_experiments")
+
+SMALL = ["--train-tasks", "40", "--test-tasks", "40", "--steps", "20", "--score-tasks", "20", "--polish", "40",
+         "--anchor", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def test_score_influence_and_edit_commands(shared_run, capsys):
     out = str(shared_run)
     assert cli.main(["score", "--out", out, *SMALL]) == 0
     ranked = list(csv.DictReader(open(shared_run / "task_scores.csv")))
-    assert len(ranked) == 60 and float(ranked[0]["score"]) <= float(ranked[-1]["score"])
+    assert len(ranked) == 40 and float(ranked[0]["score"]) <= float(ranked[-1]["score"])
     summary = json.loads((shared_run / "scores.json").read_text())
     assert summary["diagnostics"]["total_grad_norm"] < 1e-2  # polished to stationarity
     solve = summary["solve"]  # the scores' solve, as the results record it: rtol reached or at the floor
@@ -43,13 +46,13 @@ def test_score_influence_and_edit_commands(shared_run, capsys):
     assert solve["residual_max"] <= 1e-4 or solve["residual_max"] <= 10 * solve["floor_max"], solve
     assert cli.main(["influence", "--out", out, "--deltas", *SMALL]) == 0
     arrays = np.load(shared_run / "influence.npz")
-    assert arrays["task_delta"].shape[0] == 60 and arrays["scores_train"].shape == (60, 5)
+    assert arrays["task_delta"].shape[0] == 40 and arrays["scores_train"].shape == (40, 5)
     assert json.loads(str(arrays["config"]))["variant"] == "exact"
     assert cli.main(["edit", "--out", out, "--remove-tasks", "0,3", "--remove-train", "1:0", "--polish-edit", "3",
                      *SMALL]) == 0
     edit = json.loads((shared_run / "edit.json").read_text())
     assert 1 <= edit["polish"]["iterations"] <= 3 and edit["polish"]["stop"]["rule"] == "absolute", edit["polish"]
-    # two of 60 tasks and one support example: the edited model is a small step from the trained one
+    # two of 40 tasks and one support example: the edited model is a small step from the trained one
     before, after = edit["accuracy_before"], edit["accuracy_after"]
     assert edit["removed"]["tasks"] == [0, 3] and after != before and edit["solve"]["iterations_max"] >= 1
     assert abs(after["mean"] - before["mean"]) < before["ci95"], (before, after)

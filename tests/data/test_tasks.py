@@ -7,6 +7,9 @@ import torch
 
 from metaif.data import TaskConfig, corrupt_labels, load_digits, sample_tasks, split_classes, split_images
 
+# its module fixtures are built once: every test of the file on one xdist worker
+pytestmark = pytest.mark.xdist_group("test_tasks")
+
 
 @pytest.fixture(scope="module")
 def digits():

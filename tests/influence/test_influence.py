@@ -12,6 +12,9 @@ from metaif.meta import FeatureHead, Weights, bilevel, total_gradient
 from metaif.meta.binding import Binding, BodyBinding, SeamBinding, UnrolledBinding
 from tests.helpers import make_problem, make_taskset, randn, task_tuples
 
+# its module fixtures are built once: every test of the file on one xdist worker
+pytestmark = pytest.mark.xdist_group("test_influence")
+
 
 @pytest.fixture(scope="module")
 def tasks():

@@ -35,14 +35,15 @@ def test_spearman_is_a_rank_correlation():
 
 def test_task_and_instance_if_rank_items_like_re_solving(trained):
     d = random_directions(trained.lam.numel(), 2, seed=1)
-    tasks = leave_one_out(trained, "tasks", list(range(30)), d)
+    # re-solved to max |D_lambda L| <= 1e-8: a removal moves lambda* by ~1e-3, far above that error
+    tasks = leave_one_out(trained, "tasks", list(range(30)), d, tol=1e-8)
     assert min(tasks.spearman) >= 0.95, tasks.summary()
     direct = trained.direct_influence() @ d.T
     direct_rho = [spearman(direct[:, k], tasks.actual[k]) for k in range(2)]
     assert max(direct_rho) < min(tasks.spearman) - 0.05  # the direct IF misses theta(lambda)
-    val = leave_one_out(trained, "val", [(k, j) for k in range(0, 30, 5) for j in (0, 7)], d)
+    val = leave_one_out(trained, "val", [(k, j) for k in range(0, 30, 5) for j in (0, 7)], d, tol=1e-8)
     assert min(val.spearman) >= 0.95, val.summary()
-    train = leave_one_out(trained, "train", [(k, j) for k in range(0, 30, 5) for j in (0, 4)], d)
+    train = leave_one_out(trained, "train", [(k, j) for k in range(0, 30, 5) for j in (0, 4)], d, tol=1e-8)
     assert min(train.spearman) >= 0.9, train.summary()
 
 

@@ -9,6 +9,9 @@ from metaif.meta.implicit import total_gradient
 from metaif.meta.train import outer_gradient
 from metaif.models import mlp
 
+# its module fixtures are built once: every test of the file on one xdist worker
+pytestmark = pytest.mark.xdist_group("test_implicit_gradient")
+
 
 @pytest.fixture(scope="module")
 def batch():

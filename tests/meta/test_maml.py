@@ -14,6 +14,9 @@ from metaif.meta.unrolled import default_model
 from metaif.models import mlp
 from tests.helpers import make_taskset, randn, task_tuples
 
+# its module fixtures are built once: every test of the file on one xdist worker
+pytestmark = pytest.mark.xdist_group("test_maml")
+
 SOLVE = InfluenceConfig(solver=SolverConfig(method="dense", damping=50.0))
 
 

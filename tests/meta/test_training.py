@@ -18,6 +18,9 @@ from metaif.meta import (
 from metaif.models import mlp
 from metaif.utils.store import StaleResults
 
+# its module fixtures are built once: every test of the file on one xdist worker
+pytestmark = pytest.mark.xdist_group("test_training")
+
 
 @pytest.fixture(scope="module")
 def setting():

@@ -46,8 +46,9 @@ def test_the_command_line_writes_the_same_files_on_one_two_and_three_processes(t
 
     config = tmp_path / "chunks.json"
     config.write_text(json.dumps({"run": {}, "analysis": {"influence": {"chunk": 8, "image_chunk": 64}}}))
-    flags = ["score", "--config", str(config), "--steps", "20", "--train-tasks", "40", "--test-tasks", "8",
-             "--score-tasks", "8", "--quiet"]
+    # 24 tasks in chunks of 8: one chunk per rank on three; a short polish with the anchor given
+    flags = ["score", "--config", str(config), "--steps", "10", "--train-tasks", "24", "--test-tasks", "8",
+             "--score-tasks", "8", "--polish", "10", "--anchor", "1", "--quiet"]
     for nproc in (1, 2, 3):
         assert main([*flags, "--out", str(tmp_path / str(nproc)), "--nproc", str(nproc)]) == 0
     for nproc in (2, 3):
