@@ -124,7 +124,8 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
     the threshold the retrain stopped at ("IF + polish": the edit as the retrain's warm start). An
     edit's runtime counts the analyzer's set-up (inner solves at lambda*), the solves it needs and
     the edit; the harmful protocol's IF rows also count the scores that chose what to remove (Direct
-    IF and retraining do not). Retrain and polish rows record their L-BFGS iterations."""
+    IF and retraining do not). Retrain and polish rows record their iterations (L-BFGS; Adam steps
+    for retrain=adam)."""
     out = ws.out
     save_config(out, config)
     ledger = _ledger(ws, {"experiment": "table1", "config": results_settings(config)})

@@ -311,7 +311,7 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
                 break
             if before_loss is not None and before_loss - result.losses[-1] <= rounding * abs(result.losses[-1]):
                 break  # a whole chunk gained nothing measurable
-    if not result.losses:  # resumed at max_iter: evaluate once for the record
+    if lam.grad is None:  # resumed at max_iter: evaluate once for the record
         closure()
     final_grad = float(lam.grad.abs().max())
     reason = "tolerance" if final_grad <= threshold else "cap" if result.iterations >= max_iter else "stalled"
