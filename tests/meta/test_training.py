@@ -60,6 +60,9 @@ def test_polish_resumes_from_its_checkpoint_bit_identically(setting, tmp_path):
     resumed = solve_outer(problem, train, lam0, tol=1e-7, max_iter=12, chunk=4, checkpoint=ckpt)
     assert resumed.iterations == straight.iterations == 12
     torch.testing.assert_close(resumed.lam, straight.lam, rtol=0, atol=0)
+    again = solve_outer(problem, train, lam0, tol=1e-7, max_iter=12, chunk=4, checkpoint=ckpt)  # resumed at its cap
+    assert again.iterations == 12 and again.stop["reason"] == "cap" and torch.equal(again.lam, straight.lam)
+    assert again.stop["final_grad_max"] == pytest.approx(straight.stop["final_grad_max"])
     with pytest.raises(StaleResults, match="tol"):
         solve_outer(problem, train, lam0, tol=1e-5, max_iter=12, chunk=4, checkpoint=ckpt)
 
