@@ -76,8 +76,7 @@ def curate(config: CurveConfig, ws: Workspace) -> dict:
     kept = [100 * (1 - f) for f in config.fractions]
     plots.curves(ws.out / "curate_accuracy.png", kept, {k: [a for a, _ in v] for k, v in result["accuracy"].items()},
                  "tasks kept (%)", "meta-test accuracy",
-                 f"{exp.run.dataset}: curated by influence vs random"
-                 + (f" ({config.task_fraction:.0%} of tasks corrupted)" if config.task_fraction > 0 else ""))
+                 f"{exp.run.dataset}: curation" + (f", {config.task_fraction:.0%} corrupted" if config.task_fraction > 0 else ""))
     return result
 
 
