@@ -175,16 +175,19 @@ Tensor gather_patch_matmul(const Tensor& cols, const Tensor& index, const Tensor
   Tensor out = empty_like_shape(cols, {s.n, s.positions, s.channels});
   bool in_range = true;
   METAIF_DISPATCH_FLOATING(cols.scalar_type(), kOp, [&] {
+    // pointers taken once: through the stable ABI each access is a call into libtorch
     const int64_t* ip = idx.mutable_data_ptr<int64_t>();
-    for (int64_t at = 0; at < out.numel(); ++at) {  // the kernel's thread `at`
+    const scalar_t *mp = m.mutable_data_ptr<scalar_t>(), *cp = c.mutable_data_ptr<scalar_t>();
+    const scalar_t* wp = w.mutable_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const int64_t count = out.numel();
+    for (int64_t at = 0; at < count; ++at) {  // the kernel's thread `at`
       const int64_t row = ip[at];
       if (!arith::row_in_range(row, s)) {
         in_range = false;
         continue;
       }
-      out.mutable_data_ptr<scalar_t>()[at] = m.mutable_data_ptr<scalar_t>()[at] *
-          arith::patch_product(c.mutable_data_ptr<scalar_t>(), w.mutable_data_ptr<scalar_t>(), s, at / (s.positions * s.channels), row,
-                               at % s.channels);
+      op[at] = mp[at] * arith::patch_product(cp, wp, s, at / (s.positions * s.channels), row, at % s.channels);
     }
   });
   check_index_range(kOp, !in_range, s.rows);
@@ -201,12 +204,13 @@ Tensor gather_patch_matmul_t(const Tensor& cols, const Tensor& index, const Tens
   bool in_range = true;
   METAIF_DISPATCH_FLOATING(cols.scalar_type(), kOp, [&] {
     double* tp = total.mutable_data_ptr<double>();
+    const scalar_t *cp = c.mutable_data_ptr<scalar_t>(), *mp = m.mutable_data_ptr<scalar_t>();
+    const scalar_t* gp = g.mutable_data_ptr<scalar_t>();
+    const int64_t* ip = idx.mutable_data_ptr<int64_t>();
     for (int64_t channel = 0; channel < s.channels; ++channel)  // the kernel's thread (channel, tap)
       for (int64_t tap = 0; tap < s.taps; ++tap)
         for (int64_t image = 0; image < s.n; ++image)
-          tp[channel * s.taps + tap] += arith::patch_adjoint(c.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>(),
-                                                             m.mutable_data_ptr<scalar_t>(), g.mutable_data_ptr<scalar_t>(), s, image,
-                                                             channel, tap, in_range);
+          tp[channel * s.taps + tap] += arith::patch_adjoint(cp, ip, mp, gp, s, image, channel, tap, in_range);
   });
   check_index_range(kOp, !in_range, s.rows);
   return torch::stable::to(total, cols.scalar_type());

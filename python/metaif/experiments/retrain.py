@@ -37,6 +37,11 @@ def retrain(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, lam_
     return result
 
 
+def _without(trained: Trained, tasks, val, train) -> Weights:
+    """Uniform weights over ``trained``'s tasks with the given positions / instances zeroed."""
+    return Weights.uniform(trained.train, trained.lam.dtype, trained.lam.device).without_positions(tasks, val, train)
+
+
 def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=(), train=(),
                     checkpoint: Path | None = None, progress: bool = False) -> TrainResult:
     """Warm-started retraining without the given task positions / ``(position, j)`` instances
@@ -44,7 +49,7 @@ def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=()
     iterations, final ``||D_lambda L||`` and stopping rule (``analysis.polish_tol``, and
     ``analysis.retrain_rtol`` when set). Warns when L-BFGS stops at its cap (``analysis.polish``)
     instead of its tolerance."""
-    weights = Weights.uniform(trained.train, trained.lam.dtype, trained.lam.device).without_positions(tasks, val, train)
+    weights = _without(trained, tasks, val, train)
     if analysis.retrain != "lbfgs":
         config = replace(trained.run.train, steps=analysis.retrain_steps)
         return meta_train(trained.problem, trained.train, config, lam0=trained.lam, weights=weights,
@@ -69,7 +74,7 @@ def retrain_from_scratch(trained: Trained, analysis: AnalysisConfig, tasks=(), v
     both stages. The result's wall time counts both stages, its iterations the polish's. With nothing
     removed and the anchor given (not chosen from a grid) it is lambda* again."""
     problem = build(trained.run)[0]
-    weights = Weights.uniform(trained.train, trained.lam.dtype, trained.lam.device).without_positions(tasks, val, train)
+    weights = _without(trained, tasks, val, train)
     paths = (None, None) if checkpoint is None else (checkpoint.with_suffix(".adam.pt"), checkpoint.with_suffix(".pt"))
     adam = meta_train(problem, trained.train, trained.run.train, weights=weights, checkpoint=paths[0], progress=progress)
     rho = trained.summary.get("rho") or 0.0
