@@ -9,11 +9,9 @@ from torch.func import grad, jvp
 
 from metaif.curvature import (
     AutogradPasses,
-    SecondOrderPasses,
     TracedPasses,
     body_passes,
     passes_for,
-    supports,
     traced_unsupported,
 )
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig
@@ -79,13 +77,8 @@ def randn(*shape, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-@pytest.mark.parametrize("name", sorted(BODIES))
-@pytest.mark.parametrize("passes", [SecondOrderPasses, TracedPasses, AutogradPasses])
-def test_passes_match_torch_func(name, passes):
-    make, shape = BODIES[name]
-    body = make()
-    if passes is SecondOrderPasses and not supports(body):
-        pytest.skip("a residual body: not a Sequential")
+def check_passes(passes, body, shape):
+    """Features, tangents, first- and second-order pulls against torch.func, float64."""
     lam, x = body.init(0, torch.float64), randn(6, *shape, seed=1)
     g, m, v = randn(6, body.out_features, seed=2), randn(6, body.out_features, seed=3), randn(lam.numel(), seed=4)
     p = passes(body, lam, x)
@@ -103,20 +96,47 @@ def test_passes_match_torch_func(name, passes):
     p.tangent(v2)
     v2.mul_(2.0)
     close(p.pull(torch.zeros_like(m), v2), 2.0 * expected2)
+    return p
+
+
+@pytest.mark.parametrize("name", sorted(BODIES))
+@pytest.mark.parametrize("passes", [TracedPasses, AutogradPasses])
+def test_passes_match_torch_func(name, passes):
+    make, shape = BODIES[name]
+    check_passes(passes, make(), shape)
+
+
+def _steps(passes: TracedPasses) -> list[str]:
+    return [type(node.step).__name__ for node in passes.nodes[1:]]
+
+
+def test_fusions_replace_the_chains_they_match(monkeypatch):
+    """Conv-4: the first convolution, ReLU and pool through the patch kernels, the later ReLU-pools
+    commuted; without kernels for the device, the first convolution on its im2col. ResNet-12: both
+    convolutions of the images on their im2col, every LeakyReLU-pool commuted."""
+    make, shape = BODIES["conv4"]
+    fused = ["PooledPatchesStep"] + ["AffineStep", "ActivationPoolStep"] * 3 + ["FlattenStep"]
+    assert _steps(check_passes(TracedPasses, make(), shape)) == fused
+    monkeypatch.setattr("metaif.curvature.fused.has_kernels", lambda device: False)
+    plain = ["ImageConvStep", "ActivationPoolStep"] + fused[1:]
+    assert _steps(check_passes(TracedPasses, make(), shape)) == plain
+    make, shape = BODIES["resnet12"]
+    steps = _steps(TracedPasses(make(), make().init(0, torch.float64), randn(2, *shape, seed=0)))
+    assert steps.count("ImageConvStep") == 2 and steps.count("ActivationPoolStep") == 4
+    assert steps.count("AffineStep") == 14 and "MaxPoolStep" not in steps
 
 
 def test_unsupported_bodies_fall_back_and_bad_requests_are_named():
     body = FlatModel(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.GELU()), 3)
-    assert not supports(body)
     lam = body.init(0, torch.float64)
     assert passes_for(body) == ("autograd", "GELU at 2 (call_module)")
     with pytest.warns(MetaifWarning, match=r"GELU at 2 \(call_module\) has no registered step.*autograd"):
         assert isinstance(body_passes(body, lam, randn(2, 4, seed=0)), AutogradPasses)
     with pytest.raises(ValueError, match="AutogradPasses"):
-        body_passes(body, lam, randn(2, 4, seed=0), "structured")
+        body_passes(body, lam, randn(2, 4, seed=0), "traced")
     with pytest.raises(ValueError, match="body passes must be 'auto' or one of"):
         body_passes(body, lam, randn(2, 4, seed=0), "fast")
-    p = SecondOrderPasses(mlp(4, (3,), "tanh"), mlp(4, (3,), "tanh").init(0, torch.float64), randn(2, 4, seed=0))
+    p = TracedPasses(mlp(4, (3,), "tanh"), mlp(4, (3,), "tanh").init(0, torch.float64), randn(2, 4, seed=0))
     with pytest.raises(RuntimeError, match="cotangent"):
         p.pull(randn(2, 3, seed=1), randn(p.num_params, seed=2))
 
@@ -126,8 +146,8 @@ def test_analyzer_products_agree_across_body_passes():
     problem = AnilProblem(small_conv(), AnilConfig(ways=3, delta=0.3, gamma=1e-3))
     lam = problem.init_lambda(0, torch.float64)
     fast, slow = (InfluenceAnalyzer(problem, lam, small_tasks, config=InfluenceConfig(body_passes=p, image_chunk=5))
-                  for p in ("structured", "autograd"))
-    assert isinstance(fast.binding.body.kept[0], SecondOrderPasses)
+                  for p in ("traced", "autograd"))
+    assert isinstance(fast.binding.body.kept[0], TracedPasses)
     assert isinstance(slow.binding.body.kept[0], AutogradPasses)
     for seed in (0, 1):  # the second product reuses the kept cotangent state
         v = randn(lam.numel(), seed=seed)
@@ -137,7 +157,7 @@ def test_analyzer_products_agree_across_body_passes():
     torch.testing.assert_close(fast.gradient(fast.c), slow.gradient(slow.c))
 
 
-@pytest.mark.parametrize("passes", ["structured", "traced", "autograd"])
+@pytest.mark.parametrize("passes", ["traced", "autograd"])
 def test_a_memory_budget_recomputes_chunks_to_the_same_bits(passes):
     """No budget, a budget that keeps some chunks and none at all: the same features, products,
     gradients and scores, bit for bit; the diagnostics say what was kept."""
@@ -189,7 +209,7 @@ def test_resnet12_passes_and_total_hessian_products_match_references():
     """A residual body with batch norms: traced passes (chosen by "auto", no warning), and the
     analyzer's unique-image path against its per-task (seam) path, float64."""
     body = resnet12(1, (2, 3, 3, 4), 16)
-    assert not supports(body) and passes_for(body) == ("traced", None)
+    assert passes_for(body) == ("traced", None)
     lam, v = body.init(0, torch.float64), randn(body.num_params, seed=2)
     tasks = make_taskset(3)
     tasks = type(tasks)(**{**tasks.__dict__, "images": torch.nn.functional.interpolate(tasks.images, size=16)})

@@ -1,7 +1,6 @@
 """Backbones (issue 20): one total-HVP body product (tangent, then the second-order pull-back) per
-image, the hand-written passes ``"auto"`` picks (structured for Conv-4, traced for ResNet-12)
-against autograd's, for Conv-4 (64 channels) and ResNet-12 (64-160-320-640) on 28x28 gray and
-84x84 RGB images, float32, with the per-image state each keeps.
+image, the traced hand-written passes against autograd's, for Conv-4 (64 channels) and ResNet-12
+(64-160-320-640) on 28x28 gray and 84x84 RGB images, float32, with the per-image state each keeps.
 
     metaif bench --only backbones
 """

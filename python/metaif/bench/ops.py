@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from .. import ops, reference
-from ..curvature import AutogradPasses, LinearHeadCurvature, SecondOrderPasses, get_loss
+from ..curvature import AutogradPasses, LinearHeadCurvature, TracedPasses, get_loss
 from ..linalg import WoodburyInverse, woodbury_solve
 from ..models import conv4
 from .core import BenchConfig, Case
@@ -170,7 +170,7 @@ def body_pass_cases(cfg: BenchConfig) -> Iterator[Case]:
     lam, x = body.init(0), torch.randn(n, 1, 28, 28)
     g, m, v = torch.randn(n, 64), torch.randn(n, 64), torch.randn(body.num_params)
     passes = []
-    for kind in (SecondOrderPasses, AutogradPasses):
+    for kind in (TracedPasses, AutogradPasses):
         state = kind(body, lam, x)
         state.cotangent(g)
         passes.append(state)

@@ -28,7 +28,7 @@ INPUT_CHUNK = 256
 
 class ImageBody:
     """``body`` at ``lam`` on ``images [U, ...]``: features :attr:`phi` ``[U, h]`` and the passes of
-    :mod:`~metaif.curvature.body` (``passes``: "auto", "structured" or "autograd"), ``chunk``
+    :mod:`~metaif.curvature.passes` (``passes``: "auto", "traced" or "autograd"), ``chunk``
     images per pass. The passes keep per-image state (about 350 KB per 28x28 image on 64-channel
     Conv-4, float32, and 7.7 MB per 84x84 RGB image) while it fits ``memory`` (bytes, this process);
     the chunks beyond it keep nothing and are recomputed inside each product: the same numbers, a
@@ -52,9 +52,11 @@ class ImageBody:
         self.chunks = [slice(s, min(s + chunk, last)) for s in range(first, last, chunk)]
         self.kept: list = []  # each chunk's passes, None where they are recomputed
         phis = []
+        self._make = None
         for rows in self.chunks:
-            made = body_passes(body, self.lam, images[rows], passes)
-            self._make = type(made)  # "auto" resolved (and any warning given) once
+            # "auto" resolved (and any warning given) once; the later chunks share the first's plan
+            made = body_passes(body, self.lam, images[rows], passes) if self._make is None else self._make(images[rows])
+            self._make = made.factory
             phis.append(made.phi)
             self.kept.append(made)
             self._fit()
@@ -88,7 +90,7 @@ class ImageBody:
         autograd's tangent runs through g's graph then, and must take the same path as when kept)."""
         made = self.kept[i]
         if made is None:
-            made = self._make(self.body, self.lam, self.images[self.chunks[i]])
+            made = self._make(self.images[self.chunks[i]])
             if self._g_value is not None:
                 made.cotangent(self._g_value[self.chunks[i]])
         return made

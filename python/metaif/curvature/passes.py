@@ -8,28 +8,25 @@ import torch
 
 from ..linalg import MetaifWarning
 from ..models.nets import FlatModel
-from .body import AutogradPasses, SecondOrderPasses, unsupported
+from .body import AutogradPasses
 from .traced import TracedPasses, traced_unsupported
 
 __all__ = ["PASSES", "body_passes", "passes_for"]
 
-# "structured": the Sequential plan with its fused first layer (fastest where it applies); "traced":
-# any torch.fx graph of registered steps; "autograd": any body, by double backward
-PASSES = {"structured": SecondOrderPasses, "traced": TracedPasses, "autograd": AutogradPasses}
+# "traced": any torch.fx graph of registered steps; "autograd": any body, by double backward
+PASSES = {"traced": TracedPasses, "autograd": AutogradPasses}
 
 
 def passes_for(model: FlatModel) -> tuple[str, str | None]:
     """The passes ``"auto"`` takes for ``model`` and, when it is autograd, which module forced it."""
-    if unsupported(model) is None:
-        return "structured", None
     reason = traced_unsupported(model)
     return ("traced", None) if reason is None else ("autograd", reason)
 
 
 def body_passes(model: FlatModel, lam: torch.Tensor, x: torch.Tensor, method: str = "auto"):
     """The passes ``method`` (a name of :data:`PASSES`) of ``model`` at ``lam`` on ``x``; ``"auto"``
-    takes the structured ones where the body is a Sequential they know, the traced ones where every
-    node of its torch.fx graph has a registered step, autograd otherwise (and says once why)."""
+    takes the traced ones where every node of its torch.fx graph has a registered step, autograd
+    otherwise (and says once why)."""
     if method == "auto":
         method, reason = passes_for(model)
         if reason is not None:  # once per reason (the warnings registry): a slower path, not an error

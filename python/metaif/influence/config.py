@@ -28,8 +28,8 @@ class InfluenceConfig:
                                             "'second-order only')")
     path: str = setting("auto", "auto: unique-input body passes for feature-head problems; seam: the generic "
                                 "per-task path", choices=PATHS)
-    body_passes: str = setting("auto", "body passes of feature-head problems: auto (hand-written for "
-                                       "Conv/Linear/ReLU/Tanh/Softplus/pool bodies), structured, autograd",
+    body_passes: str = setting("auto", "body passes of feature-head problems: auto (traced, hand-written per "
+                                       "registered module; autograd where a module has no step), traced, autograd",
                                choices=("auto", *PASSES))
     chunk: int = setting(TASK_CHUNK, "tasks per feature-space batch: bounds memory; chunks are fixed by the data "
                                      "and ranks share whole chunks, so R ranks want R chunks or more")
