@@ -96,6 +96,13 @@ def check_passes(passes, body, shape):
     p.tangent(v2)
     v2.mul_(2.0)
     close(p.pull(torch.zeros_like(m), v2), 2.0 * expected2)
+    # the tangent before g (the first product of a solve), and a second pull along the same v: the
+    # same bits as with g first
+    late = passes(body, lam, x)
+    late.tangent(v)
+    late.cotangent(g)
+    first = p.pull(m, v)
+    assert torch.equal(late.pull(m, v), first) and torch.equal(late.pull(m, v), first)
     return p
 
 

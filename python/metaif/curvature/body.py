@@ -71,6 +71,8 @@ class AutogradPasses:
     built once by :meth:`cotangent` and kept: each later product is one backward through it, whose
     u-branch also gives :meth:`tangent`."""
 
+    tangent_reads_g = True  # once g is given, J v comes out of g's graph (other bits than a jvp)
+
     def __init__(self, model: FlatModel, lam: torch.Tensor, x: torch.Tensor) -> None:
         self.model, self.x = model, x
         self._leaf = lam.detach().requires_grad_(True)

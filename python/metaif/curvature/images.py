@@ -85,19 +85,20 @@ class ImageBody:
                 "kept_mb": sum(made.kept_bytes() for made in kept) / 2 ** 20,
                 "budget_mb": self.memory / 2 ** 20}
 
-    def _passes(self, i: int):
-        """Chunk ``i``'s passes: the kept ones, or made afresh (given ``g`` once a pull has set one:
-        autograd's tangent runs through g's graph then, and must take the same path as when kept)."""
+    def _passes(self, i: int, pulling: bool = True):
+        """Chunk ``i``'s passes: the kept ones, or made afresh, given ``g`` once a pull has set one
+        when a pull follows (``pulling``) or their tangent reads it (autograd's runs through g's
+        graph then, and must take the same path as when kept)."""
         made = self.kept[i]
         if made is None:
             made = self._make(self.images[self.chunks[i]])
-            if self._g_value is not None:
+            if self._g_value is not None and (pulling or made.tangent_reads_g):
                 made.cotangent(self._g_value[self.chunks[i]])
         return made
 
     def tangent(self, v: torch.Tensor) -> torch.Tensor:
         """Feature tangents ``J v`` of every image along ``v [p]``, ``[U, h]``."""
-        parts = [self._passes(i).tangent(v) for i in range(len(self.chunks))]
+        parts = [self._passes(i, pulling=False).tangent(v) for i in range(len(self.chunks))]
         return self.world.gather_parts(parts, self.phi, self.phi.shape[1:])
 
     def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:

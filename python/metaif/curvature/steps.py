@@ -48,8 +48,9 @@ class Step:
     vector; ``buffers`` its frozen floating-point buffers (in lambda's dtype). Each method sees the
     state its :meth:`forward` returned."""
 
-    uses_delta = False  # whether pull's second-order term reads g's backward signal at the output
+    uses_delta = False  # whether the second-order terms read g's backward signal at the output
     reads_input_tangent = False  # whether pull's second-order term reads the input's tangent
+    has_tangent_terms = False  # whether tangent_terms adds anything
     cheap_adjoint = True  # whether backward is elementwise-cheap (then g's signal below it is derived, not kept)
 
     def __init__(self, module: nn.Module | None, params: dict[str, slice], buffers: dict[str, Tensor]) -> None:
@@ -85,10 +86,15 @@ class Step:
         """The first-order adjoint of ``signal`` to each input that ``wants`` one."""
         raise NotImplementedError
 
+    def tangent_terms(self, state, dots: list[Maybe], delta: Tensor, grad: Tensor) -> None:
+        """Add the parameter part of ``d/dlambda <delta, out'>`` that reads the inputs' tangents
+        ``dots`` into ``grad [P]``. The passes run it in the tangent pass, where the tangents are at
+        hand, so that they need not be kept for the pull (:attr:`has_tangent_terms`)."""
+
     def pull(self, state, zeta: Tensor, dots: list[Maybe], delta: Maybe, v: Maybe, grad: Tensor,
              wants: list[bool]) -> list[Maybe]:
-        """Add the parameter part of ``<zeta, out> + <delta, out'>`` (the latter when ``v`` is given)
-        into ``grad [P]``; return its input parts."""
+        """Add the parameter part of ``<zeta, out>`` and the rest of ``d/dlambda <delta, out'>`` (when
+        ``v`` is given) into ``grad [P]``; return their input parts."""
         return self.backward(state, zeta, wants)
 
 
@@ -102,7 +108,7 @@ class _AffineState:
 class AffineStep(Step):
     """``Conv2d`` (zero padding) and ``Linear``: bilinear in (input, weight), plus a bias."""
 
-    uses_delta = reads_input_tangent = True
+    uses_delta = has_tangent_terms = True
     cheap_adjoint = False
 
     @staticmethod
@@ -155,12 +161,14 @@ class AffineStep(Step):
     def backward(self, state, signal, wants):
         return [affine_backward(self.module, signal, state.x, state.w, True, False)[0] if wants[0] else None]
 
+    def tangent_terms(self, state, dots, delta, grad):
+        if dots[0] is not None:  # d/dW <delta, f(x', W)>
+            self.accumulate(grad, "weight", affine_backward(self.module, delta, dots[0], state.w, False, True)[1])
+
     def pull(self, state, zeta, dots, delta, v, grad, wants):
         m = self.module
         gi, gw = affine_backward(m, zeta, state.x, state.w, wants[0], True)
-        if v is not None and dots[0] is not None:
-            gw = gw + affine_backward(m, delta, dots[0], state.w, False, True)[1]
-        if v is not None and wants[0]:
+        if v is not None and wants[0]:  # d/dx <delta, f(x, W')>
             gi = gi + affine_backward(m, delta, state.x, self.weight(v), True, False)[0]
         self.accumulate(grad, "weight", gw)
         if "bias" in self.params:
@@ -180,7 +188,7 @@ class FrozenNormStep(Step):
     """Batch norm in eval mode: frozen statistics, so an affine map per channel, bilinear in
     (input, scale)."""
 
-    uses_delta = reads_input_tangent = True
+    uses_delta = has_tangent_terms = True
 
     @staticmethod
     def refuses(module: nn.Module | None) -> str | None:
@@ -218,16 +226,17 @@ class FrozenNormStep(Step):
     def _per_channel(self, t: Tensor) -> Tensor:
         return t.sum(dim=[d for d in range(t.dim()) if d != 1])
 
+    def tangent_terms(self, state, dots, delta, grad):
+        if state.gamma is not None and dots[0] is not None:  # d/dgamma <delta, x' * scale * gamma>
+            self.accumulate(grad, "weight", self._per_channel(delta * state.scale * dots[0]))
+
     def pull(self, state, zeta, dots, delta, v, grad, wants):
         gi = zeta * self._gain(state) if wants[0] else None
         if state.gamma is None:
             return [gi]
-        g_gamma = self._per_channel(zeta * state.normed)
-        if v is not None and dots[0] is not None:
-            g_gamma = g_gamma + self._per_channel(delta * state.scale * dots[0])
         if v is not None and wants[0]:
             gi = gi + delta * state.scale * self._channels(self.param("weight", v), delta)
-        self.accumulate(grad, "weight", g_gamma)
+        self.accumulate(grad, "weight", self._per_channel(zeta * state.normed))
         self.accumulate(grad, "bias", self._per_channel(zeta))
         return [gi]
 

@@ -94,13 +94,15 @@ def _fusion(node: fx.Node, modules: dict[str, nn.Module], lam: Tensor,
 @dataclass
 class _Node:
     """A node of the plan: its step, the positions of its inputs, whether it depends on lambda, the
-    last node that reads its value, whether a pull reads its tangent, and the nodes that read it."""
+    last node that reads its value, whether a pull reads its tangent, whether a consumer's tangent
+    terms read it, and the nodes that read it."""
 
     step: Step
     inputs: list[int]
     depends: bool
     last_use: int = 0
     tangent_read: bool = False
+    terms_read: bool = False
     consumers: list[int] = field(default_factory=list)
 
 
@@ -160,6 +162,7 @@ class TracedPlan:
             for j in node.inputs:
                 nodes[j].last_use = i
                 nodes[j].tangent_read |= node.step.reads_input_tangent
+                nodes[j].terms_read |= node.step.has_tangent_terms
                 nodes[j].consumers.append(i)
         return nodes
 
@@ -182,7 +185,9 @@ class TracedPasses:
     """The hand-written passes of any body :func:`traced_unsupported` accepts: the forward state of
     the body at ``lam`` on ``x [N, ...]``; :meth:`cotangent` caches the backward signal of
     ``g [N, out]``; :meth:`tangent` and :meth:`pull` are the two passes of a product. ``plan``: the
-    body's :class:`TracedPlan` at ``lam`` when one exists (:meth:`on` shares it)."""
+    body's :class:`TracedPlan` at ``lam`` when one exists (:attr:`factory` shares it)."""
+
+    tangent_reads_g = False  # J v is the same with or without g's signal (it only adds the terms)
 
     def __init__(self, model: FlatModel, lam: Tensor, x: Tensor, plan: TracedPlan | None = None) -> None:
         self.plan = plan if plan is not None else TracedPlan(model, lam)
@@ -201,6 +206,8 @@ class TracedPasses:
         self._deltas: list[Maybe] | None = None
         self._dots: list[Maybe] | None = None
         self._dot_v = SeenTensor()
+        # the tangent terms of the latest tangent (None: not yet run: it came before g's signal)
+        self._terms: Tensor | None = None
         self._inputs = (x, lam)
 
     def _delta(self, i: int, memo: dict[int, Tensor]) -> Tensor:
@@ -214,17 +221,18 @@ class TracedPasses:
             memo[i] = parts[consumer.inputs.index(i)]
         return memo[i]
 
-    def _release(self, values: list[Maybe], i: int, keep: bool = False) -> None:
-        """Forget the values node ``i`` was the last to read (unless ``keep`` asks for the ones a
-        pull will read)."""
+    def _release(self, values: list[Maybe], i: int, keep: tuple[str, ...] = ()) -> None:
+        """Forget the values node ``i`` was the last to read, but those whose flags named in ``keep``
+        (``"tangent_read"``, ``"terms_read"``) say that a later pass reads them."""
         for j in self.nodes[i].inputs:
-            if self.nodes[j].last_use == i and not (keep and self.nodes[j].tangent_read):
+            if self.nodes[j].last_use == i and not any(getattr(self.nodes[j], flag) for flag in keep):
                 values[j] = None
 
     def kept_bytes(self) -> int:
         """Bytes of the per-image state these passes keep."""
         shared = [t for node in self.nodes for t in node.step.shared()]
-        return storage_bytes(tensors_in([self.states, self.phi, self._deltas, self._dots]), (*self._inputs, *shared))
+        kept = [self.states, self.phi, self._deltas, self._dots, self._terms]
+        return storage_bytes(tensors_in(kept), (*self._inputs, *shared))
 
     def _wants(self, node: _Node) -> list[bool]:
         return [self.nodes[i].depends for i in node.inputs]
@@ -244,27 +252,54 @@ class TracedPasses:
                 if i not in self.plan.kept_signals:
                     signals[i] = None
         self._deltas = signals
+        if self._terms is not None:  # terms of another g: the tangent runs again
+            self._dots, self._terms, self._dot_v = None, None, SeenTensor()
 
     def tangent(self, v: Tensor) -> Tensor:
-        """``J v``, ``[N, out]``; the node tangents are kept for the :meth:`pull` of the same ``v``."""
+        """``J v``, ``[N, out]``. Once g's signal is cached the pass also adds up the second-order
+        terms that read the tangents (:meth:`~.steps.Step.tangent_terms`) for the :meth:`pull` of the
+        same ``v``, which then reads only the tangents of smooth activations; before, the tangents
+        those terms read are kept and the pull adds them up."""
         dots: list[Maybe] = [None]
+        terms = self.lam.new_zeros(self.num_params) if self._deltas is not None else None
+        keep = ("tangent_read",) if terms is not None else ("tangent_read", "terms_read")
+        memo: dict[int, Tensor] = {}
         with torch.no_grad():
             for i, node in enumerate(self.nodes[1:], 1):
                 dots.append(node.step.tangent(self.states[i], [dots[j] for j in node.inputs], v)
                             if node.depends else None)
-                self._release(dots, i, keep=True)
-        self._dots = dots
+                if terms is not None:
+                    self._add_terms(i, dots, terms, memo)
+                self._release(dots, i, keep)
+        self._dots, self._terms = dots, terms
         self._dot_v.remember(v)
         return dots[-1]
 
+    def _add_terms(self, i: int, dots: list[Maybe], terms: Tensor, memo: dict[int, Tensor]) -> None:
+        """Node ``i``'s tangent terms into ``terms`` (g's derived signals in ``memo``, each dropped
+        once its node is done: the nodes go in order, and a signal is derived from later nodes')."""
+        node = self.nodes[i]
+        if node.step.has_tangent_terms and node.depends:
+            node.step.tangent_terms(self.states[i], [dots[j] for j in node.inputs], self._delta(i, memo), terms)
+        memo.pop(i, None)
+
     def pull(self, m: Tensor, v: Tensor | None = None) -> Tensor:
-        """``J^T m``, plus ``d/dlambda <g, J v>`` when ``v`` is given, ``[P]``."""
+        """``J^T m``, plus ``d/dlambda <g, J v>`` when ``v`` is given, ``[P]``. A second-order pull
+        takes over what the tangent pass along ``v`` added up (another along ``v`` runs it again)."""
         if v is not None:
             if self._deltas is None:
                 raise RuntimeError("call cotangent(g) before a second-order pull")
             if not self._dot_v.matches(v):
                 self.tangent(v)
+            if self._terms is None:  # the tangent came before g: its terms now, as the tangent pass adds them
+                self._terms, memo = self.lam.new_zeros(self.num_params), {}
+                with torch.no_grad():
+                    for i in range(1, len(self.nodes)):
+                        self._add_terms(i, self._dots, self._terms, memo)
+                self._dots = [dot if node.tangent_read else None for dot, node in zip(self._dots, self.nodes)]
         grad = self.lam.new_zeros(self.num_params)
+        if v is not None:  # the pull takes the terms over (a later one along v runs the tangent again)
+            grad, self._terms, self._dot_v = self._terms, None, SeenTensor()
         zetas: list[Maybe] = [None] * len(self.nodes)
         zetas[-1] = m.to(self.phi)
         memo: dict[int, Tensor] = {}  # derived signals of g, for this pull
