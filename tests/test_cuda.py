@@ -93,6 +93,18 @@ def test_ggn_and_patch_ops_match_the_cpu_kernels(dtype):
     assert_same(ops.gather_patch_matmul_t(*gpu[:3], gpu[4]), ops.gather_patch_matmul_t(*cpu[:3], cpu[4]), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exact_add_keeps_the_cpu_kernels_limbs(dtype):
+    gen = torch.Generator().manual_seed(0)
+    state = (torch.zeros(3, 1000, dtype=torch.int64), torch.full((1000,), -(2 ** 20), dtype=torch.int32))
+    on_gpu = tuple(t.to(CUDA) for t in state)
+    for scale in (1e-20, 1.0, 1e25):
+        x = torch.randn(1000, generator=gen, dtype=dtype) * scale
+        ops.exact_add(*state, x)
+        ops.exact_add(*on_gpu, x.to(CUDA))
+    assert torch.equal(on_gpu[0].cpu(), state[0]) and torch.equal(on_gpu[1].cpu(), state[1])
+
+
 def test_failures_raise_the_cpu_kernels_messages():
     a, b = spd(2, 6, torch.float64).to(CUDA), torch.randn(2, 1, 6, dtype=torch.float64, device=CUDA)
     with pytest.raises(RuntimeError, match="non-positive curvature p.Ap = .* in task"):

@@ -48,6 +48,15 @@ close(ops.gather_patch_matmul(cols, index, mask, weight), reference.gather_patch
 close(ops.gather_patch_matmul_t(cols, index, mask, signal),
       reference.gather_patch_matmul_t(cols, index, mask, signal), "gather_patch_matmul_t")
 
+# The exact sum's step
+limbs, top = torch.zeros(3, 5, dtype=torch.int64), torch.full((5,), -(2 ** 20), dtype=torch.int32)
+limbs_ref, top_ref = limbs.clone(), top.clone()
+for scale in (1e-3, 1e6):
+    addend = torch.randn(5, **f64) * scale
+    ops.exact_add(limbs, top, addend)
+    reference.exact_add(limbs_ref, top_ref, addend)
+assert torch.equal(limbs, limbs_ref) and torch.equal(top, top_ref), "exact_add"
+
 # Batched solvers
 m = torch.randn(tasks, 4, 4, **f64)
 a = m @ m.mT + torch.eye(4, **f64)

@@ -82,4 +82,9 @@ template <typename T>
 cudaError_t gather_patch_matmul_t(const T* cols, const int64_t* index, const T* mask, const T* signal, double* total,
                                   const PatchShape& shape, cudaStream_t stream);
 
+// Adds x [n] (finite elements; the others are skipped) into an order-independent sum held as
+// limbs [kWindows, n] and top windows [n] (metaif/exact.h), in place.
+template <typename T>
+cudaError_t exact_add(int64_t* limbs, int32_t* top, const T* x, int64_t n, cudaStream_t stream);
+
 }  // namespace metaif::cuda

@@ -12,10 +12,11 @@ import torch
 from torch.func import grad, jvp, vmap
 
 from .ops.solvers import CGResult
+from .parallel import ExactSum
 
 __all__ = ["kfe_ihvp", "kfe_ihvp_grouped", "kfe_eigvals", "ce_head_hvp", "ggn_hvp",
            "ce_head_matvec", "neumann", "cg", "neumann_dense", "neumann_ce_head", "cg_dense",
-           "cg_ce_head", "woodbury_solve", "gather_patch_matmul", "gather_patch_matmul_t"]
+           "cg_ce_head", "woodbury_solve", "gather_patch_matmul", "gather_patch_matmul_t", "exact_add"]
 
 
 def kfe_ihvp(grads: torch.Tensor, q_out: torch.Tensor, q_in: torch.Tensor,
@@ -44,6 +45,17 @@ def gather_patch_matmul(cols: torch.Tensor, index: torch.Tensor, mask: torch.Ten
 def gather_patch_matmul_t(cols: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
                           signal: torch.Tensor) -> torch.Tensor:
     return torch.einsum("npc,npck->ck", mask * signal, _gathered_rows(cols, index))
+
+
+def exact_add(limbs: torch.Tensor, top: torch.Tensor, x: torch.Tensor) -> None:
+    """``ExactSum``'s pure-PyTorch steps (its row path, every element a row once), in place; the
+    non-finite elements are skipped."""
+    flat = x.reshape(-1)
+    total = ExactSum(torch.zeros_like(flat))
+    total.limbs, total.top = limbs.reshape(len(limbs), -1).clone(), top.reshape(-1).clone()
+    total.add(torch.where(torch.isfinite(flat), flat, 0.0), torch.arange(len(flat), device=x.device))
+    limbs.copy_(total.limbs.view(limbs.shape))
+    top.copy_(total.top.view(top.shape))
 
 
 def _uniform(weights: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -32,6 +32,13 @@ def _windows(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x == 0, _EMPTY, top).to(torch.int32)
 
 
+def _has_kernel(device: torch.device) -> bool:
+    """Whether the compiled ``metaif::exact_add`` (registered when the package is imported, before this
+    layer is) serves ``device``; elsewhere the sum runs on the pure-PyTorch path, to the same limbs."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("metaif::exact_add", key)
+
+
 def _shifted(limbs: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``limbs [WINDOWS, *s]`` re-expressed ``shift [*s] >= 0`` windows higher, element by element."""
     out = torch.zeros_like(limbs)
@@ -69,6 +76,12 @@ class ExactSum:
         ``part[rows]`` goes to those rows of the sum; a repeated row is added as often)."""
         if rows is None and part.shape != self.shape:
             raise ValueError(f"an addend of shape {tuple(part.shape)} cannot join a sum of shape {tuple(self.shape)}")
+        if rows is None and _has_kernel(part.device) and part.dtype in (torch.float32, torch.float64):
+            finite = torch.isfinite(part.detach())
+            if not bool(finite.all()):
+                self.special().add_(torch.where(finite, 0.0, part.detach().to(torch.float64)))
+            torch.ops.metaif.exact_add(self.limbs, self.top, part.detach())  # skips the non-finite elements
+            return
         x = (part.detach() if rows is None else part.detach()[rows]).to(torch.float64)  # only the rows widen
         finite = torch.isfinite(x)
         if not bool(finite.all()):

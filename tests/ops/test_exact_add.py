@@ -1,0 +1,45 @@
+"""The compiled step of an exact sum against ExactSum's pure-PyTorch steps (metaif.reference): the
+same limbs and top windows, bit for bit, over addends that move every element's top window, with
+zeros, subnormals and non-finite elements; wrong arguments are named."""
+
+import pytest
+import torch
+
+from metaif import ops, reference
+from metaif.parallel import ExactSum
+
+
+def _state(shape):
+    empty = ExactSum(torch.zeros(shape))
+    return empty.limbs.clone(), empty.top.clone()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_kernel_keeps_the_limbs_of_the_pure_pytorch_steps(dtype):
+    gen = torch.Generator().manual_seed(0)
+    shape = (301, 7)
+    ours, theirs = _state(shape), _state(shape)
+    tiny = torch.finfo(dtype).tiny
+    for k in range(8):  # magnitudes from 1e-30 to 1e30, growing and shrinking: tops move up
+        scale = torch.exp(torch.randn(shape, generator=gen, dtype=torch.float64) * 8 + 4 * (k - 4)).to(dtype)
+        x = torch.randn(shape, generator=gen, dtype=dtype) * scale
+        x[::5] = 0.0
+        x[1, :3] = torch.tensor([tiny / 8, -tiny, float("inf")], dtype=dtype)  # subnormal, smallest normal
+        x[2, 0] = float("nan")
+        ops.exact_add(*ours, x)
+        reference.exact_add(*theirs, x)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1]), f"addend {k}"
+    assert (ours[1] > -(2 ** 20)).any()
+
+
+def test_bad_arguments_are_named():
+    limbs, top = _state((4,))
+    x = torch.randn(4)
+    with pytest.raises(RuntimeError, match="limbs must be int64 and top int32"):
+        ops.exact_add(limbs.int(), top, x)
+    with pytest.raises(RuntimeError, match=r"limbs must have shape \[3, \*x.shape\].*got \[3, 4\] and \[4\]"):
+        ops.exact_add(limbs, top, torch.randn(5))
+    with pytest.raises(RuntimeError, match="x must be float32 or float64"):
+        ops.exact_add(limbs, top, torch.ones(4, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="updated in place and must be contiguous"):
+        ops.exact_add(torch.zeros(4, 3, dtype=torch.int64).T, top, x)
