@@ -138,6 +138,20 @@ def test_the_relative_stopping_rule_stops_at_a_fraction_of_the_starting_gradient
     assert torch.equal(same_path.lam, relative.lam)
 
 
+def test_the_floor_stops_retraining_at_lambda_stars_own_gradient(small_trained):
+    """lambda* stalled at its own max |D_lambda L| (above polish_tol); retraining without one task
+    starts just above it and, with the floor, stops once down to it, far sooner than it stalls."""
+    trained, analysis = small_trained
+    floored = retrain_without(trained, replace(analysis, retrain_floor=True), tasks=[0])
+    at_star = solve_outer(trained.problem, trained.train, trained.lam, max_iter=0).stop["final_grad_max"]
+    stop = floored.stop
+    assert stop["floor"] == at_star == trained.summary["stationarity_max"] and at_star > analysis.polish_tol
+    assert stop["threshold"] == at_star and stop["reason"] == "tolerance", stop
+    assert floored.iterations < retrain_without(trained, analysis, tasks=[0]).iterations
+    with pytest.raises(ValueError, match="floor must be a finite number >= 0"):
+        solve_outer(trained.problem, trained.train, trained.lam, floor=-1.0)
+
+
 def test_an_edit_polished_by_the_retrain_solver_reaches_the_retrain_in_fewer_iterations(small_trained):
     """Removing 10 of 40 tasks: the retrain from lambda* stops on the relative rule; L-BFGS continued
     from the edit, to the same threshold on the objective without them, ends closer to the retrain

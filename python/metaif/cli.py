@@ -46,6 +46,7 @@ ANALYSIS_FLAGS = [
     Flag("polish", ("analysis", "polish")),
     Flag("polish-tol", ("analysis", "polish_tol")),
     Flag("retrain-rtol", ("analysis", "retrain_rtol")),
+    Flag("retrain-floor", ("analysis", "retrain_floor")),
     Flag("anchor", ("analysis", "anchor"))]
 RETRAIN_FLAGS = [Flag("retrain", ("analysis", "retrain")), Flag("retrain-steps", ("analysis", "retrain_steps"))]
 FRACTION_FLAG = Flag("fraction", ("fraction",))

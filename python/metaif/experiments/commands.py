@@ -22,6 +22,7 @@ from .common import (
     train_model,
 )
 from .curate import curate
+from .retrain import stop_floor
 
 QUICK = dict(train_tasks=200, test_tasks=200, train=TrainConfig(steps=50))
 
@@ -124,7 +125,8 @@ def edit(config: ExperimentConfig, ws: Workspace, tasks, val, train, refine: int
     analyzer = analyze(trained, config.analysis, ws.progress)
     began = time.perf_counter()
     analysis = config.analysis
-    lam = analyzer.edit(tasks=tasks, val=val, train=train, refine=refine, polish=polish, polish_tol=analysis.polish_tol,
+    polish_tol = max(analysis.polish_tol, stop_floor(trained, analysis)) if polish else analysis.polish_tol
+    lam = analyzer.edit(tasks=tasks, val=val, train=train, refine=refine, polish=polish, polish_tol=polish_tol,
                         polish_rtol=analysis.retrain_rtol)
     seconds = time.perf_counter() - began
     save_torch(ws.out / "lambda_edited.pt", lam)

@@ -53,6 +53,9 @@ class AnalysisConfig:
                                        "|D_lambda L| has fallen to this fraction of its value where they start (0: "
                                        "polish_tol alone, which float32 cannot reach over thousands of tasks)",
                                   added=True)
+    retrain_floor: bool = setting(False, "retraining (warm or from scratch) and the polish that continues an edit "
+                                         "also stop once max |D_lambda L| is down to lambda*'s own: the level its "
+                                         "polish reached, float32's floor over thousands of tasks", added=True)
     stationarity_tol: float = setting(5e-3, "a warning says when the analysed ||D_lambda L|| is above this")
     anchor: float | None = setting(None, "rho of the proximal anchor rho/2 ||lambda - lambda_trained||^2 that the "
                                          "polish adds (None: chosen on held-out tasks from anchor_grid; 0: none)")

@@ -17,7 +17,7 @@ from ..meta.train import DTYPES
 from .common import AnalysisConfig, Trained
 from .run import build
 
-__all__ = ["retrain", "retrain_from_scratch", "retrain_without"]
+__all__ = ["retrain", "retrain_from_scratch", "retrain_without", "stop_floor"]
 
 
 def retrain(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, lam_star: torch.Tensor | None = None,
@@ -42,12 +42,23 @@ def _without(trained: Trained, tasks, val, train) -> Weights:
     return Weights.uniform(trained.train, trained.lam.dtype, trained.lam.device).without_positions(tasks, val, train)
 
 
+def stop_floor(trained: Trained, analysis: AnalysisConfig) -> float:
+    """The ``floor`` of retraining's stopping rule: lambda*'s own max |D_lambda L| with every item in
+    (one evaluation, kept in ``trained.summary``) under ``analysis.retrain_floor``, else 0."""
+    if not analysis.retrain_floor:
+        return 0.0
+    if "stationarity_max" not in trained.summary:
+        at_star = solve_outer(trained.problem, trained.train, trained.lam, max_iter=0)
+        trained.summary["stationarity_max"] = at_star.stop["final_grad_max"]
+    return trained.summary["stationarity_max"]
+
+
 def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=(), train=(),
                     checkpoint: Path | None = None, progress: bool = False) -> TrainResult:
     """Warm-started retraining without the given task positions / ``(position, j)`` instances
     (resuming from ``checkpoint``): the retrained lambda, wall seconds and, for L-BFGS, its
     iterations, final ``||D_lambda L||`` and stopping rule (``analysis.polish_tol``, and
-    ``analysis.retrain_rtol`` when set). Warns when L-BFGS stops at its cap (``analysis.polish``)
+    ``analysis.retrain_rtol`` and :func:`stop_floor` when set). Warns when L-BFGS stops at its cap (``analysis.polish``)
     instead of its tolerance."""
     weights = _without(trained, tasks, val, train)
     if analysis.retrain != "lbfgs":
@@ -56,7 +67,8 @@ def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=()
                           checkpoint=checkpoint, progress=progress)
     cap = max(analysis.polish, 1)
     result = solve_outer(trained.problem, trained.train, trained.lam, weights, tol=analysis.polish_tol, max_iter=cap,
-                         checkpoint=checkpoint, progress=progress, desc="retrain (L-BFGS)", rtol=analysis.retrain_rtol)
+                         checkpoint=checkpoint, progress=progress, desc="retrain (L-BFGS)", rtol=analysis.retrain_rtol,
+                         floor=stop_floor(trained, analysis))
     if result.stop["reason"] == "cap":
         warnings.warn(f"retraining stopped at its cap of {cap} L-BFGS iterations (--polish) with max |D_lambda L| = "
                       f"{result.stop['final_grad_max']:.2e}, above its threshold {result.stop['threshold']:.2e} "
@@ -70,7 +82,7 @@ def retrain_from_scratch(trained: Trained, analysis: AnalysisConfig, tasks=(), v
     """The paper's protocol: meta-train from the seeded initialisation with the run's steps and
     schedule on the data without the given items (their weights zeroed), then the polish lambda* had
     (L-BFGS with its anchor rho, around the new Adam result), stopping on the retrain's rule
-    (``analysis.polish_tol``, ``analysis.retrain_rtol``). ``checkpoint`` (a file name stem) resumes
+    (``analysis.polish_tol``, ``analysis.retrain_rtol``, :func:`stop_floor`). ``checkpoint`` (a file name stem) resumes
     both stages. The result's wall time counts both stages, its iterations the polish's. With nothing
     removed and the anchor given (not chosen from a grid) it is lambda* again."""
     problem = build(trained.run)[0]
@@ -80,6 +92,7 @@ def retrain_from_scratch(trained: Trained, analysis: AnalysisConfig, tasks=(), v
     rho = trained.summary.get("rho") or 0.0
     result = solve_outer(anchored(problem, rho, adam.lam), trained.train, adam.lam, weights, tol=analysis.polish_tol,
                          max_iter=max(analysis.polish, 1), checkpoint=paths[1], progress=progress,
-                         desc="retrain from scratch: polish", rtol=analysis.retrain_rtol)
+                         desc="retrain from scratch: polish", rtol=analysis.retrain_rtol,
+                         floor=stop_floor(trained, analysis))
     result.wall_time += adam.wall_time
     return result

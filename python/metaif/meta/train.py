@@ -235,13 +235,14 @@ def meta_train(problem: TrainableProblem, tasks: TaskSet, config: TrainConfig, l
 def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, weights: Weights | None = None,
                 tol: float = 1e-9, max_iter: int = 1000, checkpoint: str | Path | None = None,
                 progress: bool = False, desc: str = "polish (L-BFGS)", chunk: int = 10,
-                rtol: float = 0.0) -> TrainResult:
+                rtol: float = 0.0, floor: float = 0.0) -> TrainResult:
     """Full-batch L-BFGS (strong Wolfe) on ``sum_i c_i L_i + gamma/2 ||lambda - anchor||^2`` from
-    ``lam0`` until ``max_j |D_lambda L_j| <= max(tol, rtol * max_j |D_lambda L_j(lam0)|)``,
+    ``lam0`` until ``max_j |D_lambda L_j| <= max(tol, rtol * max_j |D_lambda L_j(lam0)|, floor)``,
     ``max_iter`` iterations, or a chunk of iterations that no longer lowers the objective beyond its
     rounding (float32 stalls there): the stationary lambda* that influence functions linearise
     around, and the warm-started re-solve that is their ground truth (math.md §1). The relative
-    rule (``rtol > 0``) is what a float32 solve over thousands of tasks can reach; ``result.stop``
+    rule (``rtol > 0``) is what a float32 solve over thousands of tasks can reach, and ``floor`` (say,
+    the gradient a polished lambda* was left with) a level it need not go below; ``result.stop``
     records the rule, its threshold, the starting and final ``max |D_lambda L|`` and why it stopped
     (tolerance, cap, or stalled).
 
@@ -257,11 +258,15 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
                             tolerance_change=0.0, line_search_fn="strong_wolfe")
     if not (rtol >= 0 and math.isfinite(rtol)):
         raise ValueError(f"rtol must be a finite number >= 0 (a fraction of the starting max |D_lambda L|), got {rtol!r}")
+    if not (floor >= 0 and math.isfinite(floor)):
+        raise ValueError(f"floor must be a finite number >= 0 (a max |D_lambda L| to stop at), got {floor!r}")
     identity = {"tasks": tasks.fingerprint(), "lam0": _tensor_digest(lam0), "tol": tol, "gamma": problem.gamma,
                 "anchor": _tensor_digest(getattr(problem, "anchor", None)), "form": getattr(problem, "form", None),
                 "weights": fingerprint([weights.c.tolist(), weights.w_tr.tolist(), weights.w_val.tolist()])}
     if rtol:
         identity["rtol"] = rtol
+    if floor:
+        identity["floor"] = floor
     result, spent = TrainResult(lam.detach()), 0.0
     saved = Checkpoint(checkpoint, identity, device)
     state = saved.load()
@@ -277,7 +282,7 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
         # evaluation is then handed to L-BFGS instead of being repeated
         first = _objective(problem, lam.detach(), batch, task_weights, world)
         start_grad = float(first[1].abs().max())
-    threshold = max(tol, rtol * start_grad) if rtol else tol
+    threshold = max(tol, rtol * start_grad if rtol else 0.0, floor)
     opt.param_groups[0]["tolerance_grad"] = threshold
 
     def closure():
@@ -315,7 +320,7 @@ def solve_outer(problem: TrainableProblem, tasks: TaskSet, lam0: torch.Tensor, w
         closure()
     final_grad = float(lam.grad.abs().max())
     reason = "tolerance" if final_grad <= threshold else "cap" if result.iterations >= max_iter else "stalled"
-    result.stop = {"rule": "relative" if rtol else "absolute", "tol": tol, "rtol": rtol, "threshold": threshold,
+    result.stop = {"rule": "relative" if rtol else "absolute", "tol": tol, "rtol": rtol, "floor": floor, "threshold": threshold,
                    "start_grad_max": start_grad, "final_grad_max": final_grad, "reason": reason}
     result.lam, result.wall_time = lam.detach().clone(), spent + time.perf_counter() - began
     return result
