@@ -416,14 +416,15 @@ class Bound:
 
 
 def meta_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor,
-                  world: World = World(), chunk: int = TASK_CHUNK,
-                  image_chunk: int = INPUT_CHUNK) -> tuple[torch.Tensor, dict]:
+                  world: World = World(), chunk: int = TASK_CHUNK, image_chunk: int = INPUT_CHUNK,
+                  memory: float = math.inf) -> tuple[torch.Tensor, dict]:
     """``sum_i c_i g_i`` (math.md §3) over ``batch``, ``[p]``, and the losses: what outer training
     and polishing need from a problem without its own ``outer_gradient``. A feature-head problem
     runs the body once per unique input of the batch (a forward, then one pull-back of the summed
     feature cotangents); over several ranks each runs its chunks of ``chunk`` tasks and of
-    ``image_chunk`` inputs."""
-    bound = Bound(problem, lam, batch, chunk=chunk, image_chunk=image_chunk, world=world)
+    ``image_chunk`` inputs. ``memory`` (bytes) bounds the body state kept between the forward and
+    the pull-back; the chunks beyond it run their forward again."""
+    bound = Bound(problem, lam, batch, chunk=chunk, image_chunk=image_chunk, world=world, memory=memory)
     c = task_weights.to(lam)
     grad = bound.gradient(c)
     weighted = bound.weighted_loss(c)
