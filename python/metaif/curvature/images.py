@@ -29,8 +29,8 @@ INPUT_CHUNK = 256
 class ImageBody:
     """``body`` at ``lam`` on ``images [U, ...]``: features :attr:`phi` ``[U, h]`` and the passes of
     :mod:`~metaif.curvature.passes` (``passes``: "auto", "traced" or "autograd"), ``chunk``
-    images per pass. The passes keep per-image state (about 350 KB per 28x28 image on 64-channel
-    Conv-4, float32, and 7.7 MB per 84x84 RGB image) while it fits ``memory`` (bytes, this process);
+    images per pass. The passes keep per-image state (about 270 KB per 28x28 image on 64-channel
+    Conv-4, float32, and 3.1 MB per 84x84 RGB image) while it fits ``memory`` (bytes, this process);
     the chunks beyond it keep nothing and are recomputed inside each product: the same numbers, a
     forward (and, with ``g``, a backward) pass more per product. :attr:`memory_report` says which.
 
