@@ -9,17 +9,20 @@ this one implementation.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.func import grad, vmap
 
 from ..models.nets import FlatModel
 from ..parallel import ExactSum, World
+from ..utils.memory import available_bytes
 from ..utils.seen import SeenTensor
 from .passes import body_passes
 
 __all__ = ["INPUT_CHUNK", "ImageBody"]
+
+# The share of the memory available at the start that the body state of one machine's processes
+# may keep by default: a run at mini-ImageNet's scale would otherwise try to keep ~100 GB
+DEFAULT_MEMORY_SHARE = 0.5
 
 # Inputs per body pass by default: bounds the kept state, and is the unit ranks share (a run on R ranks
 # wants R chunks or more); smaller chunks also ran faster on one thread (Conv-4, 200 Omniglot tasks).
@@ -30,7 +33,8 @@ class ImageBody:
     """``body`` at ``lam`` on ``images [U, ...]``: features :attr:`phi` ``[U, h]`` and the passes of
     :mod:`~metaif.curvature.passes` (``passes``: "auto", "traced" or "autograd"), ``chunk``
     images per pass. The passes keep per-image state (about 270 KB per 28x28 image on 64-channel
-    Conv-4, float32, and 3.1 MB per 84x84 RGB image) while it fits ``memory`` (bytes, this process);
+    Conv-4, float32, and 3.1 MB per 84x84 RGB image) while it fits ``memory`` (bytes, this process;
+    default: half the memory available now, shared by the ranks);
     the chunks beyond it keep nothing and are recomputed inside each product: the same numbers, a
     forward (and, with ``g``, a backward) pass more per product. :attr:`memory_report` says which.
 
@@ -40,9 +44,11 @@ class ImageBody:
     the same bits on any number of ranks."""
 
     def __init__(self, body: FlatModel, lam: torch.Tensor, images: torch.Tensor, chunk: int = INPUT_CHUNK,
-                 passes: str = "auto", world: World = World(), memory: float = math.inf) -> None:
+                 passes: str = "auto", world: World = World(), memory: float | None = None) -> None:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
+        if memory is None:
+            memory = DEFAULT_MEMORY_SHARE * available_bytes() / world.size
         if not memory >= 0:
             raise ValueError(f"memory must be a number of bytes >= 0 (inf: keep everything), got {memory}")
         if len(images):

@@ -36,8 +36,9 @@ class InfluenceConfig:
     image_chunk: int = setting(INPUT_CHUNK, "inputs per body pass: bounds memory; ranks share whole chunks, as "
                                             "with chunk")
     memory_gb: float | None = setting(None, "GB of per-input state that each process keeps for the body passes "
-                                            "(default: all of it); the chunks beyond it are recomputed inside "
-                                            "each product: the same numbers, more time", shapes_results=False,
+                                            "(default: half the memory available when the analysis starts, shared "
+                                            "by the processes); the chunks beyond it are recomputed inside each "
+                                            "product: the same numbers, more time", shapes_results=False,
                                       added=True)
     progress: bool = setting(False, "progress bars on the set-up")
 
@@ -50,7 +51,7 @@ class InfluenceConfig:
         check_choice(self, "path", self.path, PATHS)
         check_choice(self, "body_passes", self.body_passes, ("auto", *PASSES))
         check(self.memory_gb is None or finite(self.memory_gb) and self.memory_gb >= 0, self, "memory_gb",
-              "a number of GB >= 0, or None (keep everything)", self.memory_gb)
+              "a number of GB >= 0, or None (half the available memory)", self.memory_gb)
         for name in ("chunk", "image_chunk"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, self, name, "an integer >= 1",
                   getattr(self, name))

@@ -3,7 +3,6 @@ their weights and configuration, and the spreading of per-item requests over the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -47,7 +46,7 @@ class Session:
         batch = TaskBatch.from_taskset(tasks, dtype=lam.dtype, w_tr=weights.w_tr, w_val=weights.w_val,
                                        device=lam.device)
         return Bound(self.problem, lam, batch, path=cfg.path, chunk=cfg.chunk, image_chunk=cfg.image_chunk,
-                     memory=math.inf if cfg.memory_gb is None else cfg.memory_gb * 2 ** 30,
+                     memory=None if cfg.memory_gb is None else cfg.memory_gb * 2 ** 30,
                      inner=cfg.inner, inner_damping=cfg.inner_damping, passes=cfg.body_passes, theta0=theta0,
                      progress=self.shows_progress, world=self.world)
 

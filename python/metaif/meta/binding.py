@@ -20,7 +20,6 @@ the data (ranks take whole chunks), and sums total gradients over them exactly
 
 from __future__ import annotations
 
-import math
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -102,7 +101,8 @@ class BodyBinding:
     body passes' memory; ``inner`` names the head solver (:data:`~metaif.curvature.HEAD_SOLVERS`),
     applied to ``grad^2_theta F_i + inner_damping I``; ``passes`` the body passes; ``theta0``
     warm-starts the heads ``[B, q]``; heads are solved ``chunk`` tasks at a time; ``memory`` bounds
-    the bytes of per-input state the body passes keep (:class:`~metaif.curvature.ImageBody`). Over several
+    the bytes of per-input state the body passes keep (:class:`~metaif.curvature.ImageBody`; None: its
+    default). Over several
     ranks (``world``) each solves the heads of its span of whole chunks of the tasks and runs the
     body passes of its span of the inputs; heads, features and tangents are gathered, and pull-backs
     sum over the ranks."""
@@ -112,7 +112,7 @@ class BodyBinding:
     def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, image_chunk: int = INPUT_CHUNK,
                  inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
                  theta0: torch.Tensor | None = None, world: World = World(), chunk: int = TASK_CHUNK,
-                 memory: float = math.inf) -> None:
+                 memory: float | None = None) -> None:
         self.head = FeatureHead(problem)
         self.lam, self.batch, self.world = lam.detach(), batch, world
         self.inner, self.inner_damping = inner, inner_damping
@@ -356,7 +356,7 @@ class Bound:
     def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, *, path: str = "auto", chunk: int = TASK_CHUNK,
                  image_chunk: int = INPUT_CHUNK, inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
                  theta0: torch.Tensor | None = None, progress: bool = False, world: World = World(),
-                 memory: float = math.inf) -> None:
+                 memory: float | None = None) -> None:
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         if isinstance(problem, UnrolledProblem):
@@ -417,13 +417,14 @@ class Bound:
 
 def meta_gradient(problem, lam: torch.Tensor, batch: TaskBatch, task_weights: torch.Tensor,
                   world: World = World(), chunk: int = TASK_CHUNK, image_chunk: int = INPUT_CHUNK,
-                  memory: float = math.inf) -> tuple[torch.Tensor, dict]:
+                  memory: float | None = None) -> tuple[torch.Tensor, dict]:
     """``sum_i c_i g_i`` (math.md §3) over ``batch``, ``[p]``, and the losses: what outer training
     and polishing need from a problem without its own ``outer_gradient``. A feature-head problem
     runs the body once per unique input of the batch (a forward, then one pull-back of the summed
     feature cotangents); over several ranks each runs its chunks of ``chunk`` tasks and of
-    ``image_chunk`` inputs. ``memory`` (bytes) bounds the body state kept between the forward and
-    the pull-back; the chunks beyond it run their forward again."""
+    ``image_chunk`` inputs. ``memory`` (bytes; default: :class:`~metaif.curvature.ImageBody`'s) bounds
+    the body state kept between the forward and the pull-back; the chunks beyond it run their forward
+    again."""
     bound = Bound(problem, lam, batch, chunk=chunk, image_chunk=image_chunk, world=world, memory=memory)
     c = task_weights.to(lam)
     grad = bound.gradient(c)
