@@ -15,7 +15,8 @@ from ..utils.io import write_json
 from ..utils.progress import stage
 from . import plots
 from .common import Workspace, accuracy, analyze, train_model
-from .paper import CurveConfig, _curve_ledger, _mean_std, _retrained, _seeded
+from .paper import CurveConfig, curve_ledger
+from .records import checkpointed_retrain, mean_std, seeded
 from .run import build, validation_tasks
 
 __all__ = ["ORDERS", "curate", "removal_orders"]
@@ -39,10 +40,10 @@ def curate(config: CurveConfig, ws: Workspace) -> dict:
     each order and fraction in ``config.fractions`` retrain from scratch without that share of the
     tasks. Writes ``curate.json`` and ``curate_accuracy.png`` (accuracy against the share kept)."""
     exp = config.experiment
-    ledger = _curve_ledger(config, ws, "curate")
+    ledger = curve_ledger(config, ws, "curate")
     nonzero = [f for f in config.fractions if f > 0]
     for seed in stage(exp.seeds, desc="curate seeds", disable=not ws.progress, leave=True):
-        run = _seeded(exp, seed)
+        run = seeded(exp, seed)
         tasks = build(run)[1]
         if config.task_fraction > 0:
             tasks = corrupt_labels(tasks, config.task_fraction, config.instance_fraction, seed=seed)
@@ -65,7 +66,7 @@ def curate(config: CurveConfig, ws: Workspace) -> dict:
                 removed = order[:round(f * m)]
 
                 def retrained():
-                    result = _retrained(trained, exp.analysis, ws, key, scratch=True, tasks=removed)
+                    result = checkpointed_retrain(trained, exp.analysis, ws, key, scratch=True, tasks=removed)
                     found = float(tasks.corrupted[removed].float().mean()) if config.task_fraction > 0 else None
                     return {"accuracy": accuracy(trained, result.lam).mean, "seconds": result.wall_time,
                             "kept": m - len(removed), "corrupted_share_removed": found}
@@ -89,13 +90,13 @@ def _summarise(config: CurveConfig, data: dict) -> dict:
     def entries(name: str, f: float) -> list[dict]:
         return full if f == 0 else [data[f"{s}/{name}/{f:.3f}"] for s in seeds]
 
-    accuracy = {name: [_mean_std([e["accuracy"] for e in entries(name, f)]) for f in config.fractions]
+    accuracy = {name: [mean_std([e["accuracy"] for e in entries(name, f)]) for f in config.fractions]
                 for name in ORDERS}
-    seconds = {name: [_mean_std([e["seconds"] for e in entries(name, f)]) for f in config.fractions] for name in ORDERS}
+    seconds = {name: [mean_std([e["seconds"] for e in entries(name, f)]) for f in config.fractions] for name in ORDERS}
     base = accuracy[ORDERS[0]][0][0]
     droppable = {name: max([f for f, (acc, _) in zip(config.fractions, accs) if acc >= base - TOLERATED_LOSS],
                            default=0.0) for name, accs in accuracy.items()}
     return {"dataset": config.experiment.run.dataset, "seeds": list(seeds), "fractions": list(config.fractions),
             "corrupted_task_fraction": config.task_fraction, "accuracy": accuracy, "train_seconds": seconds,
-            "scoring_seconds": _mean_std([data[f"{s}/scores"]["seconds"] for s in seeds]),
+            "scoring_seconds": mean_std([data[f"{s}/scores"]["seconds"] for s in seeds]),
             "droppable_within_loss": {"loss": TOLERATED_LOSS, **droppable}}

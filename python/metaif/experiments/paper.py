@@ -6,18 +6,15 @@ reusing stale numbers. Retrainings checkpoint under ``retrain/``."""
 
 from __future__ import annotations
 
-import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
 from ..data import corrupt_labels
-from ..meta import TrainResult
 from ..utils.config import results_settings
-from ..utils.io import Ledger, remove_files, write_atomic, write_json
+from ..utils.io import Ledger, write_atomic, write_json
 from ..utils.progress import stage
-from ..utils.store import Stage
 from . import plots
 from .common import (
     AnalysisConfig,
@@ -32,7 +29,7 @@ from .common import (
     solve_summary,
     train_model,
 )
-from .retrain import retrain_from_scratch, retrain_without
+from .records import checkpointed_retrain, experiment_ledger, mean_std, seeded
 from .run import build
 
 
@@ -47,38 +44,10 @@ class CurveConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
 
-def _seeded(config: ExperimentConfig, seed: int):
-    run = replace(config.run, seed=seed, train=replace(config.run.train, seed=seed))
-    return run
-
-
 def _flat_top(table: torch.Tensor, count: int) -> list[tuple[int, int]]:
     """``count`` most negative entries of ``[m, n]`` as ``(position, index)`` (zero weights excluded)."""
     order = table.flatten().argsort()[:count]
     return [(int(i) // table.shape[1], int(i) % table.shape[1]) for i in order]
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _ledger(ws: Workspace, settings: dict) -> Ledger:
-    """The experiment's ledger, tied to ``settings`` (stale entries raise, or go with ``force``)."""
-    stage = Stage(ws.out, "ledger", settings, ["ledger.json"], ws.force)
-    if stage.open() is None:
-        remove_files(list((ws.out / "retrain").glob("*.pt")) if (ws.out / "retrain").exists() else [])
-        stage.finish()
-    return Ledger(ws.out / "ledger.json")
-
-
-def _retrained(trained: Trained, analysis: AnalysisConfig, ws: Workspace, key: str, scratch: bool = False,
-               **removal) -> TrainResult:
-    """Retraining for ledger entry ``key`` (warm-started, or from scratch), checkpointed until the
-    entry is written."""
-    path = ws.out / "retrain" / (key.replace("/", "_").replace(" ", "_") + ".pt")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    how = retrain_from_scratch if scratch else retrain_without
-    return how(trained, analysis, checkpoint=path, progress=ws.progress, **removal)
 
 
 # ---- Table 1 ----------------------------------------------------------------------------------
@@ -128,11 +97,11 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
     for retrain=adam)."""
     out = ws.out
     save_config(out, config)
-    ledger = _ledger(ws, {"experiment": "table1", "config": results_settings(config)})
+    ledger = experiment_ledger(ws, {"experiment": "table1", "config": results_settings(config)})
     methods = table1_methods(config)
     keys = [f"{protocol}/{level}/{name}" for protocol in config.protocols for level, name in methods]
     for seed in stage(config.seeds, desc="table1 seeds", disable=not ws.progress, leave=True):
-        run = _seeded(config, seed)
+        run = seeded(config, seed)
         trained = train_model(run, config.analysis, ws.sub(f"seed{seed}").sub("model"))
         ledger.run(f"{seed}/base", lambda: {"accuracy": accuracy(trained, trained.lam).mean,
                                             "rho": trained.summary.get("rho")})
@@ -152,10 +121,12 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
                 counted = setup_s + time.perf_counter() - began
             removal = removal_sets(protocol, config.fraction, seed, scores, shapes)
 
-            def edited(counted: float, polish_to: str | None = None, **items):
+            def edited(counted: float, polish_to: str | None = None, after: str | None = None, **items):
                 """An edit's accuracy; its runtime adds the ``counted`` analysis seconds. ``polish_to``:
                 the ledger key of the retrain whose stopping threshold the polish goes down to (polish_tol
-                for an Adam retrain, which has none, and for entries from before thresholds were recorded)."""
+                for an Adam retrain, which has none, and for entries from before thresholds were recorded);
+                a polished edit's runtime is that of the edit it continues (ledger key ``after``, whose
+                solve the analyzer has kept) plus the polish."""
                 began = time.perf_counter()
                 polish = {}
                 if polish_to is not None:
@@ -166,11 +137,12 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
                          "damping": analyzer.damping_used, "solve": solve_summary(analyzer)}
                 if polish:
                     record = analyzer.editor.last_polish
-                    entry.update(iterations=record.iterations, polish_seconds=record.wall_time, stop=record.stop)
+                    entry.update(iterations=record.iterations, polish_seconds=record.wall_time, stop=record.stop,
+                                 seconds=ledger.data[f"{seed}/{protocol}/{after}"]["seconds"] + record.wall_time)
                 return entry
 
             def retrained(key, scratch=False, **items):
-                result = _retrained(trained, config.analysis, ws, f"{seed}/{protocol}/{key}", scratch, **items)
+                result = checkpointed_retrain(trained, config.analysis, ws, f"{seed}/{protocol}/{key}", scratch, **items)
                 return {"accuracy": accuracy(trained, result.lam).mean, "seconds": result.wall_time,
                         "iterations": result.iterations, "grad_norm": result.grad_norm,
                         "threshold": result.stop.get("threshold"), "stop": result.stop}
@@ -179,13 +151,15 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
             jobs = {"task/Retrain": lambda: retrained("task", **tasks),
                     "task/Direct IF": lambda: edited(setup_s, method="direct", **tasks),
                     "task/task-IF": lambda: edited(counted, **tasks),
-                    "task/task-IF + polish": lambda: edited(counted, "task/Retrain", **tasks),
+                    "task/task-IF + polish": lambda: edited(counted, "task/Retrain", "task/task-IF", **tasks),
                     "instance/Retrain (train)": lambda: retrained("train", **train),
                     "instance/instance-IF (train)": lambda: edited(counted, **train),
-                    "instance/instance-IF + polish (train)": lambda: edited(counted, "instance/Retrain (train)", **train),
+                    "instance/instance-IF + polish (train)": lambda: edited(counted, "instance/Retrain (train)",
+                                                                           "instance/instance-IF (train)", **train),
                     "instance/Retrain (val)": lambda: retrained("val", **val),
                     "instance/instance-IF (val)": lambda: edited(counted, **val),
-                    "instance/instance-IF + polish (val)": lambda: edited(counted, "instance/Retrain (val)", **val)}
+                    "instance/instance-IF + polish (val)": lambda: edited(counted, "instance/Retrain (val)",
+                                                                         "instance/instance-IF (val)", **val)}
             if config.from_scratch:
                 jobs.update({"task/Retrain (from scratch)": lambda: retrained("scratch_task", True, **tasks),
                              "instance/Retrain (from scratch, train)": lambda: retrained("scratch_train", True, **train),
@@ -198,12 +172,12 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
         rows = {}
         for level, name in methods:
             entries = [ledger.data[f"{s}/{protocol}/{level}/{name}"] for s in config.seeds]
-            rows[f"{level}/{name}"] = {"accuracy": _mean_std([e["accuracy"] for e in entries]),
-                                       "seconds": _mean_std([e["seconds"] for e in entries])}
+            rows[f"{level}/{name}"] = {"accuracy": mean_std([e["accuracy"] for e in entries]),
+                                       "seconds": mean_std([e["seconds"] for e in entries])}
             if all("iterations" in e for e in entries):
-                rows[f"{level}/{name}"]["iterations"] = _mean_std([e["iterations"] for e in entries])
+                rows[f"{level}/{name}"]["iterations"] = mean_std([e["iterations"] for e in entries])
         protocols[protocol] = rows
-    base = _mean_std([ledger.data[f"{s}/base"]["accuracy"] for s in config.seeds])
+    base = mean_std([ledger.data[f"{s}/base"]["accuracy"] for s in config.seeds])
     result = {"dataset": config.run.dataset, "seeds": list(config.seeds), "fraction_removed": config.fraction,
               "trained_accuracy": base, "protocols": protocols}
     write_json(out / "table1.json", result)
@@ -240,28 +214,28 @@ def _curve(ledger: Ledger, key: str, trained: Trained, analysis: AnalysisConfig,
             count = round(f * len(order))
             if count == 0:
                 return accuracy(trained, trained.lam).mean
-            lam = _retrained(trained, analysis, ws, f"{key}/{f:.3f}", **{kind: order[:count]}).lam
+            lam = checkpointed_retrain(trained, analysis, ws, f"{key}/{f:.3f}", **{kind: order[:count]}).lam
             return accuracy(trained, lam).mean
         accs.append(ledger.run(f"{key}/{f:.3f}", job))
     return accs
 
 
-def _curve_ledger(config: CurveConfig, ws: Workspace, name: str) -> Ledger:
+def curve_ledger(config: CurveConfig, ws: Workspace, name: str) -> Ledger:
     exp = config.experiment
     save_config(ws.out, exp)
     settings = {"experiment": name, "config": results_settings(exp), "fractions": list(config.fractions),
                 "task_fraction": config.task_fraction, "instance_fraction": config.instance_fraction}
     write_json(ws.out / "curve_config.json", settings)
-    return _ledger(ws, settings)
+    return experiment_ledger(ws, settings)
 
 
 def harmful(config: CurveConfig, ws: Workspace) -> dict:
     """Figure 1: corrupt labels, rank tasks by influence score (most harmful first), and compare
     with random order: accuracy after removing the top fraction, and corrupted tasks found."""
     exp, out = config.experiment, ws.out
-    ledger = _curve_ledger(config, ws, "harmful")
+    ledger = curve_ledger(config, ws, "harmful")
     seed = exp.seeds[0]
-    run = _seeded(exp, seed)
+    run = seeded(exp, seed)
     _, clean, _ = build(run)
     corrupted = corrupt_labels(clean, config.task_fraction, config.instance_fraction, seed=seed)
     trained = train_model(run, exp.analysis, ws.sub("model"), train=corrupted)
@@ -293,9 +267,9 @@ def effectiveness(config: CurveConfig, ws: Workspace) -> dict:
     """Figures 2–3: remove tasks (and training instances) in descending influence order (most
     helpful first) and retrain, against random removal."""
     exp, out = config.experiment, ws.out
-    ledger = _curve_ledger(config, ws, "effectiveness")
+    ledger = curve_ledger(config, ws, "effectiveness")
     seed = exp.seeds[0]
-    trained = train_model(_seeded(exp, seed), exp.analysis, ws.sub("model"))
+    trained = train_model(seeded(exp, seed), exp.analysis, ws.sub("model"))
     scored = score_all(trained, exp.analysis, ws.progress)
     scores, damping, analysis_s = scored.scores, scored.damping, scored.seconds
     gen = torch.Generator().manual_seed(seed)

@@ -72,8 +72,8 @@ def retrain_without(trained: Trained, analysis: AnalysisConfig, tasks=(), val=()
     if result.stop["reason"] == "cap":
         warnings.warn(f"retraining stopped at its cap of {cap} L-BFGS iterations (--polish) with max |D_lambda L| = "
                       f"{result.stop['final_grad_max']:.2e}, above its threshold {result.stop['threshold']:.2e} "
-                      f"(--polish-tol, --retrain-rtol): the retrained lambda is on its way to the optimum without the "
-                      f"removed items", MetaifWarning, stacklevel=2)
+                      f"(--polish-tol, --retrain-rtol, --retrain-floor): the retrained lambda is on its way to the "
+                      f"optimum without the removed items", MetaifWarning, stacklevel=2)
     return result
 
 
