@@ -4,7 +4,7 @@
 // one, so a sum of ResNet-sized gradients (12 M elements) costs milliseconds, not seconds.
 #include "checks.h"
 #include "cuda_support.h"
-#include "metaif/exact.h"
+#include "exact_state.h"
 #include "registration.h"
 
 namespace metaif {
@@ -21,16 +21,7 @@ void exact_add_kernel(int64_t* limbs, int32_t* top, const T* x, int64_t n) {
 
 void exact_add(Tensor limbs, Tensor top, const Tensor& x) {
   check_floating(kOp, x, "x");
-  METAIF_CHECK(limbs.scalar_type() == ScalarType::Long && top.scalar_type() == ScalarType::Int, kOp,
-               ": limbs must be int64 and top int32, got ", limbs.scalar_type(), " and ", top.scalar_type());
-  METAIF_CHECK(limbs.device() == x.device() && top.device() == x.device(), kOp, ": limbs (", limbs.device(),
-               ") and top (", top.device(), ") must be on the device of x (", x.device(), ")");
-  METAIF_CHECK(limbs.is_contiguous() && top.is_contiguous(), kOp,
-               ": limbs and top are updated in place and must be contiguous");
-  bool shaped = limbs.dim() == x.dim() + 1 && top.dim() == x.dim() && limbs.size(0) == exact::kWindows;
-  for (int64_t d = 0; shaped && d < x.dim(); ++d) shaped = limbs.size(d + 1) == x.size(d) && top.size(d) == x.size(d);
-  METAIF_CHECK(shaped, kOp, ": limbs must have shape [", exact::kWindows, ", *x.shape] and top x.shape ",
-               Dims{x.sizes()}, ", got ", Dims{limbs.sizes()}, " and ", Dims{top.sizes()});
+  check_state(kOp, limbs, top, x);
   const int64_t n = x.numel();
   if (n == 0) return;
   const Tensor values = contiguous(x);

@@ -94,7 +94,7 @@ def test_ggn_and_patch_ops_match_the_cpu_kernels(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_exact_add_keeps_the_cpu_kernels_limbs(dtype):
+def test_exact_sum_ops_keep_the_cpu_kernels_limbs_and_values(dtype):
     gen = torch.Generator().manual_seed(0)
     state = (torch.zeros(3, 1000, dtype=torch.int64), torch.full((1000,), -(2 ** 20), dtype=torch.int32))
     on_gpu = tuple(t.to(CUDA) for t in state)
@@ -103,6 +103,10 @@ def test_exact_add_keeps_the_cpu_kernels_limbs(dtype):
         ops.exact_add(*state, x)
         ops.exact_add(*on_gpu, x.to(CUDA))
     assert torch.equal(on_gpu[0].cpu(), state[0]) and torch.equal(on_gpu[1].cpu(), state[1])
+    value, value_gpu = torch.empty(1000, dtype=dtype), torch.empty(1000, dtype=dtype, device=CUDA)
+    ops.exact_value(*state, value)
+    ops.exact_value(*on_gpu, value_gpu)
+    assert torch.equal(value_gpu.cpu(), value) and torch.equal(on_gpu[0].cpu(), state[0])
 
 
 def test_failures_raise_the_cpu_kernels_messages():

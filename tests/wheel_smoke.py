@@ -56,6 +56,10 @@ for scale in (1e-3, 1e6):
     ops.exact_add(limbs, top, addend)
     reference.exact_add(limbs_ref, top_ref, addend)
 assert torch.equal(limbs, limbs_ref) and torch.equal(top, top_ref), "exact_add"
+value, value_ref = torch.empty(5, **f64), torch.empty(5, **f64)
+ops.exact_value(limbs, top, value)
+reference.exact_value(limbs_ref, top_ref, value_ref)
+assert torch.equal(value, value_ref), "exact_value"
 
 # Batched solvers
 m = torch.randn(tasks, 4, 4, **f64)

@@ -57,4 +57,20 @@ METAIF_HD void add(double x, int32_t* top, int64_t* limbs, int64_t stride) {
   }
 }
 
+// The sum held by one element, rounded once to a double: the limbs are first carried upwards (each
+// lower limb into [0, 2**32), in place: the same sum), then added from the lowest window up, the
+// top window's last (its digits dominate; below them at most 64 bits, so one rounding).
+METAIF_HD double value(const int32_t* top, int64_t* limbs, int64_t stride) {
+  if (*top == kEmpty) return 0.0;  // nothing was ever added but zeros
+  for (int j = kWindows - 1; j > 0; --j) {
+    const int64_t carry = limbs[j * stride] >> kWindowBits;  // floor division (arithmetic shift)
+    limbs[j * stride] -= carry * (int64_t(1) << kWindowBits);
+    limbs[(j - 1) * stride] += carry;
+  }
+  double total = static_cast<double>(limbs[(kWindows - 1) * stride]) * power_of_two(kWindowBits * (*top - kWindows + 1));
+  for (int j = kWindows - 2; j > 0; --j)
+    total += static_cast<double>(limbs[j * stride]) * power_of_two(kWindowBits * (*top - j));
+  return static_cast<double>(limbs[0]) * power_of_two(kWindowBits * *top) + total;
+}
+
 }  // namespace metaif::exact

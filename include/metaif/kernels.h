@@ -87,4 +87,9 @@ cudaError_t gather_patch_matmul_t(const T* cols, const int64_t* index, const T* 
 template <typename T>
 cudaError_t exact_add(int64_t* limbs, int32_t* top, const T* x, int64_t n, cudaStream_t stream);
 
+// out [n] = the sums held by limbs [kWindows, n] and top [n], each rounded once (the limbs carried
+// in place).
+template <typename T>
+cudaError_t exact_value(int64_t* limbs, const int32_t* top, T* out, int64_t n, cudaStream_t stream);
+
 }  // namespace metaif::cuda

@@ -13,10 +13,12 @@ from torch.func import grad, jvp, vmap
 
 from .ops.solvers import CGResult
 from .parallel import ExactSum
+from .parallel.exact import carried_value
 
 __all__ = ["kfe_ihvp", "kfe_ihvp_grouped", "kfe_eigvals", "ce_head_hvp", "ggn_hvp",
            "ce_head_matvec", "neumann", "cg", "neumann_dense", "neumann_ce_head", "cg_dense",
-           "cg_ce_head", "woodbury_solve", "gather_patch_matmul", "gather_patch_matmul_t", "exact_add"]
+           "cg_ce_head", "woodbury_solve", "gather_patch_matmul", "gather_patch_matmul_t", "exact_add",
+           "exact_value"]
 
 
 def kfe_ihvp(grads: torch.Tensor, q_out: torch.Tensor, q_in: torch.Tensor,
@@ -56,6 +58,11 @@ def exact_add(limbs: torch.Tensor, top: torch.Tensor, x: torch.Tensor) -> None:
     total.add(torch.where(torch.isfinite(flat), flat, 0.0), torch.arange(len(flat), device=x.device))
     limbs.copy_(total.limbs.view(limbs.shape))
     top.copy_(total.top.view(top.shape))
+
+
+def exact_value(limbs: torch.Tensor, top: torch.Tensor, out: torch.Tensor) -> None:
+    """``ExactSum``'s pure-PyTorch value, in place (the limbs carried, ``out`` written)."""
+    out.copy_(carried_value(limbs, top, None, out.dtype).view(out.shape))
 
 
 def _uniform(weights: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""The compiled step of an exact sum against ExactSum's pure-PyTorch steps (metaif.reference): the
-same limbs and top windows, bit for bit, over addends that move every element's top window, with
-zeros, subnormals and non-finite elements; wrong arguments are named."""
+"""The compiled steps of an exact sum against ExactSum's pure-PyTorch ones (metaif.reference): the
+same limbs, top windows and values, bit for bit, over addends that move every element's top window,
+with zeros, subnormals and non-finite elements; wrong arguments are named."""
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ def _state(shape):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_kernel_keeps_the_limbs_of_the_pure_pytorch_steps(dtype):
+def test_the_kernels_keep_the_limbs_and_values_of_the_pure_pytorch_steps(dtype):
     gen = torch.Generator().manual_seed(0)
     shape = (301, 7)
     ours, theirs = _state(shape), _state(shape)
@@ -29,6 +29,10 @@ def test_the_kernel_keeps_the_limbs_of_the_pure_pytorch_steps(dtype):
         ops.exact_add(*ours, x)
         reference.exact_add(*theirs, x)
         assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1]), f"addend {k}"
+        values = [torch.empty(shape, dtype=dtype) for _ in range(2)]
+        ops.exact_value(*ours, values[0])  # carries the limbs: the same sum, then added to again
+        reference.exact_value(*theirs, values[1])
+        assert torch.equal(*values) and torch.equal(ours[0], theirs[0]), f"value after addend {k}"
     assert (ours[1] > -(2 ** 20)).any()
 
 
@@ -37,9 +41,11 @@ def test_bad_arguments_are_named():
     x = torch.randn(4)
     with pytest.raises(RuntimeError, match="limbs must be int64 and top int32"):
         ops.exact_add(limbs.int(), top, x)
-    with pytest.raises(RuntimeError, match=r"limbs must have shape \[3, \*x.shape\].*got \[3, 4\] and \[4\]"):
+    with pytest.raises(RuntimeError, match=r"limbs must have shape \[3, \*values.shape\].*got \[3, 4\] and \[4\]"):
         ops.exact_add(limbs, top, torch.randn(5))
     with pytest.raises(RuntimeError, match="x must be float32 or float64"):
         ops.exact_add(limbs, top, torch.ones(4, dtype=torch.int64))
     with pytest.raises(RuntimeError, match="updated in place and must be contiguous"):
         ops.exact_add(torch.zeros(4, 3, dtype=torch.int64).T, top, x)
+    with pytest.raises(RuntimeError, match="exact_value: out must be float32 or float64"):
+        ops.exact_value(limbs, top, torch.empty(4, dtype=torch.int64))

@@ -6,7 +6,7 @@ Every op has a pure-PyTorch twin with the same signature in :mod:`metaif.referen
 import torch
 
 from . import batching  # noqa: F401  (vmap rules)
-from .exact import exact_add
+from .exact import exact_add, exact_value
 from .hvp import ce_head_hvp, ggn_hvp
 from .kfe import kfe_eigvals, kfe_ihvp, kfe_ihvp_grouped
 from .patches import gather_patch_matmul, gather_patch_matmul_t
@@ -20,6 +20,6 @@ def has_kernels(device: torch.device | str) -> bool:
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("metaif::cg_dense", key)
 
 
-__all__ = ["CGResult", "has_kernels", "ce_head_hvp", "exact_add", "cg_ce_head", "cg_dense", "gather_patch_matmul",
-           "gather_patch_matmul_t", "ggn_hvp", "kfe_eigvals", "kfe_ihvp", "kfe_ihvp_grouped", "neumann_ce_head",
-           "neumann_dense"]
+__all__ = ["CGResult", "has_kernels", "ce_head_hvp", "exact_add", "exact_value", "cg_ce_head", "cg_dense",
+           "gather_patch_matmul", "gather_patch_matmul_t", "ggn_hvp", "kfe_eigvals", "kfe_ihvp", "kfe_ihvp_grouped",
+           "neumann_ce_head", "neumann_dense"]

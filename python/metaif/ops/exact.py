@@ -1,5 +1,5 @@
-"""The compiled step of an order-independent sum (:class:`metaif.parallel.ExactSum`, which calls the
-op directly: the parallel layer sits below this one)."""
+"""The compiled steps of an order-independent sum (:class:`metaif.parallel.ExactSum`, which calls the
+ops directly: the parallel layer sits below this one): adding an addend, and the rounded value."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from ._checks import check_floating, require
 
-__all__ = ["exact_add"]
+__all__ = ["exact_add", "exact_value"]
 
 WINDOWS = 3  # limbs per element (metaif.parallel.exact.WINDOWS, include/metaif/exact.h)
 
@@ -19,12 +19,26 @@ def exact_add(limbs: torch.Tensor, top: torch.Tensor, x: torch.Tensor) -> None:
     torch.ops.metaif.exact_add(limbs, top, x)
 
 
-@torch.library.register_fake("metaif::exact_add")
-def _exact_add_fake(limbs, top, x):
-    op = "exact_add"
-    check_floating(op, "x", x)
+def exact_value(limbs: torch.Tensor, top: torch.Tensor, out: torch.Tensor) -> None:
+    """Write the sum held by ``limbs`` and ``top`` into ``out [*s]`` (float32 or float64), rounded once;
+    the limbs are carried in place (the same sum). The bits of ``ExactSum``'s pure-PyTorch value."""
+    torch.ops.metaif.exact_value(limbs, top, out)
+
+
+def _check_state(op: str, limbs: torch.Tensor, top: torch.Tensor, values: torch.Tensor) -> None:
+    check_floating(op, "x" if op == "exact_add" else "out", values)
     require(limbs.dtype == torch.int64 and top.dtype == torch.int32, op,
             f"limbs must be int64 and top int32, got {limbs.dtype} and {top.dtype}")
-    require(tuple(limbs.shape) == (WINDOWS, *x.shape) and top.shape == x.shape, op,
-            f"limbs must have shape [{WINDOWS}, *x.shape] and top x.shape {tuple(x.shape)}, "
+    require(tuple(limbs.shape) == (WINDOWS, *values.shape) and top.shape == values.shape, op,
+            f"limbs must have shape [{WINDOWS}, *values.shape] and top values.shape {tuple(values.shape)}, "
             f"got {tuple(limbs.shape)} and {tuple(top.shape)}")
+
+
+@torch.library.register_fake("metaif::exact_add")
+def _exact_add_fake(limbs, top, x):
+    _check_state("exact_add", limbs, top, x)
+
+
+@torch.library.register_fake("metaif::exact_value")
+def _exact_value_fake(limbs, top, out):
+    _check_state("exact_value", limbs, top, out)

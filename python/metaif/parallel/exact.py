@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["WINDOWS", "WINDOW_BITS", "ExactSum"]
+__all__ = ["WINDOWS", "WINDOW_BITS", "ExactSum", "carried_value"]
 
 WINDOW_BITS = 32  # digits below 2**32: 2**31 of them fit in an int64 limb before it could overflow
 WINDOWS = 3  # kept windows: at least 64 bits below an element's largest leading bit
@@ -32,11 +32,11 @@ def _windows(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x == 0, _EMPTY, top).to(torch.int32)
 
 
-def _has_kernel(device: torch.device) -> bool:
-    """Whether the compiled ``metaif::exact_add`` (registered when the package is imported, before this
-    layer is) serves ``device``; elsewhere the sum runs on the pure-PyTorch path, to the same limbs."""
+def _has_kernel(device: torch.device, op: str = "exact_add") -> bool:
+    """Whether the compiled ``metaif::<op>`` (registered when the package is imported, before this
+    layer is) serves ``device``; elsewhere the sum runs on the pure-PyTorch path, to the same bits."""
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("metaif::exact_add", key)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"metaif::{op}", key)
 
 
 def _shifted(limbs: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -142,21 +142,31 @@ class ExactSum:
         return self._special
 
     def value(self) -> torch.Tensor:
-        """The sum, rounded once to the dtype of ``like`` (worked out ``_SLICE`` elements at a time, so
-        that the temporaries stay small beside the limbs)."""
-        limbs, top = self.limbs.view(WINDOWS, -1), self.top.view(-1)  # carried in place: the same sum
-        out = torch.empty(top.numel(), dtype=self.dtype, device=self.device)
-        for start in range(0, top.numel(), _SLICE):
-            part, at = limbs[:, start:start + _SLICE], top[start:start + _SLICE]
-            for j in range(WINDOWS - 1, 0, -1):  # carry upwards: lower limbs in [0, 2**32)
-                carry = part[j] >> WINDOW_BITS
-                part[j] -= carry << WINDOW_BITS
-                part[j - 1] += carry
-            total = part[WINDOWS - 1].to(torch.float64).mul_(_unit(at, WINDOWS - 1))
-            for j in range(WINDOWS - 2, 0, -1):  # below 2**64 units of the top window: one rounding
-                total.add_(part[j].to(torch.float64).mul_(_unit(at, j)))
-            total = part[0].to(torch.float64).mul_(_unit(at, 0)).add_(total)
-            if self.has_special:
-                total.add_(self._special.view(-1)[start:start + _SLICE])
-            out[start:start + _SLICE] = total
-        return out.view(self.shape)
+        """The sum, rounded once to the dtype of ``like`` (the limbs carried in place: the same sum)."""
+        if not self.has_special and _has_kernel(self.device, "exact_value"):
+            out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            torch.ops.metaif.exact_value(self.limbs, self.top, out)
+            return out
+        return carried_value(self.limbs, self.top, self._special, self.dtype).view(self.shape)
+
+
+def carried_value(limbs: Tensor, top: Tensor, special: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """The pure-PyTorch value of a sum held as ``limbs [WINDOWS, *s]`` and ``top [*s]`` (carried in
+    place), plus the float64 sum of its non-finite addends ``special``, rounded once to ``dtype``,
+    flat; worked out ``_SLICE`` elements at a time, so that the temporaries stay small beside the limbs."""
+    limbs, top = limbs.view(WINDOWS, -1), top.view(-1)
+    out = torch.empty(top.numel(), dtype=dtype, device=top.device)
+    for start in range(0, top.numel(), _SLICE):
+        part, at = limbs[:, start:start + _SLICE], top[start:start + _SLICE]
+        for j in range(WINDOWS - 1, 0, -1):  # carry upwards: lower limbs in [0, 2**32)
+            carry = part[j] >> WINDOW_BITS
+            part[j] -= carry << WINDOW_BITS
+            part[j - 1] += carry
+        total = part[WINDOWS - 1].to(torch.float64).mul_(_unit(at, WINDOWS - 1))
+        for j in range(WINDOWS - 2, 0, -1):  # below 2**64 units of the top window: one rounding
+            total.add_(part[j].to(torch.float64).mul_(_unit(at, j)))
+        total = part[0].to(torch.float64).mul_(_unit(at, 0)).add_(total)
+        if special is not None:
+            total.add_(special.view(-1)[start:start + _SLICE])
+        out[start:start + _SLICE] = total
+    return out
