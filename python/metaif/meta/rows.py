@@ -31,12 +31,13 @@ Solve = Callable[[torch.Tensor], torch.Tensor]                            # rhs 
 
 @dataclass
 class Rows:
-    """B rows at lambda*: heads ``theta [B, q]``, contexts ``xi``, weights ``w_tr [B, n]``,
-    ``w_val [B, v]``, the inner solve ``H_i^{-1}``, the row objectives, and the adjoints
-    ``u = H^{-1} grad_theta L [B, q]`` (computed when not given)."""
+    """B rows at lambda*: heads ``theta [B, q]``, contexts ``xi`` (``source``: the tuple, or a function
+    that makes it on each use, so that a task set's per-slot features need not all be held at once),
+    weights ``w_tr [B, n]``, ``w_val [B, v]``, the inner solve ``H_i^{-1}``, the row objectives, and the
+    adjoints ``u = H^{-1} grad_theta L [B, q]`` (computed when not given)."""
 
     theta: torch.Tensor
-    xi: Context
+    source: Context | Callable[[], Context]
     w_tr: torch.Tensor
     w_val: torch.Tensor
     solve: Solve
@@ -47,6 +48,10 @@ class Rows:
     def __post_init__(self) -> None:
         if self.u is None:
             self.u = self.solve(self.outer_theta_grad())
+
+    @property
+    def xi(self) -> Context:
+        return self.source() if callable(self.source) else self.source
 
     def k(self, theta: torch.Tensor, xi: Context, third_order: bool = True) -> torch.Tensor:
         """``K_i = L_i - u_i^T grad_theta F_i`` per row ``[B]`` (``L_i`` alone without the third order)."""
