@@ -23,6 +23,7 @@ WINDOWS = 3  # kept windows: at least 64 bits below an element's largest leading
 _LOWEST = -31 + WINDOWS - 1  # lowest top window: units stay >= 2**-992 (normal float64)
 _EMPTY = -(2 ** 20)  # the top window of an element that has only had zeros (below every real one)
 _SLICE = 1 << 22  # elements per slice of value()
+_KERNEL_DTYPES = (torch.float32, torch.float64)  # what the compiled steps take
 
 
 def _windows(x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,7 @@ class ExactSum:
         ``part[rows]`` goes to those rows of the sum; a repeated row is added as often)."""
         if rows is None and part.shape != self.shape:
             raise ValueError(f"an addend of shape {tuple(part.shape)} cannot join a sum of shape {tuple(self.shape)}")
-        if rows is None and _has_kernel(part.device) and part.dtype in (torch.float32, torch.float64):
+        if rows is None and part.dtype in _KERNEL_DTYPES and _has_kernel(part.device):
             finite = torch.isfinite(part.detach())
             if not bool(finite.all()):
                 self.special().add_(torch.where(finite, 0.0, part.detach().to(torch.float64)))
@@ -143,7 +144,7 @@ class ExactSum:
 
     def value(self) -> torch.Tensor:
         """The sum, rounded once to the dtype of ``like`` (the limbs carried in place: the same sum)."""
-        if not self.has_special and _has_kernel(self.device, "exact_value"):
+        if not self.has_special and self.dtype in _KERNEL_DTYPES and _has_kernel(self.device, "exact_value"):
             out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
             torch.ops.metaif.exact_value(self.limbs, self.top, out)
             return out
