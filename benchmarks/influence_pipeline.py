@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the measurements here")
     parser.add_argument("--retrain-steps", type=int, default=3,
                         help="full-batch warm-started retrain steps timed (extrapolated to the issue's 30)")
-    parser.add_argument("--body-passes", default="auto", help="metaif's body passes: auto, structured or autograd")
+    parser.add_argument("--body-passes", default="auto", help="metaif's body passes: auto, traced or autograd")
     parser.add_argument("--skip-slow", action="store_true",
                         help="skip the scores of every item and the low-rank Δλ of every task")
     args = parser.parse_args()
