@@ -31,6 +31,6 @@ STABLE_TORCH_LIBRARY(metaif, m) {
   m.def("gather_patch_matmul_t(Tensor cols, Tensor index, Tensor mask, Tensor signal) -> Tensor");
   m.def("cg_ce_head(Tensor feats, Tensor probs, Tensor? weights, Tensor b, float damping, "
         "float rtol, int maxiter) -> (Tensor, Tensor, Tensor)");
-  m.def("exact_add(Tensor(a!) limbs, Tensor(b!) top, Tensor x) -> ()");
+  m.def("exact_add(Tensor(a!) limbs, Tensor(b!) top, Tensor x, Tensor? rows=None) -> ()");
   m.def("exact_value(Tensor(a!) limbs, Tensor top, Tensor(b!) out) -> ()");
 }

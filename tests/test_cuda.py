@@ -96,14 +96,17 @@ def test_ggn_and_patch_ops_match_the_cpu_kernels(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_exact_sum_ops_keep_the_cpu_kernels_limbs_and_values(dtype):
     gen = torch.Generator().manual_seed(0)
-    state = (torch.zeros(3, 1000, dtype=torch.int64), torch.full((1000,), -(2 ** 20), dtype=torch.int32))
+    state = (torch.zeros(3, 100, 10, dtype=torch.int64), torch.full((100, 10), -(2 ** 20), dtype=torch.int32))
     on_gpu = tuple(t.to(CUDA) for t in state)
     for scale in (1e-20, 1.0, 1e25):
-        x = torch.randn(1000, generator=gen, dtype=dtype) * scale
+        x = torch.randn(100, 10, generator=gen, dtype=dtype) * scale
+        rows = torch.randint(0, 100, (60,), generator=gen)  # repeated rows, added as often
         ops.exact_add(*state, x)
         ops.exact_add(*on_gpu, x.to(CUDA))
+        ops.exact_add(*state, x * 3, rows)
+        ops.exact_add(*on_gpu, (x * 3).to(CUDA), rows.to(CUDA))
     assert torch.equal(on_gpu[0].cpu(), state[0]) and torch.equal(on_gpu[1].cpu(), state[1])
-    value, value_gpu = torch.empty(1000, dtype=dtype), torch.empty(1000, dtype=dtype, device=CUDA)
+    value, value_gpu = torch.empty(100, 10, dtype=dtype), torch.empty(100, 10, dtype=dtype, device=CUDA)
     ops.exact_value(*state, value)
     ops.exact_value(*on_gpu, value_gpu)
     assert torch.equal(value_gpu.cpu(), value) and torch.equal(on_gpu[0].cpu(), state[0])

@@ -55,6 +55,8 @@ for scale in (1e-3, 1e6):
     addend = torch.randn(5, **f64) * scale
     ops.exact_add(limbs, top, addend)
     reference.exact_add(limbs_ref, top_ref, addend)
+    ops.exact_add(limbs, top, addend, torch.tensor([4, 1, 4]))
+    reference.exact_add(limbs_ref, top_ref, addend, torch.tensor([4, 1, 4]))
 assert torch.equal(limbs, limbs_ref) and torch.equal(top, top_ref), "exact_add"
 value, value_ref = torch.empty(5, **f64), torch.empty(5, **f64)
 ops.exact_value(limbs, top, value)

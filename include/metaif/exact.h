@@ -16,6 +16,14 @@ constexpr int kWindows = 3;             // at least 64 bits below an element's l
 constexpr int kLowest = -31 + kWindows - 1;  // the lowest top window: units stay >= 2**-992
 constexpr int32_t kEmpty = -(1 << 20);  // the top window of an element that has only had zeros
 
+// Rows of a [rows, width] view of the values that an addition touches, in order and possibly
+// repeated (each added as often); index == nullptr: every element once.
+struct Rows {
+  const int64_t* index = nullptr;
+  int64_t count = 0;
+  int64_t width = 0;
+};
+
 // The window holding the leading bit of x != 0 (floor((exponent - 1) / 32), at least kLowest),
 // the exponent read from the bits (frexp for subnormals).
 METAIF_HD int32_t window_of(double x) {

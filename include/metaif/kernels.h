@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "metaif/exact.h"
 #include "metaif/patch_shape.h"
 #include "metaif/status.h"
 #include "metaif/task_operators.cuh"
@@ -82,10 +83,12 @@ template <typename T>
 cudaError_t gather_patch_matmul_t(const T* cols, const int64_t* index, const T* mask, const T* signal, double* total,
                                   const PatchShape& shape, cudaStream_t stream);
 
-// Adds x [n] (finite elements; the others are skipped) into an order-independent sum held as
-// limbs [kWindows, n] and top windows [n] (metaif/exact.h), in place.
+// Adds x [n] (finite elements; the others are skipped), or only its `rows` (rows.index on the device;
+// rows outside [0, n / rows.width) are skipped), into an order-independent sum held as limbs
+// [kWindows, n] and top windows [n] (metaif/exact.h), in place.
 template <typename T>
-cudaError_t exact_add(int64_t* limbs, int32_t* top, const T* x, int64_t n, cudaStream_t stream);
+cudaError_t exact_add(int64_t* limbs, int32_t* top, const T* x, const exact::Rows& rows, int64_t n,
+                      cudaStream_t stream);
 
 // out [n] = the sums held by limbs [kWindows, n] and top [n], each rounded once (the limbs carried
 // in place).

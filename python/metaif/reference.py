@@ -49,13 +49,15 @@ def gather_patch_matmul_t(cols: torch.Tensor, index: torch.Tensor, mask: torch.T
     return torch.einsum("npc,npck->ck", mask * signal, _gathered_rows(cols, index))
 
 
-def exact_add(limbs: torch.Tensor, top: torch.Tensor, x: torch.Tensor) -> None:
-    """``ExactSum``'s pure-PyTorch steps (its row path, every element a row once), in place; the
-    non-finite elements are skipped."""
-    flat = x.reshape(-1)
-    total = ExactSum(torch.zeros_like(flat))
-    total.limbs, total.top = limbs.reshape(len(limbs), -1).clone(), top.reshape(-1).clone()
-    total.add(torch.where(torch.isfinite(flat), flat, 0.0), torch.arange(len(flat), device=x.device))
+def exact_add(limbs: torch.Tensor, top: torch.Tensor, x: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+    """``ExactSum``'s pure-PyTorch steps, in place (its row path: every element a row once, or the
+    given ``rows`` of ``x``); the non-finite elements are skipped."""
+    values = torch.where(torch.isfinite(x), x, 0.0)
+    if rows is None:
+        values, rows = values.reshape(-1), torch.arange(x.numel(), device=x.device)
+    total = ExactSum(values)
+    total.limbs, total.top = limbs.reshape(len(limbs), *values.shape).clone(), top.reshape(values.shape).clone()
+    total.add(values, rows, compiled=False)
     limbs.copy_(total.limbs.view(limbs.shape))
     top.copy_(total.top.view(top.shape))
 

@@ -36,6 +36,40 @@ def test_the_kernels_keep_the_limbs_and_values_of_the_pure_pytorch_steps(dtype):
     assert (ours[1] > -(2 ** 20)).any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_go_to_their_rows_as_often_as_they_are_named(dtype):
+    gen = torch.Generator().manual_seed(1)
+    shape = (40, 3, 5)
+    ours, theirs = _state(shape), _state(shape)
+    named = torch.zeros(shape[0], dtype=torch.bool)
+    for k in range(4):
+        x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 10.0 ** (6 * (k - 2))).to(dtype)
+        x[3, 1, 2] = float("inf")
+        rows = torch.randint(0, shape[0], (25,), generator=gen)  # repeats: added as often
+        rows[:2] = 7
+        named[rows] = True
+        ops.exact_add(*ours, x, rows)
+        reference.exact_add(*theirs, x, rows)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1]), f"addend {k}"
+    assert not named.all() and (ours[1][~named] == -(2 ** 20)).all() and (ours[0][:, ~named] == 0).all()
+    single = ExactSum(torch.zeros(shape, dtype=dtype))  # row 7, twice, is the sum of the part's row 7 twice
+    twice = ExactSum(torch.zeros(shape, dtype=dtype))
+    single.add(x, torch.tensor([7, 7]))
+    twice.add(x, torch.tensor([7]))
+    twice.add(x, torch.tensor([7]))
+    assert torch.equal(single.value(), twice.value()) and torch.equal(single.value()[7], (2 * x[7].double()).to(dtype))
+
+
+def test_exact_sum_rows_are_checked():
+    total = ExactSum(torch.zeros(4, 2))
+    with pytest.raises(ValueError, match=r"rows must index the sum's first dimension \[0, 4\), got values in \[0, 4\]"):
+        total.add(torch.ones(4, 2), torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="rows must be an int64 \\[count\\] index"):
+        total.add(torch.ones(4, 2), torch.tensor([0.0]))
+    with pytest.raises(ValueError, match=r"an addend of shape \(3, 2\) cannot join a sum of shape \(4, 2\)"):
+        total.add(torch.ones(3, 2), torch.tensor([0]))
+
+
 def test_bad_arguments_are_named():
     limbs, top = _state((4,))
     x = torch.randn(4)
@@ -47,5 +81,9 @@ def test_bad_arguments_are_named():
         ops.exact_add(limbs, top, torch.ones(4, dtype=torch.int64))
     with pytest.raises(RuntimeError, match="updated in place and must be contiguous"):
         ops.exact_add(torch.zeros(4, 3, dtype=torch.int64).T, top, x)
+    with pytest.raises(RuntimeError, match=r"rows\[1\] = 4 is not a row of x \(4 rows\)"):
+        ops.exact_add(limbs, top, x, torch.tensor([0, 4]))
+    with pytest.raises(RuntimeError, match="rows must be int64"):
+        ops.exact_add(limbs, top, x, torch.tensor([0], dtype=torch.int32))
     with pytest.raises(RuntimeError, match="exact_value: out must be float32 or float64"):
         ops.exact_value(limbs, top, torch.empty(4, dtype=torch.int64))

@@ -12,11 +12,13 @@ __all__ = ["exact_add", "exact_value"]
 WINDOWS = 3  # limbs per element (metaif.parallel.exact.WINDOWS, include/metaif/exact.h)
 
 
-def exact_add(limbs: torch.Tensor, top: torch.Tensor, x: torch.Tensor) -> None:
+def exact_add(limbs: torch.Tensor, top: torch.Tensor, x: torch.Tensor, rows: torch.Tensor | None = None) -> None:
     """Add ``x`` into the sum held by ``limbs [3, *s]`` (int64) and ``top [*s]`` (int32 top windows),
     in place; ``x [*s]`` float32 or float64, its non-finite elements skipped (the caller keeps them).
-    The same limbs as ``ExactSum``'s pure-PyTorch steps, in one pass over the elements."""
-    torch.ops.metaif.exact_add(limbs, top, x)
+    ``rows`` (int64 ``[k]``, indices into the first dimension, repeats added as often) limits the
+    addition to ``x[rows]`` into the same rows of the sum. The same limbs as ``ExactSum``'s
+    pure-PyTorch steps, in one pass over the elements."""
+    torch.ops.metaif.exact_add(limbs, top, x, rows)
 
 
 def exact_value(limbs: torch.Tensor, top: torch.Tensor, out: torch.Tensor) -> None:
@@ -35,8 +37,11 @@ def _check_state(op: str, limbs: torch.Tensor, top: torch.Tensor, values: torch.
 
 
 @torch.library.register_fake("metaif::exact_add")
-def _exact_add_fake(limbs, top, x):
+def _exact_add_fake(limbs, top, x, rows=None):
     _check_state("exact_add", limbs, top, x)
+    if rows is not None:
+        require(rows.dim() == 1 and rows.dtype == torch.int64, "exact_add",
+                f"rows must be an int64 [count] index, got {rows.dtype} of shape {tuple(rows.shape)}")
 
 
 @torch.library.register_fake("metaif::exact_value")

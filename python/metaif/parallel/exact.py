@@ -40,6 +40,16 @@ def _has_kernel(device: torch.device, op: str = "exact_add") -> bool:
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"metaif::{op}", key)
 
 
+def _check_rows(rows: torch.Tensor, shape: torch.Size) -> None:
+    if rows.dtype != torch.int64 or rows.dim() != 1:
+        raise ValueError(f"rows must be an int64 [count] index, got {rows.dtype} of shape {tuple(rows.shape)}")
+    if len(shape) == 0:
+        raise ValueError("rows need a sum with a first dimension, got a 0-d sum")
+    if len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < shape[0]):
+        raise ValueError(f"rows must index the sum's first dimension [0, {shape[0]}), got values in "
+                         f"[{int(rows.min())}, {int(rows.max())}]")
+
+
 def _shifted(limbs: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``limbs [WINDOWS, *s]`` re-expressed ``shift [*s] >= 0`` windows higher, element by element."""
     out = torch.zeros_like(limbs)
@@ -72,18 +82,23 @@ class ExactSum:
         self.top = torch.full(like.shape, _EMPTY, dtype=torch.int32, device=like.device)
         self._special: Tensor | None = None
 
-    def add(self, part: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """Add ``part`` (shaped like the sum), or only its ``rows`` (an index into the first dimension:
-        ``part[rows]`` goes to those rows of the sum; a repeated row is added as often)."""
-        if rows is None and part.shape != self.shape:
+    def add(self, part: torch.Tensor, rows: torch.Tensor | None = None, *, compiled: bool = True) -> None:
+        """Add ``part`` (shaped like the sum), or only its ``rows`` (an int64 index into the first
+        dimension: ``part[rows]`` goes to those rows of the sum; a repeated row is added as often).
+        ``compiled=False`` takes the pure-PyTorch steps even where the compiled op serves (the same
+        limbs: what :mod:`metaif.reference` checks the op against)."""
+        if part.shape != self.shape:
             raise ValueError(f"an addend of shape {tuple(part.shape)} cannot join a sum of shape {tuple(self.shape)}")
-        if rows is None and part.dtype in _KERNEL_DTYPES and _has_kernel(part.device):
-            finite = torch.isfinite(part.detach())
-            if not bool(finite.all()):
-                self.special().add_(torch.where(finite, 0.0, part.detach().to(torch.float64)))
-            torch.ops.metaif.exact_add(self.limbs, self.top, part.detach())  # skips the non-finite elements
+        if rows is not None:
+            _check_rows(rows, self.shape)
+        part = part.detach()
+        if compiled and part.dtype in _KERNEL_DTYPES and _has_kernel(part.device):
+            if not bool(torch.isfinite(part).all()):
+                x = part if rows is None else part[rows]
+                self._scatter(self.special(), rows, torch.where(torch.isfinite(x), 0.0, x.to(torch.float64)))
+            torch.ops.metaif.exact_add(self.limbs, self.top, part, rows)  # skips the non-finite elements
             return
-        x = (part.detach() if rows is None else part.detach()[rows]).to(torch.float64)  # only the rows widen
+        x = (part if rows is None else part[rows]).to(torch.float64)  # only the rows widen
         finite = torch.isfinite(x)
         if not bool(finite.all()):
             self._scatter(self.special(), rows, torch.where(finite, 0.0, x))
