@@ -73,22 +73,31 @@ class TotalHessian:
             else:
                 return torch.stack([self.hvp(row, variant, subset) for row in v]) if len(v) else v.clone()
         else:
+            g_buf = self._g_buffer(variant, subset)  # before the products: one exact sum held at a time
             tangent = binding.tangent(v)
-            # G does not depend on v: the full-batch one is kept, and passing the same tensor lets the
-            # body passes reuse what they derived from it
-            cached = self._g_buf.get(variant) if subset is None else None
-            g_sum, m_sum = CotangentSum(binding) if cached is None else None, CotangentSum(binding)
+            m_sum = CotangentSum(binding)
             for idx, rows, c in self.weighted_chunks(subset):
-                g, m = rows.hvp_cotangents(binding.context_tangent(tangent, idx), c, ROW_HESSIAN[variant])
-                if g_sum is not None:
-                    g_sum.add(g, idx)
-                m_sum.add(m, idx)
-            g_buf = cached if g_sum is None else g_sum.total()
-            if subset is None:
-                self._g_buf[variant] = g_buf
+                m_sum.add(rows.hvp_cotangents(binding.context_tangent(tangent, idx), c, ROW_HESSIAN[variant])[1], idx)
             out = binding.pull(m_sum.total(), g_buf, v)
         out = out + s.problem.gamma * v
         return out + self.gamma_term * v if variant == "gamma" else out
+
+    def _g_buffer(self, variant: str, subset: torch.Tensor | None) -> torch.Tensor | None:
+        """The summed ``G`` cotangents of :meth:`hvp` (``None`` where the pull-back does not read them);
+        ``G`` does not depend on the direction, so the full-batch one is kept, and passing the same
+        tensor lets the body passes reuse what they derived from it."""
+        binding = self.session.binding
+        if not binding.pull_reads_g:
+            return None
+        if subset is None and variant in self._g_buf:
+            return self._g_buf[variant]
+        g_sum = CotangentSum(binding)
+        for idx, rows, c in self.weighted_chunks(subset):
+            g_sum.add(rows.hvp_g(c, ROW_HESSIAN[variant]), idx)
+        g_buf = g_sum.total()
+        if subset is None:
+            self._g_buf[variant] = g_buf
+        return g_buf
 
     def _block_hvp(self, block: torch.Tensor, variant: str, subset: torch.Tensor | None) -> torch.Tensor:
         """The row part of ``H v`` for every row of ``block [k, p]`` when the context is lambda (the

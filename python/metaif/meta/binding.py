@@ -68,6 +68,7 @@ class Binding(Protocol):
     theta: torch.Tensor        # [m, q]: every task's inner solution (gathered over the ranks)
     inner_norm: torch.Tensor   # [m]: ||grad_theta F_i|| at theta_i (a stationarity diagnostic)
     blockwise: bool            # whether a block of directions [k, p] may be vmapped through the rows
+    pull_reads_g: bool         # whether pull's second-order term reads g (not where the context is lambda)
 
     def rows(self, idx: torch.Tensor, w_val: torch.Tensor | None = None) -> Rows:
         """The rows of tasks ``idx [B]`` (this rank's span only), validation weights ``w_val [B, v]``
@@ -108,6 +109,7 @@ class BodyBinding:
     sum over the ranks."""
 
     blockwise = False  # each direction runs its own body passes
+    pull_reads_g = True
 
     def __init__(self, problem, lam: torch.Tensor, batch: TaskBatch, image_chunk: int = INPUT_CHUNK,
                  inner: str = "auto", inner_damping: float = 0.0, passes: str = "auto",
@@ -196,6 +198,7 @@ class LambdaContext:
     lam: torch.Tensor
     world: World
     blockwise = True
+    pull_reads_g = False  # J is the identity: no second-order term
 
     def tangent(self, v: torch.Tensor) -> torch.Tensor:
         return v.clone()

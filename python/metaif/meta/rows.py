@@ -124,6 +124,10 @@ class Rows:
             m_xi = tuple(m - n for m, n in zip(m_xi, n_xi))
         return g_xi, m_xi
 
+    def hvp_g(self, c: torch.Tensor, variant: str) -> Context:
+        """The ``G`` of :meth:`hvp_cotangents` alone: ``d/dxi sum_i c_i K_i``, which no direction enters."""
+        return grad(lambda xi: (c * self.k(self.theta, xi, variant == "exact")).sum())(self.xi)
+
     def directional(self, xi_dot: Context, third_order: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``r^T D_lambda`` of each row's K ``[B]``, each validation loss ``[B, v]`` and each
         training instance's ``a^T H^{-1} grad_theta l(z)`` ``[B, n]``, along ``x_dot = (J r, xi_dot)``."""
