@@ -31,6 +31,7 @@ def run_cli(capsys, *argv):
     (["--fraction", "2"], "fraction must be a share in (0, 1), got 2"),
     (["--fraction", "-1"], "fraction must be a share in (0, 1)"),
     (["--polish", "-1"], "polish must be an integer >= 0, got -1"),
+    (["--levels", "tasks"], "levels must be one or both of task, instance"),
     (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
     (["--gamma", "nan"], "gamma must be a finite number >= 0, got nan"),
     (["--dataset", "omniglot"], "root must be the folder with the omniglot files"),

@@ -93,9 +93,16 @@ def test_a_saved_experiment_config_round_trips(tmp_path):
     analysis = AnalysisConfig(influence=InfluenceConfig(variant="gn", solver=SolverConfig(method="minres", damping=0.5)),
                               retrain="adam")
     config = ExperimentConfig(run=replace(RunConfig(), hidden=(8,), train_tasks=7), analysis=analysis, seeds=(1, 2),
-                              fraction=0.1)
+                              fraction=0.1, levels=("task",), from_scratch=True)
     save_config(tmp_path, config)
     assert load_experiment_config(tmp_path / "config.json") == config
+
+
+def test_table1_runs_the_rows_of_its_levels():
+    both = paper.table1_methods(ExperimentConfig(from_scratch=True))
+    tasks = paper.table1_methods(ExperimentConfig(levels=("task",), from_scratch=True))
+    assert tasks == [row for row in both if row[0] == "task"] and ("task", "Retrain (from scratch)") in tasks
+    assert {level for level, _ in both} == {"task", "instance"} and len(both) == 13
 
 
 def test_a_retrain_that_stops_at_its_cap_says_so(tmp_path):

@@ -52,6 +52,7 @@ RETRAIN_FLAGS = [Flag("retrain", ("analysis", "retrain")), Flag("retrain-steps",
 FRACTION_FLAG = Flag("fraction", ("fraction",))
 SEEDS_FLAG = Flag("seeds", ("seeds",))
 PROTOCOLS_FLAG = Flag("protocols", ("protocols",))
+LEVELS_FLAG = Flag("levels", ("levels",))
 SCRATCH_FLAG = Flag("from-scratch", ("from_scratch",))
 
 
@@ -80,7 +81,7 @@ def _flags_of(command: str) -> list[Flag]:
     if command == "demo":
         flags = flags + [FRACTION_FLAG]
     if command == "experiment":
-        flags = flags + RETRAIN_FLAGS + [FRACTION_FLAG, SEEDS_FLAG, PROTOCOLS_FLAG, SCRATCH_FLAG]
+        flags = flags + RETRAIN_FLAGS + [FRACTION_FLAG, SEEDS_FLAG, PROTOCOLS_FLAG, LEVELS_FLAG, SCRATCH_FLAG]
     return flags
 
 

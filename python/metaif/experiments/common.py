@@ -95,12 +95,16 @@ class ExperimentConfig:
     fraction: float = setting(0.05, "share of the tasks / instances removed (table1, demo), in (0, 1)")
     protocols: tuple[str, ...] = setting(("harmful",), "table1: what is removed, harmful (the most negative influence "
                                                        "scores) and/or random (the paper's protocol)")
+    levels: tuple[str, ...] = setting(("task", "instance"), "table1: the levels whose rows run, task and/or instance",
+                                      added=True)
     from_scratch: bool = setting(False, "table1: also retrain from the seeded initialisation (the paper's protocol: the "
                                         "run's Adam steps, then the polish) at each level", added=True)
 
     def __post_init__(self) -> None:
         check(len(self.protocols) >= 1 and set(self.protocols) <= {"harmful", "random"}, self, "protocols",
               "one or both of harmful, random", self.protocols)
+        check(len(self.levels) >= 1 and set(self.levels) <= {"task", "instance"}, self, "levels",
+              "one or both of task, instance", self.levels)
         check(len(self.seeds) >= 1 and all(isinstance(s, int) and s >= 0 for s in self.seeds), self, "seeds",
               "one or more integers >= 0", self.seeds)
         check(isinstance(self.fraction, (int, float)) and 0 < self.fraction < 1, self, "fraction",
@@ -259,7 +263,7 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     return ExperimentConfig(run=run_config_from_dict(raw.pop("run")),
                             analysis=analysis_from_dict(raw.pop("analysis", {})),
                             seeds=tuple(raw.pop("seeds", (0,))), protocols=tuple(raw.pop("protocols", ("harmful",))),
-                            **raw)
+                            levels=tuple(raw.pop("levels", ("task", "instance"))), **raw)
 
 
 def analysis_from_dict(raw: dict) -> AnalysisConfig:

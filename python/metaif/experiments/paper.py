@@ -63,8 +63,10 @@ PROTOCOLS = ("harmful", "random")
 
 
 def table1_methods(config: ExperimentConfig) -> list[tuple[str, str]]:
-    """Table 1's (level, method) rows: the from-scratch retrains when ``config.from_scratch``."""
-    return TABLE1_METHODS + (SCRATCH_METHODS if config.from_scratch else [])
+    """Table 1's (level, method) rows at ``config.levels``: the from-scratch retrains when
+    ``config.from_scratch``."""
+    methods = TABLE1_METHODS + (SCRATCH_METHODS if config.from_scratch else [])
+    return [(level, name) for level, name in methods if level in config.levels]
 
 
 def removal_sets(protocol: str, fraction: float, seed: int, scores=None, shapes=None) -> dict:
@@ -164,8 +166,8 @@ def table1(config: ExperimentConfig, ws: Workspace) -> dict:
                 jobs.update({"task/Retrain (from scratch)": lambda: retrained("scratch_task", True, **tasks),
                              "instance/Retrain (from scratch, train)": lambda: retrained("scratch_train", True, **train),
                              "instance/Retrain (from scratch, val)": lambda: retrained("scratch_val", True, **val)})
-            for key, job in jobs.items():
-                ledger.run(f"{seed}/{protocol}/{key}", job)
+            for level, name in methods:
+                ledger.run(f"{seed}/{protocol}/{level}/{name}", jobs[f"{level}/{name}"])
 
     protocols = {}
     for protocol in config.protocols:
