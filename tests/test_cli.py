@@ -85,3 +85,8 @@ def test_the_experiment_names_are_the_registered_experiments():
     from metaif.experiments.commands import EXPERIMENTS
 
     assert cli.EXPERIMENT_NAMES == tuple(EXPERIMENTS)
+
+
+def test_curve_fractions_are_sorted_after_the_share_zero():
+    assert cli._fractions("0.4,0.2,0.4", "curate") == (0.0, 0.2, 0.4)
+    assert cli._fractions(None, "harmful") is None

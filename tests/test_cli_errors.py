@@ -32,6 +32,7 @@ def run_cli(capsys, *argv):
     (["--fraction", "-1"], "fraction must be a share in (0, 1)"),
     (["--polish", "-1"], "polish must be an integer >= 0, got -1"),
     (["--levels", "tasks"], "levels must be one or both of task, instance"),
+    (["--fractions", "0.2"], "--fractions sets the points of a removal curve"),
     (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
     (["--gamma", "nan"], "gamma must be a finite number >= 0, got nan"),
     (["--dataset", "omniglot"], "root must be the folder with the omniglot files"),
@@ -43,6 +44,13 @@ def test_bad_settings_stop_before_any_work(tmp_path, capsys, flags, message):
     code, err = run_cli(capsys, "experiment", "table1", "--out", str(tmp_path / "o"), *TINY, *flags)
     assert code == 2 and message in err[-1] and not any("Traceback" in line for line in err)
     assert time.perf_counter() - began < 5 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("fractions, message", [("0.2,x", "--fractions must look like '0.1,0.3'"),
+                                                ("0.2,1", "--fractions must be shares in (0, 1)")])
+def test_curve_fractions_are_checked_before_any_work(tmp_path, capsys, fractions, message):
+    code, err = run_cli(capsys, "experiment", "curate", "--out", str(tmp_path / "o"), *TINY, "--fractions", fractions)
+    assert code == 2 and message in err[-1] and not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("flags, message", [

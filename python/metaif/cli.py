@@ -66,6 +66,22 @@ def _items(text: str | None) -> list[tuple[int, int]]:
         raise ValueError(f"instances must look like 'position:index,...', got {text!r}") from None
 
 
+def _fractions(text: str | None, name: str) -> tuple[float, ...] | None:
+    """``"0.2,0.4"`` → ``(0.0, 0.2, 0.4)``: a removal curve's shares, 0 first (``None``: the default)."""
+    if text is None:
+        return None
+    if name == "table1":
+        raise ValueError("--fractions sets the points of a removal curve (harmful, effectiveness, curate); table1 "
+                         "removes --fraction")
+    try:
+        shares = sorted({float(part) for part in text.split(",")})
+    except ValueError:
+        raise ValueError(f"--fractions must look like '0.1,0.3', got {text!r}") from None
+    if not all(0 < f < 1 for f in shares):
+        raise ValueError(f"--fractions must be shares in (0, 1), got {text!r}")
+    return (0.0, *shares)
+
+
 COMMANDS = {
     "demo": "meta-train on digits, find harmful tasks and instances, edit the model (a few minutes)",
     "influence": "task-IF and instance-IF of every training task and instance",
@@ -119,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--corrupt-tasks", type=float, default=None,
                            help="harmful, curate: share of the meta-training tasks whose labels Figure 1's corruption "
                                 "flips (default: 0.4 for harmful, 0 for curate)")
+            p.add_argument("--fractions", default=None,
+                           help="harmful, effectiveness, curate: the shares removed along the curve, comma-separated, "
+                                "each in (0, 1) (the share 0 is always measured; default: 0.1,0.2,0.3,0.4,0.5)")
             p.add_argument("--quick", action="store_true",
                            help="small digits run that finishes in minutes (flags you give still win)")
         p.add_argument("--config", help="a saved config.json; the flags you give override it")
@@ -177,7 +196,9 @@ def run_command(args: argparse.Namespace, config) -> int:
     from .parallel import World
     from .utils.store import OutputError, folder_contents, lock_folder
 
-    removal = None
+    removal, fractions = None, None
+    if args.command == "experiment":
+        fractions = _fractions(args.fractions, args.name)
     if args.command == "edit":
         removal = (_positions(args.remove_tasks), _items(args.remove_val), _items(args.remove_train))
         commands.validate_removal(config, *removal)
@@ -207,7 +228,7 @@ def run_command(args: argparse.Namespace, config) -> int:
             return commands.score(config, ws)
         if args.command == "edit":
             return commands.edit(config, ws, *removal, args.refine, args.polish_edit)
-        return commands.experiment(config, args.name, ws, args.corrupt_tasks)
+        return commands.experiment(config, args.name, ws, args.corrupt_tasks, fractions)
 
 
 def _one_line_warnings() -> None:

@@ -143,16 +143,19 @@ def edit(config: ExperimentConfig, ws: Workspace, tasks, val, train, refine: int
     return 0
 
 
-def _table1(config: ExperimentConfig, ws: Workspace, corrupt_tasks: float | None) -> str:
+def _table1(config: ExperimentConfig, ws: Workspace, corrupt_tasks: float | None,
+            fractions: tuple[float, ...] | None) -> str:
     return paper.table1_markdown(paper.table1(config, ws))
 
 
 def _curve(run, default_corruption: float):
     """A removal-curve experiment: ``--corrupt-tasks`` (else ``default_corruption``) of the tasks get
-    Figure 1's label corruption."""
-    def experiment(config: ExperimentConfig, ws: Workspace, corrupt_tasks: float | None) -> str:
+    Figure 1's label corruption; ``--fractions`` (else :class:`~.paper.CurveConfig`'s) are its points."""
+    def experiment(config: ExperimentConfig, ws: Workspace, corrupt_tasks: float | None,
+                   fractions: tuple[float, ...] | None) -> str:
         share = default_corruption if corrupt_tasks is None else corrupt_tasks
-        return json.dumps(run(paper.CurveConfig(experiment=config, task_fraction=share), ws), indent=2)
+        curve = paper.CurveConfig(experiment=config, task_fraction=share)
+        return json.dumps(run(curve if fractions is None else replace(curve, fractions=fractions), ws), indent=2)
     return experiment
 
 
@@ -162,6 +165,8 @@ EXPERIMENTS = {"table1": _table1, "harmful": _curve(paper.harmful, CORRUPTION),
                "effectiveness": _curve(paper.effectiveness, CORRUPTION), "curate": _curve(curate, 0.0)}
 
 
-def experiment(config: ExperimentConfig, name: str, ws: Workspace, corrupt_tasks: float | None = None) -> int:
-    print(EXPERIMENTS[name](config, ws, corrupt_tasks))
+def experiment(config: ExperimentConfig, name: str, ws: Workspace, corrupt_tasks: float | None = None,
+               fractions: tuple[float, ...] | None = None) -> int:
+    """Run experiment ``name``; ``fractions``: the removal curves' points (0 first), ``None`` the default."""
+    print(EXPERIMENTS[name](config, ws, corrupt_tasks, fractions))
     return 0
