@@ -9,11 +9,13 @@ from torch.func import grad, jvp
 
 from metaif.curvature import (
     AutogradPasses,
+    ImageBody,
     TracedPasses,
     body_passes,
     passes_for,
     traced_unsupported,
 )
+from metaif.curvature.images import inputs_per_pass
 from metaif.influence import InfluenceAnalyzer, InfluenceConfig, SolverConfig
 from metaif.linalg import MetaifWarning
 from metaif.meta import AnilConfig, AnilProblem
@@ -194,6 +196,16 @@ def test_a_memory_budget_recomputes_chunks_to_the_same_bits(passes):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+def test_larger_images_take_fewer_per_pass():
+    """A pass reads at most chunk x 784 input values: 28x28 gray and smaller images keep the chunk."""
+    assert [inputs_per_pass(256, n) for n in (8 * 8, 28 * 28, 3 * 84 * 84, 10 ** 9)] == [256, 256, 9, 1]
+    assert inputs_per_pass(8, 3 * 16 * 16) == 8 * 784 // 768
+    problem = AnilProblem(resnet12(3, (2, 3, 4, 5), 32), AnilConfig(ways=3))
+    images = torch.randn(70, 3, 32, 32)
+    body = ImageBody(problem.body, problem.init_lambda(0), images, chunk=64, memory=0.0)
+    assert [s.stop - s.start for s in body.chunks] == [16, 16, 16, 16, 6]  # 64 x 784 // 3,072 values
 
 
 def test_resnet12_is_the_few_shot_backbone_with_frozen_norms():

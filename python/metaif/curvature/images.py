@@ -18,7 +18,7 @@ from ..utils.memory import available_bytes
 from ..utils.seen import SeenTensor
 from .passes import body_passes
 
-__all__ = ["INPUT_CHUNK", "ImageBody"]
+__all__ = ["INPUT_CHUNK", "ImageBody", "inputs_per_pass"]
 
 # The share of the memory available at the start that the body state of one machine's processes
 # may keep by default: a run at mini-ImageNet's scale would otherwise try to keep ~100 GB
@@ -27,13 +27,23 @@ DEFAULT_MEMORY_SHARE = 0.5
 # Inputs per body pass by default: bounds the kept state, and is the unit ranks share (a run on R ranks
 # wants R chunks or more); smaller chunks also ran faster on one thread (Conv-4, 200 Omniglot tasks).
 INPUT_CHUNK = 256
+# A pass takes at most chunk x this many input values (chunk 28x28 gray images): the transient memory
+# of a pass grows with its pixels, and 256 84x84 RGB images in one pass held ~2 GB of activations
+CHUNK_INPUT_VALUES = 28 * 28
+
+
+def inputs_per_pass(chunk: int, input_values: int) -> int:
+    """The inputs of ``input_values`` values each that one body pass of ``chunk`` takes: ``chunk``, or
+    fewer for inputs larger than 28x28 (9 84x84 RGB images at 256)."""
+    return min(chunk, max(1, chunk * CHUNK_INPUT_VALUES // max(input_values, 1)))
 
 
 class ImageBody:
     """``body`` at ``lam`` on ``images [U, ...]``: features :attr:`phi` ``[U, h]`` and the passes of
     :mod:`~metaif.curvature.passes` (``passes``: "auto", "traced" or "autograd"), ``chunk``
-    images per pass. The passes keep per-image state (about 270 KB per 28x28 image on 64-channel
-    Conv-4, float32, and 3.1 MB per 84x84 RGB image) while it fits ``memory`` (bytes, this process;
+    images per pass, fewer for images larger than 28x28 (:func:`inputs_per_pass`). The passes keep
+    per-image state (about 270 KB per 28x28 image on 64-channel Conv-4, float32, and 3.1 MB per 84x84
+    RGB image) while it fits ``memory`` (bytes, this process;
     default: half the memory available now, shared by the ranks);
     the chunks beyond it keep nothing and are recomputed inside each product: the same numbers, a
     forward (and, with ``g``, a backward) pass more per product. :attr:`memory_report` says which.
@@ -54,6 +64,7 @@ class ImageBody:
         if len(images):
             body.check_inputs(lam, images)
         self.body, self.lam, self.images, self.world, self.memory = body, lam.detach(), images, world, memory
+        chunk = inputs_per_pass(chunk, images[0].numel() if len(images) else 1)
         first, last = world.span(len(images), block=chunk)
         self.chunks = [slice(s, min(s + chunk, last)) for s in range(first, last, chunk)]
         self.kept: list = []  # each chunk's passes, None where they are recomputed

@@ -33,8 +33,9 @@ class InfluenceConfig:
                                choices=("auto", *PASSES))
     chunk: int = setting(TASK_CHUNK, "tasks per feature-space batch: bounds memory; chunks are fixed by the data "
                                      "and ranks share whole chunks, so R ranks want R chunks or more")
-    image_chunk: int = setting(INPUT_CHUNK, "inputs per body pass: bounds memory; ranks share whole chunks, as "
-                                            "with chunk")
+    image_chunk: int = setting(INPUT_CHUNK, "inputs per body pass (fewer for inputs larger than 28x28: a pass "
+                                            "reads at most image_chunk x 784 input values): bounds memory; ranks "
+                                            "share whole chunks, as with chunk")
     memory_gb: float | None = setting(None, "GB of per-input state that each process keeps for the body passes "
                                             "(default: half the memory available when the analysis starts, shared "
                                             "by the processes); the chunks beyond it are recomputed inside each "
