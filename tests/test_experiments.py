@@ -105,6 +105,21 @@ def test_table1_runs_the_rows_of_its_levels():
     assert {level for level, _ in both} == {"task", "instance"} and len(both) == 13
 
 
+@pytest.mark.slow
+def test_table1_resumed_with_more_levels_keeps_the_rows_it_has(tmp_path):
+    run = replace(RunConfig(), **{**QUICK, "train_tasks": 30, "test_tasks": 20, "train": replace(QUICK["train"], steps=10)})
+    analysis = AnalysisConfig(score_tasks=5, polish=5, anchor=1.0)
+    config = ExperimentConfig(run=run, analysis=analysis, protocols=("random",), levels=("task",))
+    ws = Workspace(tmp_path, progress=False)
+    tasks = paper.table1(config, ws)["protocols"]["random"]
+    assert {name.split("/")[0] for name in tasks} == {"task"}
+    ledger = json.loads((tmp_path / "ledger.json").read_text())
+    both = paper.table1(replace(config, levels=("task", "instance")), ws)["protocols"]["random"]
+    assert {name.split("/")[0] for name in both} == {"task", "instance"}
+    again = json.loads((tmp_path / "ledger.json").read_text())
+    assert all(again[key] == entry for key, entry in ledger.items())  # the task rows were kept, not rerun
+
+
 def test_a_retrain_that_stops_at_its_cap_says_so(tmp_path):
     run = replace(RunConfig(), **{**QUICK, "train_tasks": 40, "test_tasks": 20})
     analysis = AnalysisConfig(polish=30, anchor=1.0, polish_tol=1e-4)

@@ -95,8 +95,8 @@ class ExperimentConfig:
     fraction: float = setting(0.05, "share of the tasks / instances removed (table1, demo), in (0, 1)")
     protocols: tuple[str, ...] = setting(("harmful",), "table1: what is removed, harmful (the most negative influence "
                                                        "scores) and/or random (the paper's protocol)")
-    levels: tuple[str, ...] = setting(("task", "instance"), "table1: the levels whose rows run, task and/or instance",
-                                      added=True)
+    levels: tuple[str, ...] = setting(("task", "instance"), "table1: the levels whose rows run, task and/or instance "
+                                      "(a run resumed with other levels keeps the rows it has)", shapes_results=False)
     from_scratch: bool = setting(False, "table1: also retrain from the seeded initialisation (the paper's protocol: the "
                                         "run's Adam steps, then the polish) at each level", added=True)
 
