@@ -110,6 +110,8 @@ def test_exact_sum_ops_keep_the_cpu_kernels_limbs_and_values(dtype):
     ops.exact_value(*state, value)
     ops.exact_value(*on_gpu, value_gpu)
     assert torch.equal(value_gpu.cpu(), value) and torch.equal(on_gpu[0].cpu(), state[0])
+    with pytest.raises(RuntimeError, match=r"rows\[1\] = 100 is not a row of x \(100 rows\)"):
+        ops.exact_add(*on_gpu, x.to(CUDA), torch.tensor([0, 100], device=CUDA))
 
 
 def test_failures_raise_the_cpu_kernels_messages():

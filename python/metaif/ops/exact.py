@@ -18,6 +18,12 @@ def exact_add(limbs: torch.Tensor, top: torch.Tensor, x: torch.Tensor, rows: tor
     ``rows`` (int64 ``[k]``, indices into the first dimension, repeats added as often) limits the
     addition to ``x[rows]`` into the same rows of the sum. The same limbs as ``ExactSum``'s
     pure-PyTorch steps, in one pass over the elements."""
+    if rows is not None and rows.device.type != "cpu" and rows.numel() and x.dim():
+        # the CPU op checks each row itself; a GPU kernel can only skip one out of range
+        low, high = (int(r) for r in torch.aminmax(rows))
+        bad = low if low < 0 else high
+        require(0 <= low and high < x.shape[0], "exact_add",
+                f"rows[{int((rows == bad).nonzero()[0])}] = {bad} is not a row of x ({x.shape[0]} rows)")
     torch.ops.metaif.exact_add(limbs, top, x, rows)
 
 
