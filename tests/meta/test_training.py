@@ -152,3 +152,8 @@ def test_feature_head_rows_gather_their_features_on_use():
     rows, phi = bound.rows[0], bound.binding.phi
     assert callable(rows.source)
     assert torch.equal(rows.xi[0], phi[batch.pos_tr]) and torch.equal(rows.xi[1], phi[batch.pos_val])
+    heads = bound.binding.theta  # a chunk's heads are a view of every task's; other rows are copies
+    assert rows.theta.untyped_storage().data_ptr() == heads.untyped_storage().data_ptr()
+    picked = bound.binding.rows(torch.tensor([3, 1]))
+    assert picked.theta.untyped_storage().data_ptr() != heads.untyped_storage().data_ptr()
+    assert torch.equal(picked.theta, heads[[3, 1]])
