@@ -255,3 +255,45 @@ def test_bad_bodies_and_inputs_are_named_before_any_long_work():
     dropout = FlatModel(nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 3)), 3)
     assert traced_unsupported(dropout) == "Dropout at 1: dropout in train mode (random)"
     assert passes_for(dropout)[0] == "autograd"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pixel_codes_give_the_bits_of_their_decoded_images(dtype):
+    """A task set of 8-bit codes and the same set decoded to floats: the same features, products,
+    gradients, scores and predictions, bit for bit, kept or recomputed, in both dtypes and all forms."""
+    from dataclasses import replace
+
+    from metaif.data import decode_pixels, encode_pixels
+    from metaif.meta import TaskBatch
+    from metaif.meta.binding import meta_gradient
+    from tests.helpers import make_problem
+
+    tasks, test = make_taskset(4), make_taskset(2, seed=9)
+    codes = replace(tasks, images=encode_pixels(tasks.images / tasks.images.max()))
+    floats = replace(codes, images=decode_pixels(codes.images))
+    assert codes.images.dtype == torch.uint8 and codes.images.element_size() * 4 == floats.images.element_size()
+    problem = AnilProblem(small_conv(), AnilConfig(ways=3, delta=0.3, gamma=1e-3))
+    lam = problem.init_lambda(0, dtype)
+    v = randn(lam.numel(), seed=0).to(dtype)
+    for memory_gb in (None, 0.0):
+        config = InfluenceConfig(image_chunk=8, solver=SolverConfig(damping=5.0), memory_gb=memory_gb)
+        results = []
+        for task_set in (codes, floats):
+            analyzer = InfluenceAnalyzer(problem, lam, task_set, config=config)
+            results.append([analyzer.binding.phi, analyzer.hvp(v), analyzer.gradient(analyzer.c),
+                            analyzer.task_gradients([0, 3]), analyzer.scores(replace(test, images=task_set.images)).tasks])
+        for a, b in zip(*results):
+            assert torch.equal(a, b)
+    for form in ("anil", "imaml", "maml"):  # x_tr / x_val as the forms read them, and the meta gradient
+        problem = make_problem(form) if form != "anil" else AnilProblem(small_conv(), AnilConfig(ways=3))
+        if form != "anil":  # the MLP forms take flat inputs
+            codes_flat = replace(codes, images=codes.images.flatten(1))
+            pair = (codes_flat, replace(codes_flat, images=decode_pixels(codes_flat.images)))
+        else:
+            pair = (codes, floats)
+        lam = problem.init_lambda(0, dtype)
+        batches = [TaskBatch.from_taskset(t, dtype=dtype) for t in pair]
+        assert batches[0].x_tr.dtype == dtype and torch.equal(batches[0].x_val, batches[1].x_val)
+        assert torch.equal(problem.predict(lam, batches[0]), problem.predict(lam, batches[1]))
+        grads = [meta_gradient(problem, lam, b, torch.full((len(b),), 0.25, dtype=dtype))[0] for b in batches]
+        assert torch.equal(*grads)

@@ -12,7 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from metaif.data import DataError, load_dataset, load_digits, load_miniimagenet, load_mnist, load_omniglot
+from metaif.data import (
+    DataError,
+    decode_pixels,
+    encode_pixels,
+    load_dataset,
+    load_digits,
+    load_miniimagenet,
+    load_mnist,
+    load_omniglot,
+)
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -84,12 +93,19 @@ def test_miniimagenet_folder_and_pickle(tmp_path):
             Image.fromarray(rng.integers(0, 256, size=(84, 84, 3)).astype(np.uint8)).save(tmp_path / "train" / c / f"{i}.jpg")
     ds = load_miniimagenet(tmp_path, "train")
     assert ds.images.shape == (6, 3, 84, 84) and ds.class_names == ("n01", "n02")
+    with Image.open(tmp_path / "train" / "n02" / "1.jpg") as img:  # the decoder's own codes, kept as they are
+        assert torch.equal(ds.images[4], torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1))
 
     data = rng.integers(0, 256, size=(4, 84, 84, 3)).astype(np.uint8)
     with open(tmp_path / "mini-imagenet-cache-val.pkl", "wb") as f:
         pickle.dump({"image_data": data, "class_dict": {"b": [1, 3], "a": [0, 2]}}, f)
     cached = load_miniimagenet(tmp_path, "val")
     assert cached.labels.tolist() == [0, 1, 0, 1] and cached.images.shape == (4, 3, 84, 84)
+    assert torch.equal(cached.images, torch.from_numpy(data).permute(0, 3, 1, 2))
+    # decoded, the codes are the float32 values the float loaders make: k / 255 in float32
+    assert torch.equal(decode_pixels(cached.images), torch.from_numpy(data.astype(np.float32) / 255.0).permute(0, 3, 1, 2))
+    resized = load_miniimagenet(tmp_path, "val", size=28)
+    assert resized.images.shape == (4, 3, 28, 28) and resized.images.dtype == torch.uint8
     (tmp_path / "mini-imagenet-cache-test.pkl").write_bytes(b"\x80\x04junk")
     with pytest.raises(DataError, match="mini-imagenet-cache-test.pkl: not a mini-ImageNet cache"):
         load_miniimagenet(tmp_path, "test")
@@ -115,16 +131,33 @@ def test_the_synthetic_mini_imagenet_set_is_seeded_learnable_and_named_synthetic
 
     small = make_synthetic_images(classes=5, per_class=12, size=24, seed=3)
     assert small.name == SYNTHETIC_NAME == "synthetic-miniimagenet" and SYNTHETIC_NAME in DATASETS
-    assert small.images.shape == (60, 3, 24, 24) and small.images.dtype == torch.float32
-    assert float(small.images.min()) >= 0 and float(small.images.max()) <= 1
+    assert small.images.shape == (60, 3, 24, 24) and small.images.dtype == torch.uint8  # 8-bit codes, as JPEGs
+    assert int(small.images.max()) == 255 and int(small.images.min()) == 0  # clamped to [0, 1] before coding
     assert small.labels.tolist() == [k for k in range(5) for _ in range(12)]
     assert torch.equal(make_synthetic_images(5, 12, 24, seed=3).images, small.images)
     assert not torch.equal(make_synthetic_images(5, 12, 24, seed=4).images, small.images)
     # learnable: class means of half the images classify the other half far above chance (0.2)
-    x, y = small.images.flatten(1), small.labels
+    x, y = decode_pixels(small.images).flatten(1), small.labels
     fit = torch.arange(len(y)) % 2 == 0
     means = torch.stack([x[fit & (y == k)].mean(0) for k in range(5)])
     assert float((torch.cdist(x[~fit], means).argmin(1) == y[~fit]).float().mean()) > 0.6
     assert make_synthetic_images(classes=2, per_class=1).images.shape == (2, 3, 84, 84)  # mini-ImageNet's images
     with pytest.raises(ValueError, match="per_class must be an integer >= 1"):
         make_synthetic_images(per_class=0)
+
+
+def test_pixel_codes_decode_to_the_float32_values_in_every_dtype_and_encode_back():
+    codes = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    values = decode_pixels(codes)
+    expected = torch.from_numpy(np.arange(256, dtype=np.float32) / 255.0).view(1, 1, 16, 16)
+    assert values.dtype == torch.float32 and torch.equal(values, expected)
+    # float64 runs see the float32 values widened, as a float32 image set cast to float64 gives them
+    assert torch.equal(decode_pixels(codes, torch.float64), values.double())
+    assert torch.equal(encode_pixels(values), codes) and torch.equal(encode_pixels(values + 0.4 / 255), codes)
+    floats = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    assert decode_pixels(floats) is floats and torch.equal(decode_pixels(floats, torch.float32), floats.float())
+    with pytest.raises(TypeError, match="float images"):
+        encode_pixels(codes)
+    with pytest.raises(ValueError, match="images must be float or torch.uint8"):
+        from metaif.data import ClassDataset
+        ClassDataset("bad", torch.zeros(2, 1, 4, 4, dtype=torch.int32), torch.zeros(2, dtype=torch.int64), ("a",))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch.func import grad, vmap
 
+from ..data.pixels import decode_pixels
 from ..models.nets import FlatModel
 from ..parallel import ExactSum, World
 from ..utils.memory import available_bytes
@@ -39,7 +40,8 @@ def inputs_per_pass(chunk: int, input_values: int) -> int:
 
 
 class ImageBody:
-    """``body`` at ``lam`` on ``images [U, ...]``: features :attr:`phi` ``[U, h]`` and the passes of
+    """``body`` at ``lam`` on ``images [U, ...]`` (float, or 8-bit pixel codes decoded chunk by chunk, as
+    ``lam``'s dtype): features :attr:`phi` ``[U, h]`` and the passes of
     :mod:`~metaif.curvature.passes` (``passes``: "auto", "traced" or "autograd"), ``chunk``
     images per pass, fewer for images larger than 28x28 (:func:`inputs_per_pass`). The passes keep
     per-image state (about 270 KB per 28x28 image on 64-channel Conv-4, float32, and 3.1 MB per 84x84
@@ -62,7 +64,7 @@ class ImageBody:
         if not memory >= 0:
             raise ValueError(f"memory must be a number of bytes >= 0 (inf: keep everything), got {memory}")
         if len(images):
-            body.check_inputs(lam, images)
+            body.check_inputs(lam, decode_pixels(images[:1], lam.dtype))
         self.body, self.lam, self.images, self.world, self.memory = body, lam.detach(), images, world, memory
         chunk = inputs_per_pass(chunk, images[0].numel() if len(images) else 1)
         first, last = world.span(len(images), block=chunk)
@@ -72,7 +74,8 @@ class ImageBody:
         self._make = None
         for rows in self.chunks:
             # "auto" resolved (and any warning given) once; the later chunks share the first's plan
-            made = body_passes(body, self.lam, images[rows], passes) if self._make is None else self._make(images[rows])
+            x = self._inputs(rows)
+            made = body_passes(body, self.lam, x, passes) if self._make is None else self._make(x)
             self._make = made.factory
             phis.append(made.phi)
             self.kept.append(made)
@@ -84,12 +87,23 @@ class ImageBody:
     def __len__(self) -> int:
         return len(self.images)
 
+    def _inputs(self, rows) -> torch.Tensor:
+        """The images at ``rows`` as ``lam``'s dtype."""
+        return decode_pixels(self.images[rows], self.lam.dtype)
+
+    def _kept_bytes(self, i: int) -> int:
+        """Chunk ``i``'s kept state, counting its decoded input (the passes leave out their inputs,
+        taken as views of :attr:`images`, which a decoded or cast chunk is not)."""
+        rows = self.chunks[i]
+        own_input = 0 if self.images.dtype == self.lam.dtype else (rows.stop - rows.start) * self.images[0].numel()
+        return self.kept[i].kept_bytes() + own_input * self.lam.element_size()
+
     def _fit(self) -> None:
         """Keep the first chunks' state while it fits :attr:`memory`; drop the rest."""
         used = 0
         for i, made in enumerate(self.kept):
             if made is not None:
-                used += made.kept_bytes()
+                used += self._kept_bytes(i)
                 if used > self.memory:
                     self.kept[i:] = [None] * (len(self.kept) - i)
                     return
@@ -97,9 +111,9 @@ class ImageBody:
     @property
     def memory_report(self) -> dict:
         """This process's chunks: how many keep their state, how many are recomputed, the bytes kept."""
-        kept = [made for made in self.kept if made is not None]
+        kept = [i for i, made in enumerate(self.kept) if made is not None]
         return {"kept_chunks": len(kept), "recomputed_chunks": len(self.kept) - len(kept),
-                "kept_mb": sum(made.kept_bytes() for made in kept) / 2 ** 20,
+                "kept_mb": sum(self._kept_bytes(i) for i in kept) / 2 ** 20,
                 "budget_mb": self.memory / 2 ** 20}
 
     def _passes(self, i: int, pulling: bool = True):
@@ -108,7 +122,7 @@ class ImageBody:
         graph then, and must take the same path as when kept)."""
         made = self.kept[i]
         if made is None:
-            made = self._make(self.images[self.chunks[i]])
+            made = self._make(self._inputs(self.chunks[i]))
             if self._g_value is not None and (pulling or made.tangent_reads_g):
                 made.cotangent(self._g_value[self.chunks[i]])
         return made
@@ -143,4 +157,4 @@ class ImageBody:
         def one(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             return grad(lambda la: (c * self.body(la, x)).sum())(self.lam)
 
-        return vmap(one)(self.images[positions], cot)
+        return vmap(one)(self._inputs(positions), cot)

@@ -1,7 +1,8 @@
 """Image classification data sets as tensors, read from their standard on-disk formats.
 
 Every loader returns a :class:`ClassDataset`: images ``[N, C, H, W]`` float32 in [0, 1] (ink = 1
-for the handwriting sets), integer labels ``[N]`` and one name per class. A missing, truncated
+for the handwriting sets) or, for mini-ImageNet, the files' own 8-bit pixel codes
+(:mod:`metaif.data.pixels`), integer labels ``[N]`` and one name per class. A missing, truncated
 or corrupt file raises :class:`DataError` naming the file and the problem.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from ..utils.extras import optional_import
+from .pixels import PIXEL_CODE, decode_pixels, encode_pixels
 
 __all__ = ["ClassDataset", "DataError", "load_digits", "load_mnist", "load_omniglot", "load_miniimagenet"]
 
@@ -30,7 +32,8 @@ class DataError(RuntimeError):
 
 @dataclass(frozen=True)
 class ClassDataset:
-    """``images [N, C, H, W]`` float32, ``labels [N]`` int64 in ``[0, len(class_names))``."""
+    """``images [N, C, H, W]`` float (values in [0, 1]) or uint8 pixel codes (``k`` stands for ``k / 255``),
+    ``labels [N]`` int64 in ``[0, len(class_names))``."""
 
     name: str
     images: torch.Tensor
@@ -41,6 +44,8 @@ class ClassDataset:
         if self.images.dim() != 4 or self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"{self.name}: images must be [N, C, H, W] and labels [N], got "
                              f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}")
+        if not (self.images.is_floating_point() or self.images.dtype == PIXEL_CODE):
+            raise ValueError(f"{self.name}: images must be float or {PIXEL_CODE} pixel codes, got {self.images.dtype}")
         if len(self.labels) and int(self.labels.max()) >= len(self.class_names):
             raise ValueError(f"{self.name}: label {int(self.labels.max())} has no class name")
 
@@ -110,6 +115,7 @@ def load_mnist(root: str | Path, split: str = "t10k") -> ClassDataset:
 # ---- Omniglot -----------------------------------------------------------------------------------
 
 def _decode_image(data: bytes, source: str, size: int | None, mode: str) -> np.ndarray:
+    """The image's 8-bit codes, ``[H, W]`` (mode L) or ``[H, W, 3]`` (RGB), resized to ``size``."""
     pil = optional_import("PIL.Image", "decoding Omniglot and mini-ImageNet images")
     Image, UnidentifiedImageError = pil, pil.UnidentifiedImageError
 
@@ -118,7 +124,7 @@ def _decode_image(data: bytes, source: str, size: int | None, mode: str) -> np.n
             img = img.convert(mode)
             if size is not None and img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.float32) / 255.0
+            return np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as err:
         raise DataError(f"{source}: not a readable image ({err})") from None
 
@@ -153,7 +159,7 @@ def load_omniglot(root: str | Path, size: int = 28) -> ClassDataset:
         key = f"{alphabet}/{character}"
         drawing = source.rsplit("/", 1)[-1]
         if drawing not in per_class.setdefault(key, {}):
-            per_class[key][drawing] = 1.0 - _decode_image(data, source, size, "L")
+            per_class[key][drawing] = 1.0 - _decode_image(data, source, size, "L").astype(np.float32) / 255.0
     if not per_class:
         raise DataError(f"{root}: no <alphabet>/<character>/*.png images found (in zips or folders)")
     names = tuple(sorted(per_class))
@@ -171,7 +177,8 @@ def load_omniglot(root: str | Path, size: int = 28) -> ClassDataset:
 def load_miniimagenet(root: str | Path, split: str = "train", size: int = 84) -> ClassDataset:
     """mini-ImageNet from ``<root>/<split>/<class>/*.jpg`` or the pickle cache
     ``<root>/mini-imagenet-cache-<split>.pkl`` (``{"image_data": [N, H, W, 3] uint8,
-    "class_dict": {class: [indices]}}``)."""
+    "class_dict": {class: [indices]}}``), as 8-bit pixel codes (a quarter of float32's memory; images
+    resized to ``size`` are rounded to codes, as the folder's are by their decoder)."""
     root = Path(root)
     cache = root / f"mini-imagenet-cache-{split}.pkl"
     if cache.exists():
@@ -181,17 +188,18 @@ def load_miniimagenet(root: str | Path, split: str = "train", size: int = 84) ->
             data, class_dict = np.asarray(blob["image_data"]), blob["class_dict"]
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
             raise DataError(f"{cache}: not a mini-ImageNet cache ({type(err).__name__}: {err})") from None
-        if data.ndim != 4 or data.shape[-1] != 3:
-            raise DataError(f"{cache}: image_data must be [N, H, W, 3], got {data.shape}")
+        if data.ndim != 4 or data.shape[-1] != 3 or data.dtype != np.uint8:
+            raise DataError(f"{cache}: image_data must be [N, H, W, 3] uint8, got {data.shape} {data.dtype}")
         names = tuple(sorted(class_dict))
         labels = np.full(len(data), -1, dtype=np.int64)
         for label, name in enumerate(names):
             labels[np.asarray(class_dict[name], dtype=np.int64)] = label
         if (labels < 0).any():
             raise DataError(f"{cache}: {int((labels < 0).sum())} images belong to no class")
-        x = torch.from_numpy(data.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+        x = torch.from_numpy(data).permute(0, 3, 1, 2)
         if size != x.shape[-1]:
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            x = encode_pixels(torch.nn.functional.interpolate(decode_pixels(x), size=(size, size), mode="bilinear",
+                                                              align_corners=False))
         return ClassDataset("miniimagenet", x.contiguous(), torch.from_numpy(labels), names)
     folder = root / split
     if not folder.is_dir():

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .datasets import ClassDataset
+from .pixels import decode_pixels
 
 __all__ = ["TaskConfig", "Pool", "TaskSet", "corrupt_labels", "hold_out", "rotate_classes", "sample_tasks",
            "split_classes", "split_images", "with_rotations"]
@@ -159,7 +160,7 @@ class TaskSet:
     ``config`` (no N-way K-shot structure).
     """
 
-    images: torch.Tensor          # [num_images, ...] inputs, shared by all tasks
+    images: torch.Tensor          # [num_images, ...] inputs (float, or uint8 pixel codes), shared by all tasks
     train_index: torch.Tensor     # [m, n] int64
     val_index: torch.Tensor       # [m, v] int64
     y_train: torch.Tensor         # [m, n] int64 labels, or real-valued targets [m, n] / [m, n, K]
@@ -208,13 +209,13 @@ class TaskSet:
 
     @property
     def x_train(self) -> torch.Tensor:
-        """``[m, N*K, C, H, W]``."""
-        return self.images[self.train_index]
+        """``[m, N*K, C, H, W]`` float (pixel codes decoded)."""
+        return decode_pixels(self.images[self.train_index])
 
     @property
     def x_val(self) -> torch.Tensor:
-        """``[m, N*Q, C, H, W]``."""
-        return self.images[self.val_index]
+        """``[m, N*Q, C, H, W]`` float (pixel codes decoded)."""
+        return decode_pixels(self.images[self.val_index])
 
     def subset(self, rows: torch.Tensor | list[int]) -> TaskSet:
         """The tasks at positions ``rows`` (not ids), keeping their ids and corruption marks."""

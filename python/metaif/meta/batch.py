@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.pixels import PIXEL_CODE, decode_pixels
 from ..data.tasks import TaskSet
 
 __all__ = ["TaskBatch", "Weights"]
@@ -57,10 +58,11 @@ class TaskBatch:
     """B tasks over U inputs stored once: task b trains on ``inputs[pos_tr[b]]`` (``[n, ...]``) with
     targets ``y_tr[b]`` and weights ``w_tr[b]``, and is validated on ``inputs[pos_val[b]]``.
 
-    Targets are integer labels or real values (``[B, n]`` or ``[B, n, K]``).
+    Targets are integer labels or real values (``[B, n]`` or ``[B, n, K]``). Image inputs may be
+    8-bit pixel codes (:mod:`metaif.data.pixels`), decoded where they are read.
     """
 
-    inputs: torch.Tensor   # [U, ...]
+    inputs: torch.Tensor   # [U, ...] float, or uint8 pixel codes
     pos_tr: torch.Tensor   # [B, n] int64 rows of inputs
     y_tr: torch.Tensor
     w_tr: torch.Tensor     # [B, n]
@@ -73,20 +75,24 @@ class TaskBatch:
 
     @property
     def x_tr(self) -> torch.Tensor:
-        """``[B, n, ...]`` (gathered: one copy per use)."""
-        return self.inputs[self.pos_tr]
+        """``[B, n, ...]`` (gathered: one copy per use; pixel codes decoded as the weights' dtype)."""
+        return self._values(self.inputs[self.pos_tr])
 
     @property
     def x_val(self) -> torch.Tensor:
-        return self.inputs[self.pos_val]
+        """``[B, v, ...]``, as :attr:`x_tr`."""
+        return self._values(self.inputs[self.pos_val])
+
+    def _values(self, x: torch.Tensor) -> torch.Tensor:
+        return decode_pixels(x, self.w_tr.dtype) if x.dtype == PIXEL_CODE else x
 
     @staticmethod
     def from_taskset(tasks: TaskSet, rows: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
                      w_tr: torch.Tensor | None = None, w_val: torch.Tensor | None = None,
                      device: torch.device | str | None = None) -> TaskBatch:
         """Tasks at positions ``rows`` (all when None) over the unique images they use, moved to
-        ``device`` once (default: where the task set is); weights default to
-        :meth:`Weights.uniform`'s."""
+        ``device`` once (default: where the task set is), as ``dtype`` (pixel codes stay codes); weights
+        default to :meth:`Weights.uniform`'s."""
         sub = tasks if rows is None else tasks.subset(rows)
         device = sub.images.device if device is None else torch.device(device)
         m, n = sub.train_index.shape
@@ -98,7 +104,8 @@ class TaskBatch:
         # every image used (the unique indices are then 0..U-1 in order): the task set's own tensor, not a
         # copy (3.3 GB at mini-ImageNet's 38,400 images)
         inputs = sub.images if len(unique) == len(sub.images) else sub.images[unique]
-        return TaskBatch(inputs.to(device=device, dtype=dtype), inverse[: m * n].view(m, n),
+        inputs = inputs.to(device=device, dtype=None if inputs.dtype == PIXEL_CODE else dtype)
+        return TaskBatch(inputs, inverse[: m * n].view(m, n),
                          sub.y_train.to(device), uniform.w_tr if w_tr is None else move(w_tr),
                          inverse[m * n:].view(sub.val_index.shape), sub.y_val.to(device),
                          uniform.w_val if w_val is None else move(w_val))

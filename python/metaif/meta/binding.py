@@ -126,7 +126,7 @@ class BodyBinding:
         self.head = FeatureHead(problem)
         self.lam, self.batch, self.world = lam.detach(), batch, world
         self.inner, self.inner_damping = inner, inner_damping
-        self.body = ImageBody(self.head.body, self.lam, batch.inputs.to(lam.dtype), image_chunk, passes, world, memory)
+        self.body = ImageBody(self.head.body, self.lam, batch.inputs, image_chunk, passes, world, memory)
         self.phi = self.body.phi
         first, last = world.span(len(batch), block=chunk)
         solved = []

@@ -132,10 +132,11 @@ class ImamlProblem:
         """``sum_i c_i g_i`` with g_i = delta u_i, u_i = H_i^{-1} grad L^val_i(theta_i)."""
         total = torch.zeros_like(lam)
         outer, worst = 0.0, 0.0
+        x_tr, x_val = batch.x_tr, batch.x_val  # gathered once, not once per task
         for i in range(len(batch)):
-            theta, norm = self.solve_inner(lam, batch.x_tr[i], batch.y_tr[i], batch.w_tr[i])
-            a, value = torch.func.grad_and_value(self.data_loss)(theta, batch.x_val[i], batch.y_val[i], batch.w_val[i])
-            u = self.adjoint(theta, batch.x_tr[i], batch.y_tr[i], batch.w_tr[i], a)
+            theta, norm = self.solve_inner(lam, x_tr[i], batch.y_tr[i], batch.w_tr[i])
+            a, value = torch.func.grad_and_value(self.data_loss)(theta, x_val[i], batch.y_val[i], batch.w_val[i])
+            u = self.adjoint(theta, x_tr[i], batch.y_tr[i], batch.w_tr[i], a)
             total += task_weights[i] * self.delta * u
             outer += float(task_weights[i] * value)
             worst = max(worst, norm)
@@ -144,8 +145,9 @@ class ImamlProblem:
     def predict(self, lam: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
         """Adapt on each train split, return validation logits ``[B, v, C]``."""
         logits = []
+        x_tr, x_val = batch.x_tr, batch.x_val
         for i in range(len(batch)):
-            theta, _ = self.solve_inner(lam, batch.x_tr[i], batch.y_tr[i], batch.w_tr[i])
+            theta, _ = self.solve_inner(lam, x_tr[i], batch.y_tr[i], batch.w_tr[i])
             with torch.no_grad():
-                logits.append(self.net(theta, batch.x_val[i]))
+                logits.append(self.net(theta, x_val[i]))
         return torch.stack(logits)
