@@ -297,3 +297,37 @@ def test_pixel_codes_give_the_bits_of_their_decoded_images(dtype):
         assert torch.equal(problem.predict(lam, batches[0]), problem.predict(lam, batches[1]))
         grads = [meta_gradient(problem, lam, b, torch.full((len(b),), 0.25, dtype=dtype))[0] for b in batches]
         assert torch.equal(*grads)
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet12", "mlp-tanh"])
+def test_a_tangent_sweep_given_g_adds_up_the_pulls_terms_once(name, monkeypatch):
+    """``tangent(v, g)`` then ``pull(m, g, v)``: the second-order pull of torch.func (float64), kept or
+    recomputed; recomputed chunks run one tangent pass per product where no pull reads a tangent
+    (piecewise-linear bodies), two where one does (a smooth activation)."""
+    make, shape = BODIES[name]
+    body = make()
+    lam, x = body.init(0, torch.float64), randn(14, *shape, seed=1)
+    g, m, v = randn(14, body.out_features, seed=2), randn(14, body.out_features, seed=3), randn(lam.numel(), seed=4)
+    expected = grad(lambda la: (m * body(la, x)).sum() + (g * jvp(lambda l2: body(l2, x), (la,), (v,))[1]).sum())(lam)
+    calls = []
+    real_tangent = TracedPasses.tangent
+    monkeypatch.setattr(TracedPasses, "tangent", lambda self, u: calls.append(1) or real_tangent(self, u))
+    for memory in (float("inf"), 0.0):
+        images = ImageBody(body, lam, x, chunk=6, memory=memory, passes="traced")
+        close(images.pull(m, g, v), expected)  # no tangent sweep first: the pull runs the tangents itself
+        for _ in range(2):  # the second product: g's signal already taken
+            calls.clear()
+            close(images.tangent(v, g), jvp(lambda la: body(la, x), (lam,), (v,))[1])
+            close(images.pull(m, g, v), expected)
+            if memory == 0.0:
+                assert len(calls) == len(images.chunks) * (2 if name == "mlp-tanh" else 1)
+    smooth = body_passes(body, lam, x, "traced")
+    smooth.cotangent(g)
+    if name == "mlp-tanh":
+        with pytest.raises(ValueError, match="reads tangents"):
+            smooth.pull(m, v, terms=False)
+    else:
+        smooth.tangent(v)
+        close(smooth.take_terms() + smooth.pull(m, v, terms=False), expected)
+        with pytest.raises(RuntimeError, match="take_terms needs a tangent pass"):
+            smooth.take_terms()

@@ -99,8 +99,8 @@ def backbone_cases(cfg: BenchConfig) -> Iterator[Case]:
                             for memory in (float("inf"), 0.0))
 
         def product(images: ImageBody):
-            def run() -> torch.Tensor:
-                images.tangent(v)
+            def run() -> torch.Tensor:  # as the analyzer's products run: g given to the tangent sweep
+                images.tangent(v, g)
                 return images.pull(m, g, v)
             return run
 

@@ -72,6 +72,7 @@ class AutogradPasses:
     u-branch also gives :meth:`tangent`."""
 
     tangent_reads_g = True  # once g is given, J v comes out of g's graph (other bits than a jvp)
+    terms_in_tangent = False  # the second-order pull is one backward through g's graph, not split
 
     def __init__(self, model: FlatModel, lam: torch.Tensor, x: torch.Tensor) -> None:
         self.model, self.x = model, x

@@ -83,6 +83,10 @@ class ImageBody:
         self.phi = world.gather_parts(phis, self.lam, (body.out_features,))
         self._g = SeenTensor()
         self._g_value: torch.Tensor | None = None
+        # the passes' tangent pass can add up the pull's tangent terms (TracedPasses.terms_in_tangent)
+        self._split = bool(phis) and made.terms_in_tangent
+        self._terms: ExactSum | None = None  # those terms of the latest tangent sweep, along _terms_v
+        self._terms_v = SeenTensor()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -117,9 +121,9 @@ class ImageBody:
                 "budget_mb": self.memory / 2 ** 20}
 
     def _passes(self, i: int, pulling: bool = True):
-        """Chunk ``i``'s passes: the kept ones, or made afresh, given ``g`` once a pull has set one
-        when a pull follows (``pulling``) or their tangent reads it (autograd's runs through g's
-        graph then, and must take the same path as when kept)."""
+        """Chunk ``i``'s passes: the kept ones, or made afresh, given ``g`` once one is set when a
+        pull follows or its terms are wanted (``pulling``) or their tangent reads it (autograd's runs
+        through g's graph then, and must take the same path as when kept)."""
         made = self.kept[i]
         if made is None:
             made = self._make(self._inputs(self.chunks[i]))
@@ -127,9 +131,30 @@ class ImageBody:
                 made.cotangent(self._g_value[self.chunks[i]])
         return made
 
-    def tangent(self, v: torch.Tensor) -> torch.Tensor:
-        """Feature tangents ``J v`` of every image along ``v [p]``, ``[U, h]``."""
-        parts = [self._passes(i, pulling=False).tangent(v) for i in range(len(self.chunks))]
+    def _take_g(self, g: torch.Tensor | None) -> None:
+        if g is not None and not self._g.matches(g):
+            self._g_value, self._terms = g, None
+            for rows, made in zip(self.chunks, self.kept):
+                if made is not None:
+                    made.cotangent(g[rows])
+            self._fit()  # the backward signal of g is kept too
+            self._g.remember(g)
+
+    def tangent(self, v: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        """Feature tangents ``J v`` of every image along ``v [p]``, ``[U, h]``. Given the ``g [U, h]`` of
+        the :meth:`pull` that follows along ``v``, passes that can (:attr:`TracedPasses.terms_in_tangent`)
+        add up that pull's tangent terms in this sweep: a chunk recomputed for both sweeps then runs
+        one tangent pass per product, not two."""
+        self._take_g(g)
+        split = g is not None and self._split
+        self._terms = ExactSum(self.lam.new_zeros(self.body.num_params)) if split else None
+        parts = []
+        for i in range(len(self.chunks)):
+            made = self._passes(i, pulling=split)
+            parts.append(made.tangent(v))
+            if split:
+                self._terms.add(made.take_terms())
+        self._terms_v.remember(v)
         return self.world.gather_parts(parts, self.phi, self.phi.shape[1:])
 
     def pull(self, m: torch.Tensor, g: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,16 +164,13 @@ class ImageBody:
         take it once and keep what depends on it. Over several ranks ``m`` and ``g`` are whole (the
         same on every rank) and so is the result.
         """
-        if g is not None and not self._g.matches(g):
-            self._g_value = g
-            for rows, made in zip(self.chunks, self.kept):
-                if made is not None:
-                    made.cotangent(g[rows])
-            self._fit()  # the backward signal of g is kept too
-            self._g.remember(g)
-        total = ExactSum(self.lam.new_zeros(self.body.num_params))
+        self._take_g(g)
+        split = v is not None and self._terms is not None and self._terms_v.matches(v)
+        total = self._terms if split else ExactSum(self.lam.new_zeros(self.body.num_params))
+        self._terms = None
         for i, rows in enumerate(self.chunks):
-            total.add(self._passes(i).pull(m[rows], v))
+            made = self._passes(i)
+            total.add(made.pull(m[rows], v, terms=False) if split else made.pull(m[rows], v))
         return self.world.total(total)
 
     def pull_rows(self, cot: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -118,6 +118,9 @@ class TracedPlan:
         self.model, self.lam = model, lam.detach()
         self.nodes = self._plan(model, graph, self.lam)
         self.kept_signals, self.derived = self._signal_plan()
+        # no pull reads a tangent (piecewise-linear activations, pools, convolutions, norms): every
+        # second-order term that reads one is added up in the tangent pass
+        self.terms_in_tangent = not any(node.tangent_read for node in self.nodes)
 
     def passes(self, x: Tensor) -> TracedPasses:
         """The passes of this plan on inputs ``x [N, ...]``."""
@@ -275,6 +278,22 @@ class TracedPasses:
         self._dot_v.remember(v)
         return dots[-1]
 
+    @property
+    def terms_in_tangent(self) -> bool:
+        """Whether a tangent pass after :meth:`cotangent` adds up every part of the second-order pull
+        that reads tangents, so that :meth:`take_terms` and ``pull(m, v, terms=False)`` (no tangents
+        needed) make the second-order pull: then passes recomputed for the pull need no second
+        tangent pass."""
+        return self.plan.terms_in_tangent
+
+    def take_terms(self) -> Tensor:
+        """Hand over the tangent terms ``[P]`` that the latest tangent pass (after :meth:`cotangent`)
+        added up; a pull along the same ``v`` then runs the tangent again unless it leaves them out."""
+        if self._terms is None:
+            raise RuntimeError("take_terms needs a tangent pass after cotangent(g)")
+        terms, self._terms, self._dot_v = self._terms, None, SeenTensor()
+        return terms
+
     def _add_terms(self, i: int, dots: list[Maybe], terms: Tensor, memo: dict[int, Tensor]) -> None:
         """Node ``i``'s tangent terms into ``terms`` (g's derived signals in ``memo``, each dropped
         once its node is done: the nodes go in order, and a signal is derived from later nodes')."""
@@ -283,10 +302,18 @@ class TracedPasses:
             node.step.tangent_terms(self.states[i], [dots[j] for j in node.inputs], self._delta(i, memo), terms)
         memo.pop(i, None)
 
-    def pull(self, m: Tensor, v: Tensor | None = None) -> Tensor:
+    def pull(self, m: Tensor, v: Tensor | None = None, terms: bool = True) -> Tensor:
         """``J^T m``, plus ``d/dlambda <g, J v>`` when ``v`` is given, ``[P]``. A second-order pull
-        takes over what the tangent pass along ``v`` added up (another along ``v`` runs it again)."""
-        if v is not None:
+        takes over what the tangent pass along ``v`` added up (another along ``v`` runs it again);
+        ``terms=False`` leaves those tangent terms out (:meth:`take_terms` handed them over) and runs
+        no tangent pass, where :attr:`terms_in_tangent`."""
+        if v is not None and not terms:
+            if not self.terms_in_tangent:
+                raise ValueError("pull(terms=False): this body's pull reads tangents (a smooth activation); "
+                                 "pull with its terms")
+            if self._deltas is None:
+                raise RuntimeError("call cotangent(g) before a second-order pull")
+        elif v is not None:
             if self._deltas is None:
                 raise RuntimeError("call cotangent(g) before a second-order pull")
             if not self._dot_v.matches(v):
@@ -298,7 +325,7 @@ class TracedPasses:
                         self._add_terms(i, self._dots, self._terms, memo)
                 self._dots = [dot if node.tangent_read else None for dot, node in zip(self._dots, self.nodes)]
         grad = self.lam.new_zeros(self.num_params)
-        if v is not None:  # the pull takes the terms over (a later one along v runs the tangent again)
+        if v is not None and terms:  # the pull takes the terms over (a later one along v runs the tangent again)
             grad, self._terms, self._dot_v = self._terms, None, SeenTensor()
         zetas: list[Maybe] = [None] * len(self.nodes)
         zetas[-1] = m.to(self.phi)
@@ -308,7 +335,7 @@ class TracedPasses:
                 node = self.nodes[i]
                 if zetas[i] is None or not node.depends:
                     continue
-                dots = [None] * len(node.inputs) if v is None else [self._dots[j] for j in node.inputs]
+                dots = [None] * len(node.inputs) if v is None or not terms else [self._dots[j] for j in node.inputs]
                 delta = self._delta(i, memo) if v is not None and node.step.uses_delta else None
                 parts = node.step.pull(self.states[i], zetas[i], dots, delta, v, grad, self._wants(node))
                 zetas[i] = None  # done: its memory goes

@@ -74,7 +74,7 @@ class TotalHessian:
                 return torch.stack([self.hvp(row, variant, subset) for row in v]) if len(v) else v.clone()
         else:
             g_buf = self._g_buffer(variant, subset)  # before the products: one exact sum held at a time
-            tangent = binding.tangent(v)
+            tangent = binding.tangent(v, g_buf)
             m_sum = CotangentSum(binding)
             for idx, rows, c in self.weighted_chunks(subset):
                 m_sum.add(rows.hvp_cotangents(binding.context_tangent(tangent, idx), c, ROW_HESSIAN[variant])[1], idx)

@@ -82,8 +82,10 @@ class Binding(Protocol):
         """The rows of tasks ``idx [B]`` (this rank's span only), validation weights ``w_val [B, v]``
         replacing the batch's."""
 
-    def tangent(self, v: torch.Tensor) -> torch.Tensor:
-        """What every row's context tangent along ``v [p]`` is cut from."""
+    def tangent(self, v: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        """What every row's context tangent along ``v [p]`` is cut from; ``g``: the cotangent buffer of
+        the :meth:`pull` along ``v`` that follows, when one does (the pull's second-order part that
+        reads tangents may then be done here)."""
 
     def context_tangent(self, tangent: torch.Tensor, idx: torch.Tensor) -> Context:
         """The context tangents of rows ``idx`` from :meth:`tangent`'s output."""
@@ -168,9 +170,9 @@ class BodyBinding:
 
         return Rows(theta, xi, w_tr, b.w_val[idx] if w_val is None else w_val, solve, inner_grad, outer)
 
-    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+    def tangent(self, v: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         """Feature tangents of every unique input along ``v``, ``[U, h]``."""
-        return self.body.tangent(v)
+        return self.body.tangent(v, g)
 
     def context_tangent(self, tangent: torch.Tensor, idx: torch.Tensor) -> Context:
         return tangent[self.batch.pos_tr[idx]], tangent[self.batch.pos_val[idx]]
@@ -208,7 +210,7 @@ class LambdaContext:
     blockwise = True
     pull_reads_g = False  # J is the identity: no second-order term
 
-    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+    def tangent(self, v: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         return v.clone()
 
     def context_tangent(self, tangent: torch.Tensor, idx: torch.Tensor) -> Context:
