@@ -248,12 +248,13 @@ class _ActivationState:
     positive: Maybe = None  # x > 0 of a piecewise-linear one (a byte per element, not a float)
     slope: float = 0.0      # its slope below 0
 
-    def derivative(self, like: Tensor) -> Tensor:
-        """sigma'(x) in ``like``'s dtype."""
+    def times_derivative(self, signal: Tensor) -> Tensor:
+        """``signal * sigma'(x)``. For a piecewise-linear one, aten's leaky-ReLU backward on the sign
+        of x as a float: the same bits as multiplying by ``where(x > 0, 1, slope)`` in ``signal``'s
+        dtype, about 4x faster on CPU than any op reading the byte mask."""
         if self.d1 is not None:
-            return self.d1
-        # the slope in x's dtype (a Python float would make a float32 tensor: 0.1 off by 1.5e-8)
-        return torch.where(self.positive, like.new_ones(()), like.new_full((), self.slope))
+            return signal * self.d1
+        return torch.ops.aten.leaky_relu_backward(signal, self.positive.to(signal.dtype), self.slope, False)
 
 
 @register_step(nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Softplus)
@@ -275,13 +276,13 @@ class ActivationStep(Step):
         return state, m(x)
 
     def tangent(self, state, dots, v):
-        return None if dots[0] is None else dots[0] * state.derivative(dots[0])
+        return None if dots[0] is None else state.times_derivative(dots[0])
 
     def backward(self, state, signal, wants):
-        return [signal * state.derivative(signal) if wants[0] else None]
+        return [state.times_derivative(signal) if wants[0] else None]
 
     def pull(self, state, zeta, dots, delta, v, grad, wants):
-        gi = zeta * state.derivative(zeta)
+        gi = state.times_derivative(zeta)
         if v is not None and state.d2 is not None and dots[0] is not None:
             gi = gi + delta * state.d2 * dots[0]
         return [gi if wants[0] else None]

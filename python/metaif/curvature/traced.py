@@ -324,9 +324,10 @@ class TracedPasses:
                     for i in range(1, len(self.nodes)):
                         self._add_terms(i, self._dots, self._terms, memo)
                 self._dots = [dot if node.tangent_read else None for dot, node in zip(self._dots, self.nodes)]
-        grad = self.lam.new_zeros(self.num_params)
         if v is not None and terms:  # the pull takes the terms over (a later one along v runs the tangent again)
             grad, self._terms, self._dot_v = self._terms, None, SeenTensor()
+        else:
+            grad = self.lam.new_zeros(self.num_params)
         zetas: list[Maybe] = [None] * len(self.nodes)
         zetas[-1] = m.to(self.phi)
         memo: dict[int, Tensor] = {}  # derived signals of g, for this pull
