@@ -23,11 +23,11 @@ _SHIFT, _NOISE = 0.25, 0.2
 def make_synthetic_images(classes: int = 64, per_class: int = 600, size: int = 84, seed: int = 0) -> ClassDataset:
     """``classes`` x ``per_class`` RGB images of ``size`` x ``size`` (default: mini-ImageNet's
     meta-training split, 64 x 600 at 84x84: 0.8 GB of 8-bit pixel codes, as the real set's JPEGs
-    hold), the same bits for the same ``seed``. A class is a background colour, three coloured Gaussian blobs at class-specific
-    places and sizes, and a stripe texture of class-specific frequency, angle and colour; an image
-    draws them with its own shift (up to a quarter of the image), blob scales, stripe phase, tint
-    and brightness, adds a distractor blob of its own and pixel noise, so that classes are
-    learnable but not separable in pixel space."""
+    hold), the same bits for the same ``seed``. A class is a background colour, three coloured
+    Gaussian blobs at class-specific places and sizes, and a stripe texture of class-specific
+    frequency, angle and colour; an image draws them with its own shift (up to a quarter of the
+    image), blob scales, stripe phase, tint and brightness, adds a distractor blob of its own and
+    pixel noise, so that classes are learnable but not separable in pixel space."""
     for name, value in (("classes", classes), ("per_class", per_class), ("size", size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
