@@ -307,15 +307,12 @@ class TracedPasses:
         takes over what the tangent pass along ``v`` added up (another along ``v`` runs it again);
         ``terms=False`` leaves those tangent terms out (:meth:`take_terms` handed them over) and runs
         no tangent pass, where :attr:`terms_in_tangent`."""
-        if v is not None and not terms:
-            if not self.terms_in_tangent:
-                raise ValueError("pull(terms=False): this body's pull reads tangents (a smooth activation); "
-                                 "pull with its terms")
-            if self._deltas is None:
-                raise RuntimeError("call cotangent(g) before a second-order pull")
-        elif v is not None:
-            if self._deltas is None:
-                raise RuntimeError("call cotangent(g) before a second-order pull")
+        if v is not None and not terms and not self.terms_in_tangent:
+            raise ValueError("pull(terms=False): this body's pull reads tangents (a smooth activation); "
+                             "pull with its terms")
+        if v is not None and self._deltas is None:
+            raise RuntimeError("call cotangent(g) before a second-order pull")
+        if v is not None and terms:
             if not self._dot_v.matches(v):
                 self.tangent(v)
             if self._terms is None:  # the tangent came before g: its terms now, as the tangent pass adds them
@@ -324,7 +321,7 @@ class TracedPasses:
                     for i in range(1, len(self.nodes)):
                         self._add_terms(i, self._dots, self._terms, memo)
                 self._dots = [dot if node.tangent_read else None for dot, node in zip(self._dots, self.nodes)]
-        if v is not None and terms:  # the pull takes the terms over (a later one along v runs the tangent again)
+            # the pull takes the terms over (a later one along v runs the tangent again)
             grad, self._terms, self._dot_v = self._terms, None, SeenTensor()
         else:
             grad = self.lam.new_zeros(self.num_params)
