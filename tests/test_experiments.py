@@ -242,7 +242,9 @@ def test_curation_retrains_from_scratch_on_the_kept_tasks_and_resumes(tmp_path):
         run=run, seeds=(0, 1), analysis=AnalysisConfig(score_tasks=10, validation_tasks=20, polish=40, anchor=1.0)))
     ws = Workspace(tmp_path, progress=False)
     result = curate(config, ws)
-    assert (tmp_path / "curate_accuracy.png").stat().st_size > 0 and (tmp_path / "curate.json").exists()
+    png = (tmp_path / "curate_accuracy.png").read_bytes()
+    assert int.from_bytes(png[16:20], "big") == 2 * 5 * 120  # two 5-inch panels: accuracy, and compute
+    assert (tmp_path / "curate.json").exists()
     assert set(result["accuracy"]) == set(ORDERS)
     starts = {name: accs[0] for name, accs in result["accuracy"].items()}
     assert len(set(map(tuple, starts.values()))) == 1  # fraction 0 is the model trained on every task

@@ -38,7 +38,8 @@ def curate(config: CurveConfig, ws: Workspace) -> dict:
     """For each seed: train on all tasks (labels corrupted as ``config`` says: ``task_fraction`` 0
     keeps them clean), score the tasks on ``analysis.validation_tasks`` meta-validation tasks, and for
     each order and fraction in ``config.fractions`` retrain from scratch without that share of the
-    tasks. Writes ``curate.json`` and ``curate_accuracy.png`` (accuracy against the share kept)."""
+    tasks. Writes ``curate.json`` and ``curate_accuracy.png`` (accuracy, and the meta-training seconds
+    each point cost beside the scoring's, against the share kept)."""
     exp = config.experiment
     ledger = curve_ledger(config, ws, "curate")
     nonzero = [f for f in config.fractions if f > 0]
@@ -75,9 +76,18 @@ def curate(config: CurveConfig, ws: Workspace) -> dict:
     result = _summarise(config, ledger.data)
     write_json(ws.out / "curate.json", result)
     kept = [100 * (1 - f) for f in config.fractions]
-    plots.curves(ws.out / "curate_accuracy.png", kept, {k: [a for a, _ in v] for k, v in result["accuracy"].items()},
-                 "tasks kept (%)", "meta-test accuracy",
-                 f"{exp.run.dataset}: curation" + (f", {config.task_fraction:.0%} corrupted" if config.task_fraction > 0 else ""))
+
+    def column(key: str, part: int) -> dict[str, list[float]]:
+        """Each order's means (``part`` 0) or stds (1) of a ``[mean, std]``-per-fraction result."""
+        return {name: [pair[part] for pair in points] for name, points in result[key].items()}
+
+    plots.panels(ws.out / "curate_accuracy.png", kept, [
+        plots.Panel("meta-test accuracy", column("accuracy", 0), column("accuracy", 1)),
+        plots.Panel("meta-training seconds per point", column("train_seconds", 0), column("train_seconds", 1),
+                    {"scoring every task (once)": result["scoring_seconds"][0]}, from_zero=True)],
+        "tasks kept (%)", f"{exp.run.dataset}: curation"
+        + (f", {config.task_fraction:.0%} corrupted" if config.task_fraction > 0 else "")
+        + (f" (mean ± std over {len(exp.seeds)} seeds)" if len(exp.seeds) > 1 else ""))
     return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..utils.extras import optional_import
@@ -34,15 +35,43 @@ def _power_of_ten(values: list[float]) -> int:
     return int(math.floor(math.log10(largest))) if largest > 0 else 0
 
 
+@dataclass(frozen=True)
+class Panel:
+    """One axes of :func:`panels`: a line per named series (``errors``: its ± band, e.g. the std over
+    seeds) and a dashed horizontal line per named ``levels`` value; ``from_zero`` starts the y axis at 0
+    (amounts such as seconds, whose differences should read at their size)."""
+
+    ylabel: str
+    series: dict[str, list[float]]
+    errors: dict[str, list[float]] | None = None
+    levels: dict[str, float] = field(default_factory=dict)
+    from_zero: bool = False
+
+
+def panels(path: Path, x, figure: list[Panel], xlabel: str, title: str) -> Path:
+    """The panels of ``figure`` side by side over the shared ``x``, ``title`` over them all."""
+    fig, axes = _pyplot().subplots(1, len(figure), figsize=(5 * len(figure), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], figure):
+        for name, ys in panel.series.items():
+            spread = (panel.errors or {}).get(name)
+            ax.errorbar(x, ys, yerr=spread if spread and any(spread) else None, marker="o", capsize=3, label=name)
+        for name, level in panel.levels.items():
+            ax.axhline(level, color="grey", ls="--", lw=1, label=name)
+        ax.set(xlabel=xlabel, ylabel=panel.ylabel)
+        if panel.from_zero:
+            ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if len(figure) > 1:
+        fig.suptitle(title)
+    else:
+        axes[0][0].set_title(title)
+    return _save(fig, path)
+
+
 def curves(path: Path, x, series: dict[str, list[float]], xlabel: str, ylabel: str, title: str) -> Path:
     """One line per named series over the shared ``x``."""
-    fig, ax = _pyplot().subplots(figsize=(5, 3.6))
-    for name, ys in series.items():
-        ax.plot(x, ys, marker="o", label=name)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    return panels(path, x, [Panel(ylabel, series)], xlabel, title)
 
 
 def bars(path: Path, labels: list[str], values: list[float], errors: list[float], ylabel: str, title: str) -> Path:
