@@ -1,8 +1,9 @@
 """The retrain's L-BFGS with and without the total-Hessian CG's preconditioner as its metric.
 
 Reads a finished (or partly finished) ``metaif experiment table1`` folder as ``refine_edits.py`` does,
-takes the run's removal set at one level and, from lambda*, minimises the objective without the removed
-items by full-batch L-BFGS (strong Wolfe, history 50: the retrain's) twice: in lambda itself ("plain"),
+takes the random removal set of its ``--protocols random`` rows at one level and, from lambda*,
+minimises the objective without the removed items by full-batch L-BFGS (strong Wolfe, history 50: the
+retrain's) twice: in lambda itself ("plain"),
 and in z with lambda = lambda* + M^{-1/2} z ("preconditioned"), M the spectral preconditioner the
 total-Hessian CG uses (``--rank`` Lanczos pairs of the damped total Hessian at lambda*), so that the
 curvature directions Lanczos captured are scaled to about 1 from the first iteration on. Prints every
