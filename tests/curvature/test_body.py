@@ -208,6 +208,31 @@ def test_larger_images_take_fewer_per_pass():
     assert [s.stop - s.start for s in body.chunks] == [16, 16, 16, 16, 6]  # 64 x 784 // 3,072 values
 
 
+def test_features_run_the_body_a_pass_at_a_time():
+    """Evaluation's forward (ANIL's predict): at most ``inputs_per_pass`` images per call of the body,
+    8-bit codes decoded a chunk at a time, and the features of one call over every image (float64)."""
+    from metaif.curvature import features
+    from metaif.data import decode_pixels, encode_pixels
+
+    body = conv4(3, 4, 32)
+    lam = body.init(0, torch.float64)
+    codes = encode_pixels(torch.rand(42, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    calls = []
+
+    class Recorded:
+        out_features = body.out_features
+
+        def __call__(self, flat, x):
+            calls.append((len(x), x.dtype))
+            return body(flat, x)
+
+    phi = features(Recorded(), lam, codes, chunk=16)
+    assert calls == [(4, torch.float64)] * 10 + [(2, torch.float64)]  # 16 x 784 // 3,072 values per pass
+    whole = body(lam, decode_pixels(codes, torch.float64))
+    torch.testing.assert_close(phi, whole, rtol=1e-12, atol=1e-12)
+    assert features(body, lam, codes[:0]).shape == (0, body.out_features)
+
+
 def test_resnet12_is_the_few_shot_backbone_with_frozen_norms():
     body = resnet12(3, (2, 3, 4, 5), 16)
     convs = [m for m in body.module.modules() if isinstance(m, nn.Conv2d)]

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..curvature import LOSSES, LinearHeadCurvature, get_loss, head_solver, linear_logits
-from ..data.pixels import decode_pixels
+from ..curvature import LOSSES, LinearHeadCurvature, features, get_loss, head_solver, linear_logits
 from ..models.nets import FlatModel
 from ..utils.config import check, check_choice, config, finite, setting
 from .batch import TaskBatch
@@ -117,7 +116,7 @@ class AnilProblem:
 
     def predict(self, lam: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
         """Adapt each head on the train split, return validation logits ``[B, v, K]``."""
+        phi = features(self.body, lam, batch.inputs)
         with torch.no_grad():
-            phi = self.body(lam, decode_pixels(batch.inputs, lam.dtype))
             theta, _ = self.solve_heads(phi[batch.pos_tr], batch.y_tr, batch.w_tr)
             return self.logits(theta, phi[batch.pos_val])
