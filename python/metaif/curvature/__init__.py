@@ -14,6 +14,5 @@ from .traced import TracedPasses, traced_unsupported
 
 __all__ = ["FUSIONS", "HEAD_SOLVERS", "INPUT_CHUNK", "LOSSES", "PASSES", "STEPS", "AutogradPasses", "Fusion",
            "ImageBody", "LinearHeadCurvature", "Loss", "Step", "TracedPasses", "body_passes", "features",
-           "get_loss",
-           "head_solver", "linear_logits", "passes_for", "pooled_kfe_bases", "register_head_solver",
+           "get_loss", "head_solver", "linear_logits", "passes_for", "pooled_kfe_bases", "register_head_solver",
            "register_step", "traced_unsupported"]
