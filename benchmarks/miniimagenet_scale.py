@@ -1,9 +1,9 @@
 """Issue 20's mini-ImageNet-sized run: 10,000 5-way 1-shot tasks with 15 queries on the synthetic
 mini-ImageNet-shaped set (64 x 600 84x84 RGB images, ``--dataset synthetic-miniimagenet``; not real
-data), Conv-4 64, one thread: the evaluation (accuracy after adapting) of ``--eval-tasks`` further tasks (one of
-``evaluate``'s 100-task batches by default), one full-batch outer gradient, and the analyzer's set-up
-with one exact total HVP, the body state bounded by ``--memory-gb``; the peak RSS of the process
-after each step (``--steps`` picks them; the data always loads first).
+data), Conv-4 64, one thread: the evaluation (accuracy after adapting) of ``--eval-tasks`` further
+tasks (one of ``evaluate``'s 100-task batches by default), one full-batch outer gradient, and the
+analyzer's set-up with one exact total HVP, the body state bounded by ``--memory-gb``; the peak RSS of
+the process after each step (``--steps`` picks them; the data always loads first).
 
     python benchmarks/miniimagenet_scale.py --memory-gb 2 --json benchmarks/miniimagenet-scale.json
     python benchmarks/miniimagenet_scale.py --steps evaluate --json benchmarks/miniimagenet-evaluate.json

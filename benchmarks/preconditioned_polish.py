@@ -3,10 +3,10 @@
 Reads a finished (or partly finished) ``metaif experiment table1`` folder as ``refine_edits.py`` does,
 takes the random removal set of its ``--protocols random`` rows at one level and, from lambda*,
 minimises the objective without the removed items by full-batch L-BFGS (strong Wolfe, history 50: the
-retrain's) twice: in lambda itself ("plain"),
-and in z with lambda = lambda* + M^{-1/2} z ("preconditioned"), M the spectral preconditioner the
-total-Hessian CG uses (``--rank`` Lanczos pairs of the damped total Hessian at lambda*), so that the
-curvature directions Lanczos captured are scaled to about 1 from the first iteration on. Prints every
+retrain's) twice: in lambda itself ("plain"), and in z with lambda = lambda* + M^{-1/2} z
+("preconditioned"), M the spectral preconditioner the total-Hessian CG uses (``--rank`` Lanczos pairs of
+the damped total Hessian at lambda*), so that the curvature directions Lanczos captured are scaled to
+about 1 from the first iteration on. Prints every
 ``--every`` iterations the objective, its largest gradient entry, the meta-test accuracy, the objective
 evaluations and the seconds spent minimising; stops at ``--iterations`` or at the retrain's floor
 (lambda*'s own largest gradient entry under the run's --retrain-floor).
@@ -34,11 +34,15 @@ from metaif.meta import Weights, full_objective
 LEVELS = {"task": "tasks", "train": "train", "val": "val"}
 
 
+def ritz_values(pre: SpectralPreconditioner) -> torch.Tensor:
+    """The Ritz values theta ``[rank]`` the preconditioner was built from (it keeps 1/theta - 1/sigma)."""
+    return 1.0 / (pre.shift + 1.0 / pre.sigma)
+
+
 def inverse_square_root(pre: SpectralPreconditioner) -> Callable[[torch.Tensor], torch.Tensor]:
     """``r -> M^{-1/2} r`` for ``r [p]``: ``M^{-1}``'s eigenpairs are the Ritz pairs (1/theta) and
     1/sigma on their complement."""
-    theta = 1.0 / (pre.shift + 1.0 / pre.sigma)
-    scale = theta.rsqrt() - pre.sigma ** -0.5
+    scale = ritz_values(pre).rsqrt() - pre.sigma ** -0.5
     return lambda r: r * pre.sigma ** -0.5 + (scale * (r @ pre.vectors)) @ pre.vectors.mT
 
 
@@ -117,7 +121,7 @@ def main() -> None:
     damping = solver.damping
     pre = SpectralPreconditioner(lambda v: op.matvec(v) + damping * v, op, args.rank, solver.seed)
     built = time.perf_counter() - began
-    ritz = (1.0 / (pre.shift + 1.0 / pre.sigma)).tolist()
+    ritz = ritz_values(pre).tolist()
     print(f"preconditioner: {pre.rank} Lanczos pairs of H + {damping:g} I in {built:.1f} s, Ritz values "
           f"{min(ritz):.3g} ... {max(ritz):.3g}; floor {floor:.3g}", flush=True)
 
